@@ -1,0 +1,1 @@
+"""pytest fixtures: fake agents (filled in by the agent work)."""
