@@ -1,0 +1,525 @@
+"""The bot's configuration: ``agents.yaml`` and the Matrix environment.
+
+Two sources, on purpose. ``agents.yaml`` says who talks to which agent and
+where each agent lives; it is safe to commit, so it must never hold a secret,
+and any key that looks like one is refused. The Matrix credentials come from
+the environment (or a file named by it) and are wrapped in :class:`Secret`,
+whose ``repr`` and ``str`` never show the value, so a settings object can be
+logged without leaking anything.
+
+A broken configuration is found at start-up, not when the first user writes:
+every problem raises :class:`ConfigError`, whose message names the file, the
+entry (``agents[1].base_url``, ``user_agents."@bob:example.org"``), what is
+wrong and how to fix it. Nothing else escapes the loader, whatever the file
+holds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import reprlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
+    "AgentConfig",
+    "AgentsConfig",
+    "ConfigError",
+    "MatrixSettings",
+    "Secret",
+    "is_matrix_user_id",
+    "load_agents_config",
+    "parse_agents_config",
+]
+
+#: Largest file an agent may send to its user unless its entry says otherwise.
+#: Synapse's default upload limit is 50 MiB; larger files would fail there.
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+
+# A configuration file is a few kilobytes; anything much larger is a mistake
+# (the wrong file), and refusing it keeps the loader's cost bounded.
+_MAX_CONFIG_BYTES = 1024 * 1024
+
+_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# The Matrix user id grammar (spec "Identifier grammar"), including the
+# historical localparts still found on older servers: any printable ASCII but
+# ':'. The server name is a DNS name, IPv4 or a bracketed IPv6, with a port.
+_USER_ID = re.compile(
+    r"@[\x21-\x39\x3b-\x7e]+"
+    r":(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+_URL_SCHEMES = ("http", "https", "ws", "wss")
+# Names a secret tends to have. Compared after lower-casing and turning '-'
+# into '_', so "Access-Token" and "api_key" are caught as well.
+_SECRET_KEY = re.compile(r"(^|_)(password|passwd|token|access_token|secret|api_key|apikey)s?($|_)")
+
+_AGENT_REQUIRED = ("id", "base_url", "workspace_path")
+_AGENT_OPTIONAL = ("label", "max_file_bytes")
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message says where and how to fix it.
+
+    It is the only exception the loaders raise, so ``lambda-actors run`` can
+    print it as one line and exit 2 instead of showing a traceback.
+    """
+
+
+class Secret:
+    """A credential that never shows itself in ``repr``, ``str`` or logs.
+
+    Call :meth:`reveal` at the one place the value is actually needed (the
+    login request), so every other use of the settings is safe by default.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+    def __reduce__(self) -> Any:
+        # Pickling would write the value somewhere unexpected; nobody needs it.
+        raise TypeError("a Secret cannot be pickled")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One agent: where to reach it and where its workspace is on this host.
+
+    ``workspace_path`` is the agent's ``/workspace`` as the bot sees it;
+    incoming files are written below it and files the agent sends must
+    resolve inside it. It is always absolute here: a relative path in the
+    file is resolved against the folder holding the configuration file.
+    """
+
+    id: str
+    label: str
+    base_url: str
+    workspace_path: Path
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+
+@dataclass(frozen=True)
+class AgentsConfig:
+    """Who talks to which agent, and the agents themselves."""
+
+    agents: tuple[AgentConfig, ...]
+    user_agents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    default_agent: str | None = None
+    source: str = "<agents config>"
+
+    def agent(self, agent_id: str) -> AgentConfig:
+        """The agent with this id; ``KeyError`` if there is none."""
+        for agent in self.agents:
+            if agent.id == agent_id:
+                return agent
+        raise KeyError(agent_id)
+
+    def agent_for(self, user_id: str) -> AgentConfig | None:
+        """The agent serving this Matrix user, or None if the user is refused.
+
+        A configured user gets their agent; anyone else gets
+        ``default_agent``, which is None unless the operator chose to serve
+        unknown users.
+        """
+        agent_id = self.user_agents.get(user_id, self.default_agent)
+        return None if agent_id is None else self.agent(agent_id)
+
+
+def is_matrix_user_id(value: object) -> bool:
+    """True for a well-formed Matrix user id such as ``@alice:example.org``."""
+    return (
+        isinstance(value, str)
+        and len(value.encode("utf-8", "replace")) <= 255
+        and _USER_ID.fullmatch(value) is not None
+    )
+
+
+def load_agents_config(path: str | os.PathLike[str]) -> AgentsConfig:
+    """Read and validate an ``agents.yaml`` file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; pass the path of your agents.yaml with --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a file; pass the path of your agents.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {_MAX_CONFIG_BYTES} bytes; is this really agents.yaml?")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    return parse_agents_config(text, source=str(path), base_dir=path.absolute().parent)
+
+
+def parse_agents_config(text: str, *, source: str = "<agents config>", base_dir: Path | None = None) -> AgentsConfig:
+    """Validate ``agents.yaml`` content; ``source`` names it in error messages.
+
+    Relative workspace paths are resolved against ``base_dir`` (the config
+    file's folder), or the current directory when it is None.
+    """
+    data = _load_yaml(text, source)
+    return _Validator(source, base_dir or Path.cwd()).config(data)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping.
+
+    Plain PyYAML keeps the last value silently, so a user listed twice in
+    ``user_agents`` would quietly be served by one of the two agents.
+    """
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value, not a list or mapping", key_node.start_mark
+            ) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"the key {_short.repr(key)} appears twice; keep only one",
+                key_node.start_mark,
+            )
+        seen[key] = None
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    if not text.strip():
+        raise ConfigError(f"{source}: the file is empty; it needs at least an 'agents' list (see config/agents.yaml)")
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"{source}: {where}YAML syntax error: {problem}; fix the YAML syntax there") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: YAML error: {exc}; fix the YAML syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a configuration file") from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML lets a few malformed scalars through as plain Python errors,
+        # e.g. a timestamp like 2001-13-45 (month 13).
+        raise ConfigError(f"{source}: a value cannot be read ({exc}); quote it to make it a string") from None
+
+
+class _Validator:
+    """Walks the loaded YAML, knowing where it is for the error messages."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {problem}")
+
+    def config(self, data: Any) -> AgentsConfig:
+        if data is None:
+            raise ConfigError(f"{self.source}: the file holds no settings; it needs at least an 'agents' list")
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{self.source}: the top level must be a mapping with 'agents', 'user_agents' and "
+                f"'default_agent', not {_kind(data)}"
+            )
+        self.refuse_secrets(data, "")
+        self.check_keys(data, "", required=("agents",), optional=("user_agents", "default_agent"))
+        agents = self.agents(data["agents"])
+        ids = {agent.id for agent in agents}
+        user_agents = self.user_agents(data.get("user_agents"), ids)
+        default_agent = data.get("default_agent")
+        if default_agent is not None:
+            if not isinstance(default_agent, str):
+                raise self.fail(
+                    "default_agent", f"must be an agent id or null, not {_kind(default_agent)}; null refuses unknown users"
+                )
+            if default_agent not in ids:
+                raise self.fail(
+                    "default_agent", f"{default_agent!r} is not one of the agents ({_listing(ids)}); use one of them or null"
+                )
+        return AgentsConfig(
+            agents=agents,
+            user_agents=MappingProxyType(user_agents),
+            default_agent=default_agent,
+            source=self.source,
+        )
+
+    def refuse_secrets(self, node: Any, where: str) -> None:
+        # Walks the whole document: a secret anywhere in a committed file is a
+        # leak, even under a key we would otherwise reject as unknown. YAML
+        # aliases can make the document a graph (even a cyclic one), hence
+        # the set of visited nodes.
+        seen: set[int] = set()
+        stack = [(node, where)]
+        while stack:
+            item, path = stack.pop()
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if isinstance(item, dict):
+                for key, value in item.items():
+                    entry = _entry(path, key)
+                    if isinstance(key, str) and _SECRET_KEY.search(key.lower().replace("-", "_")):
+                        raise self.fail(
+                            entry,
+                            "looks like a secret; secrets come from the environment "
+                            "(MATRIX_PASSWORD or MATRIX_ACCESS_TOKEN, or their _FILE variants), "
+                            "never from this file: remove it",
+                        )
+                    stack.append((value, entry))
+            elif isinstance(item, list):
+                stack.extend((value, f"{path}[{i}]") for i, value in enumerate(item))
+
+    def check_keys(self, data: dict[Any, Any], where: str, *, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+        """Refuse unknown keys (usually typos) and missing ones; ``where`` is "" at the top."""
+        allowed = set(required) | set(optional)
+        for key in data:
+            if key not in allowed:
+                raise self.fail(_entry(where, key), f"unknown key; allowed keys are {_listing(allowed)}")
+        for key in required:
+            if key not in data:
+                raise self.fail(where or "top level", f"missing key {key!r}; add it")
+
+    def agents(self, data: Any) -> tuple[AgentConfig, ...]:
+        if not isinstance(data, list) or not data:
+            raise self.fail("agents", f"must be a non-empty list of agents, not {_kind(data)}; see config/agents.yaml")
+        agents: list[AgentConfig] = []
+        first_seen: dict[str, int] = {}
+        for i, item in enumerate(data):
+            agent = self.agent(item, f"agents[{i}]")
+            if agent.id in first_seen:
+                raise self.fail(
+                    f"agents[{i}].id",
+                    f"duplicate agent id {agent.id!r} (also agents[{first_seen[agent.id]}]); give every agent its own id",
+                )
+            first_seen[agent.id] = i
+            agents.append(agent)
+        return tuple(agents)
+
+    def agent(self, data: Any, where: str) -> AgentConfig:
+        if not isinstance(data, dict):
+            raise self.fail(where, f"must be a mapping with {_listing(_AGENT_REQUIRED)}, not {_kind(data)}")
+        self.check_keys(data, where, required=_AGENT_REQUIRED, optional=_AGENT_OPTIONAL)
+        agent_id = data["id"]
+        if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
+            raise self.fail(
+                f"{where}.id",
+                f"{_short.repr(agent_id)} is not a valid agent id; use letters, digits, '.', '_', '-' or ':' "
+                "(starting with a letter or digit, at most 128 characters), e.g. agent-0",
+            )
+        label = data.get("label", agent_id)
+        if not isinstance(label, str) or not label.strip() or len(label) > 200:
+            raise self.fail(f"{where}.label", f"must be a non-empty string of at most 200 characters, not {_kind(label)}")
+        return AgentConfig(
+            id=agent_id,
+            label=label.strip(),
+            base_url=self.base_url(data["base_url"], f"{where}.base_url"),
+            workspace_path=self.workspace_path(data["workspace_path"], f"{where}.workspace_path"),
+            max_file_bytes=self.max_file_bytes(data.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES), f"{where}.max_file_bytes"),
+        )
+
+    def base_url(self, value: Any, where: str) -> str:
+        example = "e.g. http://agents.internal:7000/agent_0/"
+        if not isinstance(value, str):
+            raise self.fail(where, f"must be a URL string, not {_kind(value)}; {example}")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise self.fail(where, f"{_short.repr(value)} is not a valid URL ({exc}); {example}") from None
+        if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
+            raise self.fail(
+                where, f"{_short.repr(value)} must be an http, https, ws or wss URL with a host; {example}"
+            )
+        if parts.query or parts.fragment or any(c.isspace() for c in value) or parts.username or parts.password:
+            raise self.fail(
+                where, f"{_short.repr(value)} must not carry spaces, a query, a fragment or credentials; {example}"
+            )
+        return value
+
+    def workspace_path(self, value: Any, where: str) -> Path:
+        hint = "give the agent's /workspace folder as the bot sees it, e.g. /agents/0"
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(where, f"must be a non-empty path string, not {_kind(value)}; {hint}")
+        if "\x00" in value:
+            raise self.fail(where, f"contains a NUL character; {hint}")
+        if value.startswith("~"):
+            raise self.fail(where, f"'~' is not expanded; write the full path; {hint}")
+        return Path(os.path.abspath(self.base_dir / value))
+
+    def max_file_bytes(self, value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.fail(where, f"must be a positive whole number of bytes, not {_short.repr(value)}; e.g. 52428800")
+        return value
+
+    def user_agents(self, data: Any, ids: set[str]) -> dict[str, str]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise self.fail(
+                "user_agents", f"must be a mapping of Matrix user id to agent id, not {_kind(data)}; "
+                '"@alice:example.org": agent-0'
+            )
+        result: dict[str, str] = {}
+        for user_id, agent_id in data.items():
+            where = f"user_agents.{_quote(user_id)}"
+            if not is_matrix_user_id(user_id):
+                raise self.fail(
+                    where, "is not a Matrix user id; write it in full and quoted, e.g. \"@alice:example.org\""
+                )
+            if not isinstance(agent_id, str):
+                raise self.fail(where, f"must name an agent id, not {_kind(agent_id)}")
+            if agent_id not in ids:
+                raise self.fail(where, f"{agent_id!r} is not one of the agents ({_listing(ids)}); use one of them")
+            result[user_id] = agent_id
+        return result
+
+
+@dataclass(frozen=True)
+class MatrixSettings:
+    """How the bot logs in to Matrix, read from the environment.
+
+    ``MATRIX_HOMESERVER`` (base URL), ``MATRIX_USER_ID``, and exactly one of
+    ``MATRIX_ACCESS_TOKEN`` / ``MATRIX_PASSWORD``, each of which may instead
+    be given as ``..._FILE``: the path of a file holding it (for container
+    secrets). Either ``password`` or ``access_token`` is set, never both.
+    """
+
+    homeserver: str
+    user_id: str
+    password: Secret | None = None
+    access_token: Secret | None = None
+
+    def __repr__(self) -> str:
+        auth = "access_token" if self.access_token is not None else "password"
+        return f"MatrixSettings(homeserver={self.homeserver!r}, user_id={self.user_id!r}, auth={auth}=***)"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MatrixSettings:
+        """Read the settings; :class:`ConfigError` names the variable at fault."""
+        env = os.environ if environ is None else environ
+        homeserver = _env(env, "MATRIX_HOMESERVER", "the homeserver's base URL, e.g. https://matrix.example.org")
+        parts = urlsplit(homeserver)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                f"MATRIX_HOMESERVER: {_short.repr(homeserver)} is not an http(s) URL; "
+                "set it to the homeserver's base URL, e.g. https://matrix.example.org"
+            )
+        user_id = _env(env, "MATRIX_USER_ID", "the bot's full Matrix user id, e.g. @lambda:example.org")
+        if not is_matrix_user_id(user_id):
+            raise ConfigError(
+                f"MATRIX_USER_ID: {_short.repr(user_id)} is not a Matrix user id; "
+                "give it in full, e.g. @lambda:example.org"
+            )
+        token = _secret(env, "MATRIX_ACCESS_TOKEN")
+        password = _secret(env, "MATRIX_PASSWORD")
+        if token is not None and password is not None:
+            raise ConfigError(
+                "MATRIX_ACCESS_TOKEN and MATRIX_PASSWORD are both set; set only one of them"
+            )
+        if token is None and password is None:
+            raise ConfigError(
+                "MATRIX_ACCESS_TOKEN: not set; set MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD "
+                "(or MATRIX_ACCESS_TOKEN_FILE / MATRIX_PASSWORD_FILE naming a file that holds it)"
+            )
+        return cls(homeserver=homeserver.rstrip("/"), user_id=user_id, password=password, access_token=token)
+
+
+def _env(env: Mapping[str, str], name: str, what: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name}: not set; set it to {what}")
+    return value
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    direct = env.get(name, "")
+    file_name = env.get(f"{name}_FILE", "").strip()
+    if direct and file_name:
+        raise ConfigError(f"{name} and {name}_FILE are both set; set only one of them")
+    if direct:
+        return Secret(direct)
+    if not file_name:
+        return None
+    try:
+        with open(file_name, encoding="utf-8") as f:
+            value = f.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE: cannot read {file_name!r} ({exc.strerror}); check the path and permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_FILE: {file_name!r} is not UTF-8 text") from None
+    # Files written by editors or `echo` end with a newline that is not part
+    # of the secret.
+    value = value.rstrip("\r\n")
+    if not value:
+        raise ConfigError(f"{name}_FILE: {file_name!r} is empty; put the secret in it")
+    return Secret(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return names.get(type(value), f"a {type(value).__name__}") + f" ({_short.repr(value)})"
+
+
+def _quote(key: Any) -> str:
+    if isinstance(key, str):
+        return '"' + _short.repr(key)[1:-1].replace('"', '\\"') + '"'
+    return _short.repr(key)
+
+
+def _entry(path: str, key: Any) -> str:
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}.{_quote(key)}" if path else _quote(key)
+
+
+def _listing(names: set[str] | tuple[str, ...]) -> str:
+    return ", ".join(repr(n) for n in sorted(names))
