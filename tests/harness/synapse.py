@@ -8,6 +8,9 @@
   the homeserver given as ``server=``); returns a
   :class:`~lambda_actors.homeserver.RegisteredUser` (``user_id``,
   ``access_token``, ``password``, ``device_id``).
+- ``matrix_client``: a factory of ``MatrixClient`` for such a user, closed
+  after the test; :class:`SyncCursor` follows a client's sync stream and
+  waits for an event.
 
 Every Synapse started here is stopped when the session ends, on failure and
 on Ctrl-C too (pytest runs session teardown), and is killed by the kernel if
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
+import trio
 
 from lambda_actors.homeserver import (
     Homeserver,
@@ -29,6 +34,7 @@ from lambda_actors.homeserver import (
     start_synapse,
     stop_synapse,
 )
+from lambda_actors.matrix import MatrixClient, SyncBatch
 
 MatrixUserFactory = Callable[..., RegisteredUser]
 
@@ -78,3 +84,60 @@ def matrix_user(synapse: Homeserver) -> MatrixUserFactory:
         )
 
     return make
+
+
+@pytest.fixture
+async def matrix_client(synapse: Homeserver) -> AsyncIterator[Callable[..., MatrixClient]]:
+    """Make a :class:`MatrixClient` logged in as a :class:`RegisteredUser`:
+    ``client = matrix_client(alice)`` (``server=`` for another homeserver,
+    other keywords go to ``MatrixClient``). All are closed after the test."""
+    clients: list[MatrixClient] = []
+
+    def make(user: RegisteredUser, *, server: Homeserver | None = None, **options: Any) -> MatrixClient:
+        client = MatrixClient(
+            (server or synapse).url,
+            access_token=user.access_token,
+            user_id=user.user_id,
+            device_id=user.device_id,
+            **options,
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+class SyncCursor:
+    """One client's place in its sync stream, for tests that wait for events.
+
+    It always carries ``next_batch`` forward (Synapse caches identical sync
+    requests) and waits by long-polling, never by sleeping.
+    """
+
+    def __init__(self, client: MatrixClient, since: str | None = None, filter_id: str | None = None) -> None:
+        self.client = client
+        self.since = since
+        self.filter_id = filter_id
+
+    @classmethod
+    async def start(cls, client: MatrixClient, filter_id: str | None = None) -> "SyncCursor":
+        """Begin after everything that has happened so far."""
+        cursor = cls(client, None, filter_id)
+        await cursor.next(timeout_ms=0)
+        return cursor
+
+    async def next(self, timeout_ms: int = 5_000) -> SyncBatch:
+        batch = await self.client.sync(self.since, timeout_ms=timeout_ms, filter_id=self.filter_id)
+        self.since = batch.next_batch
+        return batch
+
+    async def wait_for(self, predicate: Callable[[Any], bool], *, within: float = 15.0) -> Any:
+        """The first timeline event or invite (from now on) matching *predicate*."""
+        with trio.fail_after(within):
+            while True:
+                batch = await self.next()
+                for item in (*batch.invites, *(event for room in batch.rooms for event in room.timeline)):
+                    if predicate(item):
+                        return item

@@ -1,0 +1,423 @@
+"""A Matrix client for Trio: the operations the bot needs, one method each.
+
+Requests are built by ``nio.Api`` (via :mod:`._nio`), sent by
+:class:`~lambda_actors.matrix.transport.Transport` (httpx, which runs on
+Trio), and answered with nio response objects turned into plain values, or
+with our own event values (:mod:`.events`) for syncs and history.
+
+Every method may raise :class:`~lambda_actors.matrix.errors.MatrixError` (or a
+subclass: ``RateLimited`` when the wait asked for is beyond the retry policy,
+``InvalidToken``, ``MediaTooLarge``) or
+:class:`~lambda_actors.matrix.errors.HomeserverUnavailable`. Retries are
+already done by then.
+
+The client holds no mutable state besides its identity; it is safe to use
+from many tasks at once (httpx pools the connections).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import Message
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import nio
+import nio.responses as responses
+
+from . import _nio, content as contents
+from .errors import MatrixError
+from .events import RoomEvent, SyncBatch, parse_events, parse_sync
+from .retry import RetryPolicy
+from .transport import LONG_POLL_MARGIN_S, Transport
+
+__all__ = ["BOT_SYNC_FILTER", "Download", "HistoryPage", "MatrixClient", "Session"]
+
+# A sync filter for a bot: room timelines and state, nothing it would ignore
+# anyway (presence, typing, receipts, account data), members loaded lazily.
+BOT_SYNC_FILTER: Mapping[str, Any] = {
+    "presence": {"types": []},
+    "account_data": {"types": []},
+    "room": {
+        "timeline": {"limit": 100},
+        "state": {"lazy_load_members": True},
+        "ephemeral": {"types": []},
+        "account_data": {"types": []},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    """Who we are logged in as. Keep ``device_id`` across restarts: the same
+    transaction id from the same device gives back the same event."""
+
+    user_id: str
+    device_id: str
+    access_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of room history: ``events`` in the direction asked (newest
+    first when paging back); pass ``end`` as the next ``start``; ``end`` is
+    None at the beginning (or end) of the room."""
+
+    events: tuple[RoomEvent, ...]
+    start: str
+    end: str | None
+
+
+@dataclass(frozen=True)
+class Download:
+    data: bytes = field(repr=False)
+    content_type: str | None
+    filename: str | None
+
+
+class MatrixClient:
+    """One Matrix identity on one homeserver.
+
+    Give an ``access_token`` (and ideally ``user_id`` / ``device_id``; else
+    :meth:`whoami` finds them) or call :meth:`login`. Use ``async with``, or
+    call :meth:`aclose` when done.
+    """
+
+    def __init__(
+        self,
+        homeserver_url: str,
+        *,
+        access_token: str | None = None,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._transport = Transport(homeserver_url, access_token=access_token, retry=retry, http=http)
+        self.user_id = user_id
+        self.device_id = device_id
+
+    def __repr__(self) -> str:
+        return f"MatrixClient({self.homeserver_url!r}, user_id={self.user_id!r}, device_id={self.device_id!r})"
+
+    @property
+    def homeserver_url(self) -> str:
+        return self._transport.homeserver_url
+
+    @property
+    def server_name(self) -> str:
+        """Our homeserver's name, from our user id (``@bot:example.org`` → ``example.org``)."""
+        if self.user_id is None:
+            raise RuntimeError("server_name needs the user id: log in or call whoami() first")
+        return self.user_id.split(":", 1)[1]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    # -- identity ------------------------------------------------------------
+
+    async def login(
+        self, user: str, password: str, *, device_id: str | None = None, device_name: str | None = None
+    ) -> Session:
+        """Password login; the client then uses the new token.
+
+        Pass the same *device_id* on every start so the bot stays one device:
+        transaction ids are scoped to the device, so a send retried after a
+        restart still cannot post twice.
+        """
+        request = _nio.build(nio.Api.login, user, password, device_name=device_name or "", device_id=device_id or "")
+        body = await self._transport.request(
+            *request,
+            authenticated=False,
+            # Repeating a login with a fixed device id only replaces that device's token.
+            idempotent=device_id is not None,
+            what="POST login",
+        )
+        parsed = _nio.parse(responses.LoginResponse, body)
+        self._transport.access_token = parsed.access_token
+        self.user_id, self.device_id = parsed.user_id, parsed.device_id
+        return Session(parsed.user_id, parsed.device_id, parsed.access_token)
+
+    async def whoami(self) -> tuple[str, str | None]:
+        """Check the token; return (user_id, device_id) and remember them."""
+        body = await self._transport.request(*_nio.authenticated(nio.Api.whoami), idempotent=True, what="GET whoami")
+        parsed = _nio.parse(responses.WhoamiResponse, body)
+        self.user_id, self.device_id = parsed.user_id, parsed.device_id
+        return parsed.user_id, parsed.device_id
+
+    async def logout(self) -> None:
+        """Invalidate the token (and end the device)."""
+        await self._transport.request(*_nio.authenticated(nio.Api.logout), idempotent=True, what="POST logout")
+        self._transport.access_token = None
+
+    async def set_display_name(self, name: str) -> None:
+        request = _nio.authenticated(nio.Api.profile_set_displayname, await self._me(), name)
+        await self._transport.request(*request, idempotent=True, what="PUT displayname")
+
+    # -- sync ----------------------------------------------------------------
+
+    async def create_filter(self, definition: Mapping[str, Any] = BOT_SYNC_FILTER) -> str:
+        """Store a sync filter on the homeserver; return its id for :meth:`sync`."""
+        request = _nio.authenticated(nio.Api.upload_filter, await self._me(), **_filter_kwargs(definition))
+        body = await self._transport.request(*request, idempotent=True, what="POST filter")
+        return _nio.parse(responses.UploadFilterResponse, body).filter_id
+
+    async def sync(
+        self,
+        since: str | None = None,
+        *,
+        timeout_ms: int = 30_000,
+        filter_id: str | None = None,
+        full_state: bool = False,
+    ) -> SyncBatch:
+        """Long-poll for what happened since *since*; see :class:`~.events.SyncBatch`.
+
+        Always pass the previous ``next_batch``: Synapse answers a repeated
+        identical request from a cache for a while.
+        """
+        body = await self.sync_json(since, timeout_ms=timeout_ms, filter_id=filter_id, full_state=full_state)
+        return parse_sync(body, self.user_id)
+
+    async def sync_json(
+        self,
+        since: str | None = None,
+        *,
+        timeout_ms: int = 30_000,
+        filter_id: str | None = None,
+        full_state: bool = False,
+    ) -> dict[str, Any]:
+        """:meth:`sync`, but the raw JSON body (for sections we do not parse)."""
+        request = _nio.authenticated(
+            nio.Api.sync, since=since, timeout=timeout_ms, filter=filter_id, full_state=full_state or None
+        )
+        return await self._transport.request(
+            *request,
+            idempotent=True,
+            read_timeout_s=timeout_ms / 1000 + LONG_POLL_MARGIN_S,
+            what="GET sync",
+        )
+
+    # -- sending -------------------------------------------------------------
+
+    async def send(self, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str) -> str:
+        """Send an event; return its event id.
+
+        *txn_id* must be derived from what caused the send (never random per
+        try): the homeserver answers a repeat of (device, txn_id) with the
+        first event's id, so a retry or a replay after a crash posts once.
+        """
+        request = _nio.authenticated(nio.Api.room_send, room_id, event_type, dict(content), txn_id)
+        body = await self._transport.request(*request, idempotent=True, what=f"PUT send {event_type}")
+        return _nio.parse(responses.RoomSendResponse, body, room_id).event_id
+
+    async def edit(self, room_id: str, target_event_id: str, new_content: Mapping[str, Any], txn_id: str) -> str:
+        """Replace an earlier message's content (``m.replace``); return the edit's event id."""
+        return await self.send(room_id, "m.room.message", contents.edit(target_event_id, new_content), txn_id)
+
+    async def react(self, room_id: str, target_event_id: str, key: str, txn_id: str) -> str:
+        return await self.send(room_id, "m.reaction", contents.reaction(target_event_id, key), txn_id)
+
+    async def typing(self, room_id: str, typing: bool = True, *, timeout_ms: int = 30_000) -> None:
+        """Show (or stop showing) us typing in *room_id* for up to *timeout_ms*."""
+        request = _nio.authenticated(nio.Api.room_typing, room_id, await self._me(), typing, timeout_ms)
+        await self._transport.request(*request, idempotent=True, what="PUT typing")
+
+    # -- rooms and Spaces ------------------------------------------------------
+
+    async def create_room(
+        self,
+        *,
+        name: str | None = None,
+        topic: str | None = None,
+        invite: Sequence[str] = (),
+        is_direct: bool = False,
+        preset: str = "private_chat",
+        initial_state: Sequence[Mapping[str, Any]] = (),
+        power_level_override: Mapping[str, Any] | None = None,
+        space: bool = False,
+    ) -> str:
+        """Create a room (a Space with ``space=True``); return its id.
+
+        Not retried on an ambiguous failure: a repeat would make a second room.
+        Put a marker in *initial_state* if the caller must be able to find a
+        room it may have created before a crash.
+        """
+        request = _nio.authenticated(
+            nio.Api.room_create,
+            name=name,
+            topic=topic,
+            invite=list(invite),
+            is_direct=is_direct,
+            preset=nio.RoomPreset(preset),
+            initial_state=[dict(event) for event in initial_state],
+            power_level_override=dict(power_level_override) if power_level_override is not None else None,
+            space=space,
+        )
+        body = await self._transport.request(*request, idempotent=False, what="POST createRoom")
+        return _nio.parse(responses.RoomCreateResponse, body).room_id
+
+    async def create_space(self, name: str, *, topic: str | None = None, invite: Sequence[str] = ()) -> str:
+        """Create a Space (``creation_content.type = m.space``); return its id."""
+        return await self.create_room(name=name, topic=topic, invite=invite, space=True)
+
+    async def add_to_space(self, space_id: str, room_id: str, *, suggested: bool = False) -> None:
+        """Link *room_id* into *space_id* both ways: ``m.space.child`` in the
+        Space and ``m.space.parent`` in the room (we need power in both)."""
+        via = [self.server_name]
+        await self.put_state(space_id, "m.space.child", contents.space_child(via, suggested=suggested), room_id)
+        await self.put_state(room_id, "m.space.parent", contents.space_parent(via), space_id)
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        request = _nio.authenticated(nio.Api.room_invite, room_id, user_id)
+        await self._transport.request(*request, idempotent=False, what="POST invite")
+
+    async def join(self, room_id_or_alias: str) -> str:
+        """Join (or accept an invitation); return the room id."""
+        request = _nio.authenticated(nio.Api.join, room_id_or_alias)
+        body = await self._transport.request(*request, idempotent=True, what="POST join")
+        return _nio.parse(responses.JoinResponse, body).room_id
+
+    async def leave(self, room_id: str) -> None:
+        """Leave a room, or decline an invitation to it."""
+        request = _nio.authenticated(nio.Api.room_leave, room_id)
+        await self._transport.request(*request, idempotent=True, what="POST leave")
+
+    async def joined_rooms(self) -> tuple[str, ...]:
+        body = await self._transport.request(
+            *_nio.authenticated(nio.Api.joined_rooms), idempotent=True, what="GET joined_rooms"
+        )
+        return tuple(_nio.parse(responses.JoinedRoomsResponse, body).rooms)
+
+    async def joined_members(self, room_id: str) -> dict[str, str | None]:
+        """The room's joined members: user id → display name (None if unset)."""
+        request = _nio.authenticated(nio.Api.joined_members, room_id)
+        body = await self._transport.request(*request, idempotent=True, what="GET joined_members")
+        parsed = _nio.parse(responses.JoinedMembersResponse, body, room_id)
+        return {member.user_id: member.display_name for member in parsed.members}
+
+    # -- state -----------------------------------------------------------------
+
+    async def put_state(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
+    ) -> str:
+        """Set a state event (any type, custom ones too); return its event id."""
+        request = _nio.authenticated(nio.Api.room_put_state, room_id, event_type, dict(content), state_key=state_key)
+        body = await self._transport.request(*request, idempotent=True, what=f"PUT state {event_type}")
+        return _nio.parse(responses.RoomPutStateResponse, body, room_id).event_id
+
+    async def get_state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """The content of a state event, or None if the room has none of that type and key."""
+        request = _nio.authenticated(nio.Api.room_get_state_event, room_id, event_type, state_key)
+        try:
+            body = await self._transport.request(*request, idempotent=True, what=f"GET state {event_type}")
+        except MatrixError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        return _nio.parse(responses.RoomGetStateEventResponse, body, event_type, state_key, room_id).content
+
+    async def room_state(self, room_id: str) -> tuple[RoomEvent, ...]:
+        """Every current state event of the room, parsed like sync events."""
+        request = _nio.authenticated(nio.Api.room_get_state, room_id)
+        body = await self._transport.request(*request, idempotent=True, what="GET state")
+        return parse_events(room_id, body)
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        """True if end-to-end encryption is on in the room (we cannot read it)."""
+        return await self.get_state(room_id, "m.room.encryption") is not None
+
+    # -- history -----------------------------------------------------------------
+
+    async def messages(
+        self,
+        room_id: str,
+        *,
+        start: str | None = None,
+        direction: str = "b",
+        limit: int = 10,
+        event_filter: Mapping[str, Any] | None = None,
+    ) -> HistoryPage:
+        """One page of room history from *start* (None: the latest event when
+        paging back). ``direction`` is ``"b"`` (back) or ``"f"`` (forward)."""
+        request = _nio.authenticated(
+            nio.Api.room_messages,
+            room_id,
+            start=start,
+            direction=nio.MessageDirection(direction),
+            limit=limit,
+            message_filter=dict(event_filter) if event_filter is not None else None,
+        )
+        body = await self._transport.request(*request, idempotent=True, what="GET messages")
+        if not isinstance(body, dict) or not isinstance(body.get("start"), str):
+            raise MatrixError(200, "M_BAD_JSON", "the homeserver's /messages answer has no start token")
+        end = body.get("end")
+        return HistoryPage(parse_events(room_id, body.get("chunk")), body["start"], end if isinstance(end, str) else None)
+
+    # -- media -------------------------------------------------------------------
+
+    async def upload(self, data: bytes, content_type: str, filename: str | None = None) -> str:
+        """Put a file in the media repository; return its ``mxc://`` URI."""
+        method, path, _ = _nio.authenticated(nio.Api.upload, filename)
+        body = await self._transport.request(
+            method,
+            path,
+            data,
+            content_type=content_type or "application/octet-stream",
+            # A repeat after an ambiguous failure leaves at most an unused
+            # copy in the media store; nothing is posted twice.
+            idempotent=True,
+            what="POST upload",
+        )
+        return _nio.parse(responses.UploadResponse, body).content_uri
+
+    async def download(self, mxc_uri: str, *, max_bytes: int) -> Download:
+        """Fetch a file through the authenticated media API, refusing more than
+        *max_bytes* (:class:`~lambda_actors.matrix.errors.MediaTooLarge`)."""
+        server, media_id = _split_mxc(mxc_uri)
+        method, path, _ = _nio.build(nio.Api.download, server, media_id)
+        data, headers = await self._transport.download(path, max_bytes=max_bytes, what="GET media")
+        return Download(data, headers.get("Content-Type"), _filename(headers.get("Content-Disposition")))
+
+    # -- internals -----------------------------------------------------------------
+
+    async def _me(self) -> str:
+        if self.user_id is None:
+            await self.whoami()
+        assert self.user_id is not None
+        return self.user_id
+
+
+def _filter_kwargs(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """nio's filter builder takes the filter's top-level sections as arguments."""
+    known = {"event_fields", "event_format", "presence", "account_data", "room"}
+    unknown = set(definition) - known
+    if unknown:
+        raise ValueError(f"unsupported sync filter sections: {sorted(unknown)} (allowed: {sorted(known)})")
+    kwargs = {key: json.loads(json.dumps(value)) for key, value in definition.items()}
+    if "event_format" in kwargs:
+        kwargs["event_format"] = nio.EventFormat(kwargs["event_format"])
+    return kwargs
+
+
+def _split_mxc(uri: str) -> tuple[str, str]:
+    server, _, media_id = uri.removeprefix("mxc://").partition("/")
+    if not uri.startswith("mxc://") or not server or not media_id or "/" in media_id:
+        raise ValueError(f"not an mxc:// URI: {uri!r}")
+    return server, media_id
+
+
+def _filename(disposition: str | None) -> str | None:
+    if not disposition:
+        return None
+    message = Message()
+    message["Content-Disposition"] = disposition
+    return message.get_filename()
