@@ -1,0 +1,91 @@
+"""Stable addresses: how one actor reaches another.
+
+An ``Address`` is created by the supervisor when a child is added and stays
+valid across every restart of that child: it owns the child's mailbox, so
+messages sent while the child is restarting, backing off or parked are held
+(up to the mailbox capacity, then the overflow policy decides) and handed to
+the next incarnation in order. Only when the child is stopped for good does
+the address refuse messages, with ``ActorStopped``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .errors import CallTimeout
+from .mailbox import Mailbox, MailboxStatistics
+from .request import Request
+
+if TYPE_CHECKING:
+    from .state import ChildState
+
+__all__ = ["Address"]
+
+
+class Address:
+    """Send to (``send``), or ask (``call``), the actor at ``path``."""
+
+    __slots__ = ("path", "_mailbox", "_call_timeout", "_state")
+
+    def __init__(self, path: str, mailbox: Mailbox, call_timeout: float, state: Any) -> None:
+        self.path = path
+        self._mailbox = mailbox
+        self._call_timeout = call_timeout
+        # Callable returning the child's ChildState; supplied by the supervisor.
+        self._state = state
+
+    def __repr__(self) -> str:
+        return f"<Address {self.path}>"
+
+    async def send(self, msg: Any) -> None:
+        """Deliver ``msg`` (fire-and-forget).
+
+        When the mailbox is full the overflow policy decides: ``block`` waits,
+        ``drop_newest``/``drop_oldest`` discard (counted, and a
+        ``MessageDropped`` event is emitted), ``fail`` raises ``MailboxFull``.
+        Raises ``ActorStopped`` if the actor has stopped for good.
+        """
+        await self._mailbox.put(msg)
+
+    def send_nowait(self, msg: Any) -> None:
+        """Deliver ``msg`` without waiting; raises ``MailboxFull`` instead of blocking."""
+        self._mailbox.put_nowait(msg)
+
+    async def call(self, msg: Any, *, timeout: float | None = None) -> Any:
+        """Send ``msg`` as a ``Request`` and return the callee's reply.
+
+        ``timeout`` defaults to the actor's ``call_timeout`` policy;
+        ``math.inf`` waits for ever. Raises ``CallTimeout`` when it runs out,
+        ``CallAborted`` at once if the callee crashes, restarts or stops
+        while holding the request, whatever the callee passed to
+        ``request.fail``, and ``ActorStopped`` / ``MailboxFull`` as ``send``.
+        """
+        if timeout is None:
+            timeout = self._call_timeout
+        req: Request[Any] = Request(msg)
+        if timeout == math.inf:
+            await self._mailbox.put_request(req)
+            return await req._wait()
+        with trio.move_on_after(timeout) as scope:
+            await self._mailbox.put_request(req)
+            return await req._wait()
+        if scope.cancelled_caught:
+            raise CallTimeout(self.path, timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def state(self) -> ChildState:
+        """Where the actor is now: running, backing off, parked (with ``retry_at``) or stopped."""
+        return self._state()
+
+    @property
+    def stopped(self) -> bool:
+        """True once the actor has stopped for good (sends raise ``ActorStopped``)."""
+        return self._mailbox.closed
+
+    def statistics(self) -> MailboxStatistics:
+        """The mailbox's depth, peak, drops and so on."""
+        return self._mailbox.statistics()

@@ -1,0 +1,114 @@
+"""What an actor gets: ``ActorContext`` and its mailbox reader.
+
+An actor is ``async def actor(ctx, *args)``. It reads ``ctx.mailbox``
+(``async for msg in ctx.mailbox``); a ``call`` arrives as a ``Request``
+whose ``.msg`` is what the caller sent, answered with ``.reply(value)`` or
+``.fail(exc)``. The iteration ends when the supervisor stops the actor;
+returning then is a clean stop. Raising is a crash, handled by the
+supervisor's policy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .log import runtime_logger
+from .request import Request
+
+if TYPE_CHECKING:
+    from .address import Address
+    from .mailbox import Mailbox
+    from .registry import Registry
+    from .supervisor import Supervisor
+
+__all__ = ["ActorContext", "MailboxReader"]
+
+
+class MailboxReader:
+    """The current incarnation's view of its mailbox.
+
+    It remembers which requests this incarnation took and has not answered,
+    so the supervisor can fail them with ``CallAborted`` the moment the
+    incarnation ends.
+    """
+
+    __slots__ = ("_mailbox", "_inflight")
+
+    def __init__(self, mailbox: Mailbox) -> None:
+        self._mailbox = mailbox
+        self._inflight: set[Request[Any]] = set()
+
+    def __aiter__(self) -> MailboxReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            msg = await self._mailbox.get()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if type(msg) is Request:
+            msg._owner = self._inflight
+            self._inflight.add(msg)
+        return msg
+
+    async def receive(self) -> Any:
+        """The next message; ``trio.EndOfChannel`` when the actor is being stopped."""
+        msg = await self._mailbox.get()
+        if type(msg) is Request:
+            msg._owner = self._inflight
+            self._inflight.add(msg)
+        return msg
+
+    def receive_nowait(self) -> Any:
+        """The next held message, or ``trio.WouldBlock``."""
+        msg = self._mailbox.get_nowait()
+        if type(msg) is Request:
+            msg._owner = self._inflight
+            self._inflight.add(msg)
+        return msg
+
+    def __len__(self) -> int:
+        return len(self._mailbox)
+
+    def _abort_inflight(self, path: str, reason: BaseException | None) -> None:
+        pending, self._inflight = self._inflight, set()
+        for req in pending:
+            req._abort(path, reason)
+
+
+class ActorContext:
+    """Everything one incarnation of an actor may use."""
+
+    __slots__ = ("address", "name", "path", "mailbox", "supervisor", "attempt", "_log")
+
+    def __init__(
+        self, address: Address, name: str, mailbox: Mailbox, supervisor: Supervisor, attempt: int
+    ) -> None:
+        #: This actor's own stable address (hand it to others so they can reply).
+        self.address = address
+        self.name = name
+        #: e.g. ``node/agents/agent-0/conn-17``.
+        self.path = address.path
+        self.mailbox = MailboxReader(mailbox)
+        #: The supervisor this actor runs under.
+        self.supervisor = supervisor
+        #: Restarts in a row before this incarnation (0 on a fresh start).
+        self.attempt = attempt
+        self._log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to ``actor=<path>``."""
+        if self._log is None:
+            self._log = runtime_logger(self.path)
+        return self._log
+
+    @property
+    def registry(self) -> Registry:
+        """The tree's registry (names to addresses, get-or-start)."""
+        return self.supervisor.registry
+
+    def __repr__(self) -> str:
+        return f"<ActorContext {self.path} attempt={self.attempt}>"

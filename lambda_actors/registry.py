@@ -1,0 +1,112 @@
+"""Names to addresses, one registry per supervision tree (no globals).
+
+Every child is registered under its path (``node/store``) when added and
+unregistered when it stops for good. Any other hashable key can be added
+with ``register``; it goes away with its address. ``get_or_start`` is how
+actors that exist per key (a room per room id) are found or created.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Hashable, Iterator
+
+from .errors import ActorStopped, NoSuchActor
+
+if TYPE_CHECKING:
+    from .address import Address
+    from .spec import ChildSpec, SupervisorSpec
+    from .supervisor import Supervisor
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_key: dict[Hashable, Address] = {}
+        self._keys_of: dict[Address, list[Hashable]] = {}
+        self._supervisors: dict[str, Supervisor] = {}
+
+    def register(self, key: Hashable, address: Address) -> None:
+        """Make ``address`` reachable as ``key``; a key already in use is an error."""
+        current = self._by_key.get(key)
+        if current is not None and current is not address and not current.stopped:
+            raise ValueError(f"{key!r} is already registered to {current!r}")
+        if address.stopped:
+            raise ValueError(f"{address!r} has stopped for good; it cannot be registered")
+        self._by_key[key] = address
+        self._keys_of.setdefault(address, []).append(key)
+
+    def unregister(self, key: Hashable) -> None:
+        address = self._by_key.pop(key, None)
+        if address is not None:
+            keys = self._keys_of.get(address)
+            if keys is not None and key in keys:
+                keys.remove(key)
+
+    def lookup(self, key: Hashable) -> Address:
+        """The address registered as ``key`` (a path or your own key); ``NoSuchActor`` if none."""
+        address = self._by_key.get(key)
+        if address is None or address.stopped:
+            raise NoSuchActor(f"nothing is registered as {key!r}")
+        return address
+
+    def get(self, key: Hashable) -> Address | None:
+        address = self._by_key.get(key)
+        if address is None or address.stopped:
+            return None
+        return address
+
+    def get_or_start(
+        self,
+        key: Hashable,
+        supervisor: Supervisor,
+        spec: ChildSpec | Callable[[], ChildSpec],
+    ) -> Address:
+        """The address registered as ``key``, starting ``spec`` under ``supervisor`` if there is none.
+
+        ``spec`` may be a zero-argument callable, so the spec is only built
+        on first use. Synchronous and therefore race-free: two tasks asking
+        for the same key in the same tick get the same actor.
+        """
+        address = self.get(key)
+        if address is not None:
+            return address
+        from .spec import ChildSpec
+
+        if not isinstance(spec, ChildSpec):
+            spec = spec()
+        try:
+            address = supervisor.address(spec.name)
+        except NoSuchActor:
+            address = supervisor.start_child(spec)
+        if address.stopped:
+            raise ActorStopped(address.path)
+        if key != address.path:
+            self.register(key, address)
+        return address
+
+    def supervisor(self, path: str) -> Supervisor:
+        """The supervisor at ``path`` (e.g. ``node/rooms``)."""
+        sup = self._supervisors.get(path)
+        if sup is None:
+            raise NoSuchActor(f"no supervisor at {path!r}")
+        return sup
+
+    def keys(self) -> Iterator[Hashable]:
+        return (k for k, a in list(self._by_key.items()) if not a.stopped)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    # Called by supervisors.
+    def _add_path(self, address: Address) -> None:
+        self._by_key[address.path] = address
+        self._keys_of.setdefault(address, []).append(address.path)
+
+    def _forget(self, address: Address) -> None:
+        for key in self._keys_of.pop(address, ()):
+            if self._by_key.get(key) is address:
+                del self._by_key[key]

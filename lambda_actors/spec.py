@@ -1,0 +1,133 @@
+"""Child specs: what a supervisor starts, and the policy the code asks for.
+
+Policy fields left as ``None`` are taken from supervision.toml or the
+library defaults (see ``policy.py`` for the order). Specs are checked when
+built, so a bad one fails where it is written, not when it first crashes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+
+from .backoff import Backoff
+from .errors import ChildSpecError
+from .mailbox import Overflow
+from .policy import OnExhausted, Restart, Strategy
+
+if TYPE_CHECKING:
+    from .context import ActorContext
+
+__all__ = ["ChildSpec", "SupervisorSpec", "ActorFn"]
+
+#: An actor: ``async def actor(ctx, *args) -> None``.
+ActorFn = Callable[..., Awaitable[None]]
+
+_CHILD_FIELDS = ("restart", "shutdown", "backoff", "mailbox_capacity", "overflow", "call_timeout")
+_SUP_FIELDS = ("strategy", "intensity", "period", "on_exhausted", "cool_down")
+_ENUMS: dict[str, type] = {
+    "restart": Restart, "overflow": Overflow, "strategy": Strategy, "on_exhausted": OnExhausted,
+}
+
+
+def _check_name(kind: str, name: Any) -> None:
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ChildSpecError(
+            f"{kind} name {name!r} must be a non-empty string without '/'; "
+            "the name is one segment of the actor's path"
+        )
+
+
+def _explicit(spec: Any, names: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(spec, name)
+        if value is None:
+            continue
+        if name in _ENUMS:
+            try:
+                value = _ENUMS[name](value)
+            except ValueError:
+                choices = ", ".join(repr(str(c)) for c in _ENUMS[name])
+                raise ChildSpecError(
+                    f"{spec.name!r}: {name} = {value!r} is not one of {choices}"
+                ) from None
+        elif name == "shutdown" and value == "infinity":
+            value = math.inf
+        elif name == "backoff" and not isinstance(value, Backoff):
+            raise ChildSpecError(f"{spec.name!r}: backoff must be a Backoff(...), got {value!r}")
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A worker: ``fn(ctx, *args)`` run as a Trio task under a supervisor."""
+
+    name: str
+    fn: ActorFn
+    args: tuple[Any, ...] = ()
+    restart: Restart | str | None = None
+    shutdown: float | str | None = None
+    backoff: Backoff | None = None
+    mailbox_capacity: int | None = None
+    overflow: Overflow | str | None = None
+    call_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("child", self.name)
+        if not callable(self.fn):
+            raise ChildSpecError(f"child {self.name!r}: fn must be an async function, got {self.fn!r}")
+        object.__setattr__(self, "args", tuple(self.args))
+        _explicit(self, _CHILD_FIELDS)  # validates enum strings early
+
+    def explicit_policy(self) -> dict[str, Any]:
+        return _explicit(self, _CHILD_FIELDS)
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    """A nested supervisor: its own children, strategy and intensity.
+
+    Its static ``children`` are started in order each time it starts.
+    Children added later with ``start_child`` are gone after it restarts,
+    as in OTP; look them up again with ``Registry.get_or_start``.
+    """
+
+    name: str
+    children: Sequence[ChildSpec | SupervisorSpec] = ()
+    strategy: Strategy | str | None = None
+    intensity: int | None = None
+    period: float | None = None
+    on_exhausted: OnExhausted | str | None = None
+    cool_down: float | None = None
+    restart: Restart | str | None = None
+    shutdown: float | str | None = None
+    backoff: Backoff | None = None
+    mailbox_capacity: int | None = field(default=None, repr=False)
+    overflow: Overflow | str | None = field(default=None, repr=False)
+    call_timeout: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("supervisor", self.name)
+        object.__setattr__(self, "children", tuple(self.children))
+        seen: set[str] = set()
+        for child in self.children:
+            if not isinstance(child, (ChildSpec, SupervisorSpec)):
+                raise ChildSpecError(
+                    f"supervisor {self.name!r}: children must be ChildSpec or SupervisorSpec, got {child!r}"
+                )
+            if child.name in seen:
+                raise ChildSpecError(
+                    f"supervisor {self.name!r}: two children are named {child.name!r}; "
+                    "names must be unique among siblings"
+                )
+            seen.add(child.name)
+        _explicit(self, _CHILD_FIELDS + _SUP_FIELDS)
+
+    def explicit_policy(self) -> dict[str, Any]:
+        out = _explicit(self, _CHILD_FIELDS + _SUP_FIELDS)
+        # A supervisor's stop is its whole subtree's; OTP waits for it (infinity).
+        out.setdefault("shutdown", math.inf)
+        return out
