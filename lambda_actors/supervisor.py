@@ -396,11 +396,30 @@ class Supervisor:
             c.mailbox.resume()
 
     def _spawn(self, c: _Child) -> None:
+        """Start ``c`` at the next scheduling point (a single child: order is moot)."""
         assert self._nursery is not None
         self._prepare(c, trio.current_time())
         self._nursery.start_soon(self._child_task, c, name=c.path)
 
-    async def _child_task(self, c: _Child) -> None:
+    async def _spawn_in_order(self, children: Sequence[_Child], event: Any = None) -> None:
+        """Start several children one after the other, as OTP does.
+
+        Each child's task runs until its first checkpoint (a nested
+        supervisor: until its own children are started) before the next one
+        is spawned, so start order is observable and shutdown can mirror it.
+        ``event(c)`` is emitted for each.
+        """
+        assert self._nursery is not None
+        for c in children:
+            if c.running or self._children.get(c.name) is not c:
+                continue
+            if event is not None:
+                self._tree.emit(event(c))
+            self._prepare(c, trio.current_time())
+            await self._nursery.start(self._child_task, c, name=c.path)
+
+    async def _child_task(self, c: _Child, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        once = _StartedOnce(task_status)
         try:
             with _being(c.path):
                 while True:
@@ -410,11 +429,12 @@ class Supervisor:
                     try:
                         with scope:
                             if c.sup is not None:
-                                await c.sup._serve()
+                                await c.sup._serve(once)
                             else:
                                 assert c.address is not None and c.mailbox is not None
                                 ctx = ActorContext(c.address, c.name, c.mailbox, self, c.attempt)
                                 c.reader = ctx.mailbox
+                                once.started()
                                 await c.spec.fn(ctx, *c.spec.args)
                     except Exception as exc:
                         reason = exc
@@ -429,6 +449,7 @@ class Supervisor:
                     if not self._after_exit(c, reason):
                         return
         finally:
+            once.started()
             c.running = False
             if c.done is not None:
                 c.done.set()
@@ -581,11 +602,11 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._running = True
-                now = trio.current_time()
-                for c in list(self._children.values()):
-                    first = c.scope is None
-                    self._spawn(c)
-                    self._tree.emit(Started(c.path, now) if first else Restarted(c.path, now, c.attempt))
+                await self._spawn_in_order(
+                    list(self._children.values()),
+                    lambda c: Started(c.path, trio.current_time()) if c.scope is None
+                    else Restarted(c.path, trio.current_time(), c.attempt),
+                )
                 task_status.started(self)
                 escalation = await self._loop()
                 await self._stop_all(for_good=self._stop_for_good)
@@ -621,13 +642,13 @@ class Supervisor:
                 continue
             now = trio.current_time()
             if timers and timers[0][0] <= now:
-                self._fire_timers(now)
+                await self._fire_timers(now)
                 continue
             deadline = timers[0][0] if timers else math.inf
             with trio.move_on_at(deadline):
                 await self._lot.park()
 
-    def _fire_timers(self, now: float) -> None:
+    async def _fire_timers(self, now: float) -> None:
         timers = self._timers
         due: list[_Child] = []
         while timers and timers[0][0] <= now:
@@ -641,10 +662,10 @@ class Supervisor:
                     c.window.clear()
                 c.attempt = 0
                 self._tree.log.info("actor unparked", actor=c.path)
-                self._tree.emit(Unparked(c.path, now))
-            else:
-                self._tree.emit(Restarted(c.path, now, c.attempt))
-            self._spawn(c)
+        await self._spawn_in_order(
+            due,
+            lambda c: Unparked(c.path, now) if c.status is Status.PARKED else Restarted(c.path, now, c.attempt),
+        )
 
     async def _restart_group(self, failed: _Child, delay: float) -> None:
         """one_for_all / rest_for_one: stop the group in reverse order, restart it in order."""
@@ -659,9 +680,7 @@ class Supervisor:
         now = trio.current_time()
         survivors = [c for c in members if self._children.get(c.name) is c and not c.running]
         if delay <= 0:
-            for c in survivors:
-                self._tree.emit(Restarted(c.path, now, c.attempt))
-                self._spawn(c)
+            await self._spawn_in_order(survivors, lambda c: Restarted(c.path, now, c.attempt))
         else:
             self._tree.emit(BackingOff(failed.path, now, delay, now + delay))
             for c in survivors:
@@ -681,6 +700,21 @@ class Supervisor:
             self._remove(c)
         if self._tree.registry._supervisors.get(self.path) is self:
             del self._tree.registry._supervisors[self.path]
+
+
+class _StartedOnce:
+    """Reports a child task as started exactly once, however its first incarnation ends."""
+
+    __slots__ = ("_status",)
+
+    def __init__(self, status: trio.TaskStatus[Any]) -> None:
+        self._status: trio.TaskStatus[Any] | None = status
+
+    def started(self, value: Any = None) -> None:
+        status = self._status
+        if status is not None:
+            self._status = None
+            status.started(value)
 
 
 def _make_root(
