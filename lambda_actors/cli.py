@@ -13,6 +13,7 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("lambda_actors.bot.run", "run the Matrix bot"),
     "fake-agent": ("lambda_actors.agent.fake", "run a fake agent (a real WebSocket server) for demos and tests"),
 }
 

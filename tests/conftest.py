@@ -7,4 +7,5 @@ Fixtures live in ``tests/harness/`` as plugins so each part of the harness
 pytest_plugins = [
     "harness.synapse",
     "harness.agents",
+    "harness.bot",
 ]

@@ -50,8 +50,9 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_unhandled ON inbox (room_id, seq) WHERE handled = 0;
 CREATE TABLE IF NOT EXISTS turns (
-    event_id TEXT PRIMARY KEY,
-    boot_id  TEXT NOT NULL
+    event_id    TEXT PRIMARY KEY,
+    boot_id     TEXT NOT NULL,
+    attachments TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -190,21 +191,22 @@ class Store:
     def sync_token(self) -> str | None:
         return self._meta("sync_token")
 
-    def ingest(self, events: Iterable[tuple[str, str, dict[str, Any]]], next_batch: str) -> list[str]:
+    def ingest(self, events: Iterable[tuple[str, str, dict[str, Any], bool]], next_batch: str) -> list[str]:
         """Store one sync batch and its ``next_batch`` token atomically.
 
-        ``events`` are ``(event_id, room_id, event)`` triples. Events already
+        ``events`` are ``(event_id, room_id, event, handled)``; ``handled``
+        is True for history known to be answered already. Events already
         stored are ignored, so a batch replayed after a crash adds nothing.
-        Returns the room ids that received new events, in first-seen order.
+        Returns the room ids with new unhandled events, in first-seen order.
         """
         rooms: dict[str, None] = {}
         with self._transaction() as db:
-            for event_id, room_id, event in events:
+            for event_id, room_id, event, handled in events:
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO inbox (event_id, room_id, event) VALUES (?, ?, ?)",
-                    (event_id, room_id, json.dumps(event)),
+                    "INSERT OR IGNORE INTO inbox (event_id, room_id, event, handled) VALUES (?, ?, ?, ?)",
+                    (event_id, room_id, json.dumps(event), int(handled)),
                 )
-                if cursor.rowcount:
+                if cursor.rowcount and not handled:
                     rooms[room_id] = None
             self._set_meta(db, "sync_token", next_batch)
         return list(rooms)
@@ -238,20 +240,30 @@ class Store:
             db.execute("UPDATE inbox SET handled = 1 WHERE event_id = ?", (event_id,))
         return queued
 
-    def claim_turn(self, event_id: str) -> bool:
-        """Record that this boot delivers ``event_id`` to its agent.
+    def start_turn(self, event_id: str, room_id: str) -> list[str] | None:
+        """Claim a user message for delivery to its agent by this boot.
 
-        False when this same boot already delivered it: the first delivery is
-        still being answered, and a second would reach the agent twice.
+        The first claim takes the room's staged files with it (atomically, so
+        a crash cannot lose them or attach them twice) and returns their
+        paths. A claim after a restart returns the same paths again. None
+        means this same boot already delivered the message: the first
+        delivery is still being answered, and a second would reach the agent
+        twice.
         """
         with self._transaction() as db:
-            row = db.execute("SELECT boot_id FROM turns WHERE event_id = ?", (event_id,)).fetchone()
-            if row and row[0] == self.boot_id:
-                return False
+            row = db.execute("SELECT boot_id, attachments FROM turns WHERE event_id = ?", (event_id,)).fetchone()
+            if row:
+                if row[0] == self.boot_id:
+                    return None
+                db.execute("UPDATE turns SET boot_id = ? WHERE event_id = ?", (self.boot_id, event_id))
+                return json.loads(row[1])
+            paths = [p for (p,) in db.execute("SELECT path FROM staged WHERE room_id = ? ORDER BY seq", (room_id,))]
+            db.execute("DELETE FROM staged WHERE room_id = ?", (room_id,))
             db.execute(
-                "INSERT OR REPLACE INTO turns (event_id, boot_id) VALUES (?, ?)", (event_id, self.boot_id)
+                "INSERT INTO turns (event_id, boot_id, attachments) VALUES (?, ?, ?)",
+                (event_id, self.boot_id, json.dumps(paths)),
             )
-        return True
+        return paths
 
     # -- outbox ---------------------------------------------------------------
 

@@ -15,7 +15,7 @@ def store(tmp_path):
 
 
 def _event(event_id, room="!r:x", body="hi"):
-    return (event_id, room, {"event_id": event_id, "type": "m.room.message", "content": {"body": body}})
+    return (event_id, room, {"event_id": event_id, "type": "m.room.message", "content": {"body": body}}, False)
 
 
 def test_ingest_stores_events_and_token_together_and_ignores_replays(store):
@@ -32,9 +32,16 @@ def test_ingest_is_all_or_nothing(store):
     with pytest.raises(TypeError):
         # An unserialisable event fails mid-batch: neither it, the event
         # before it, nor the new token may be stored.
-        store.ingest([_event("$2"), ("$3", "!r:x", {"bad": object()})], "batch-2")
+        store.ingest([_event("$2"), ("$3", "!r:x", {"bad": object()}, False)], "batch-2")
     assert store.sync_token() == "batch-1"
     assert [e.event_id for e in store.unhandled("!r:x")] == ["$1"]
+
+
+def test_ingest_can_store_history_as_already_handled(store):
+    handled = ("$old", "!r:x", {"event_id": "$old"}, True)
+    assert store.ingest([handled, _event("$new")], "b") == ["!r:x"]
+    assert store.ingest([("$older", "!q:x", {}, True)], "c") == []
+    assert [e.event_id for e in store.unhandled("!r:x")] == ["$new"]
 
 
 def test_finish_marks_handled_and_queues_sends_atomically(store):
@@ -60,14 +67,18 @@ def test_outbox_tracks_sent_event_ids(store):
     assert [p.txn_id for p in store.pending_sends()] == ["t2"]
 
 
-def test_claim_turn_refuses_a_second_delivery_in_the_same_boot_only(tmp_path):
+def test_start_turn_refuses_a_second_delivery_in_the_same_boot_only(tmp_path):
     first = Store.open(tmp_path / "db")
-    assert first.claim_turn("$1") is True
-    assert first.claim_turn("$1") is False
+    first.stage("!r:x", "incoming/a.txt", "a.txt")
+    assert first.start_turn("$1", "!r:x") == ["incoming/a.txt"]
+    assert first.start_turn("$1", "!r:x") is None
+    # The staged file went with the first message, not with the next one.
+    assert first.staged("!r:x") == []
+    assert first.start_turn("$2", "!r:x") == []
     first.close()
     restarted = Store.open(tmp_path / "db")
-    assert restarted.claim_turn("$1") is True
-    assert restarted.claim_turn("$1") is False
+    assert restarted.start_turn("$1", "!r:x") == ["incoming/a.txt"]
+    assert restarted.start_turn("$1", "!r:x") is None
     restarted.close()
 
 

@@ -1,0 +1,342 @@
+"""The connection actor: one per (agent, chat), holding that chat's WebSocket.
+
+It lives under its agent's supervisor (``node/agents/<agent_id>``), started on
+first use by the room that needs it. Each :class:`Deliver` is one *turn*: the
+user's message goes to the agent as ``USER_MESSAGE``, and the answer streams
+back into the room as one message that grows by edits
+(:class:`~lambda_actors.bot.streaming.AnswerStream` decides when), with files
+the agent sends and confirmations it asks for along the way.
+
+Every turn ends in exactly one of two ways, both recorded together with the
+event being marked handled (``Store.finish``), and both reported to the room
+with :class:`~lambda_actors.actors.room.TurnDone`:
+
+- the answer (the agent's ``END`` or ``ERROR``), or
+- an error message for the user: the connection failed, the agent stalled,
+  or this actor was stopped or killed mid-answer.
+
+A failed connection then *crashes* the actor on purpose: the supervisor's
+backoff spaces out reconnects, and an agent that keeps failing exhausts its
+supervisor's intensity and is parked, so its rooms answer at once that it is
+unavailable instead of hanging (see ``supervision.toml``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..address import Address
+from ..agent import protocol as p
+from ..agent.client import AgentConnection, AgentConnectionError, Late, open_agent_connection
+from ..bot.config import AgentConfig
+from ..bot.files import UnsafeAgentFile, read_agent_file, resolve_agent_file
+from ..bot.store import OutboxItem, PendingConfirmation
+from ..bot.streaming import INTERRUPTED, AnswerStream, EditPart, PostPart
+from ..matrix import content as contents
+from ..matrix.errors import MatrixError
+from ..spec import ChildSpec
+from .outbox import Queued
+from .services import AGENTS_PATH, DONE_KEY, OUTBOX_PATH, SOURCE_KEY, BotServices, notice, txn_id
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send the user's message ``event_id`` to the agent and stream the answer.
+
+    ``room`` is the room actor's address, told :class:`TurnDone` at the end.
+    """
+
+    event_id: str
+    room_id: str
+    text: str
+    attachments: tuple[str, ...]
+    room: Address
+
+
+@dataclass(frozen=True)
+class ConfirmAnswer:
+    """The owner answered the agent's confirmation ``request_id``."""
+
+    request_id: str
+    approved: bool
+
+
+def connection_address(ctx: Any, agent_id: str, chat_id: int, bot: BotServices) -> Address:
+    """The connection actor for (agent, chat), started on first use."""
+    agent = bot.agents.agent(agent_id)
+    supervisor = ctx.registry.supervisor(f"{AGENTS_PATH}/{agent_id}")
+    return ctx.registry.get_or_start(
+        ("chat", agent_id, chat_id),
+        supervisor,
+        lambda: ChildSpec(f"chat-{chat_id}", connection_actor, args=(bot, agent, chat_id), restart="transient"),
+    )
+
+
+async def connection_actor(ctx: Any, bot: BotServices, agent: AgentConfig, chat_id: int) -> None:
+    await _Connection(ctx, bot, agent, chat_id).run()
+
+
+class _Connection:
+    def __init__(self, ctx: Any, bot: BotServices, agent: AgentConfig, chat_id: int) -> None:
+        self.ctx = ctx
+        self.bot = bot
+        self.agent = agent
+        self.chat_id = chat_id
+        self.timing = bot.timing
+        #: A Deliver that arrived while a turn was running (the room sends one
+        #: turn at a time, so this is a safety net, not a queue).
+        self.next: Deliver | None = None
+        self.stream: AnswerStream | None = None
+        self.last_action: PostPart | EditPart | None = None
+
+    async def next_turn(self) -> Deliver | None:
+        """Wait for the next Deliver; None when idle long enough to close."""
+        if self.next is not None:
+            turn, self.next = self.next, None
+            return turn
+        with trio.move_on_after(self.timing.connection_idle_close):
+            while True:
+                msg = await self.ctx.mailbox.receive()
+                if isinstance(msg, Deliver):
+                    return msg
+                # A confirmation answer with no turn running: the turn it
+                # belonged to is over (the agent gave up waiting, or we
+                # restarted); the agent no longer expects it.
+                self.ctx.log.info("connection.stale_message", message=repr(msg))
+        return None
+
+    async def run(self) -> None:
+        turn = await self.next_turn()
+        if turn is None:
+            return
+        try:
+            async with open_agent_connection(
+                self.agent.base_url,
+                self.chat_id,
+                connect_timeout=self.timing.agent_connect_timeout,
+                status_timeout=self.timing.agent_status_timeout,
+                idle_timeout=self.timing.agent_idle_timeout,
+            ) as conn:
+                while turn is not None:
+                    await self.run_turn(conn, turn)
+                    turn = None
+                    turn = await self.next_turn()
+        except AgentConnectionError as exc:
+            self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(exc))
+            if turn is not None:
+                await self.fail_turn(turn, f"⚠ {self.agent.label} could not answer: {exc}. Please send your message again.")
+            raise
+        except BaseException:
+            # Stopped (shutdown) or killed mid-answer: the user hears about it.
+            if turn is not None:
+                await self.fail_turn(turn, INTERRUPTED)
+            raise
+
+    # -- one turn ---------------------------------------------------------------
+
+    async def run_turn(self, conn: AgentConnection, turn: Deliver) -> None:
+        self.stream = AnswerStream(min_interval=self.timing.edit_interval)
+        self.last_action: PostPart | EditPart | None = None
+        self.files_sent = 0
+        self.unreadable = 0
+        await conn.send_user_message(turn.text, turn.attachments)
+        self.ctx.log.info("connection.delivered", event_id=turn.event_id, chat_id=self.chat_id)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._show_typing, turn.room_id)
+            nursery.start_soon(self._answer_confirmations, conn, turn)
+            try:
+                await self._stream_answer(conn, turn, nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+        with trio.move_on_after(2, shield=True):
+            await _quietly(self.bot.client.typing(turn.room_id, False))
+
+    async def _stream_answer(self, conn: AgentConnection, turn: Deliver, nursery: trio.Nursery) -> None:
+        while True:
+            due = self.stream.next_due()
+            with trio.move_on_at(math.inf if due is None else due):
+                frame = await conn.receive()
+                await self._on_frame(frame, turn, nursery)
+                if self.stream.finished:
+                    return
+                continue
+            await self._post(turn, self.stream.tick(trio.current_time()))
+
+    async def _on_frame(self, frame: Any, turn: Deliver, nursery: trio.Nursery) -> None:
+        now = trio.current_time()
+        match frame:
+            case Late(frame=late):
+                self.ctx.log.info("connection.late_frame_ignored", frame=type(late).__name__)
+            case p.TextChunk(text=text):
+                await self._post(turn, self.stream.text(text, now))
+            case p.ToolCallChunk(tool_name=name):
+                await self._post(turn, self.stream.tool_call(name, now))
+            case p.ToolResult(tool_name=name):
+                await self._post(turn, self.stream.tool_result(name, now))
+            case p.CustomUpdate(confirm=confirm) if confirm is not None:
+                await self._ask(turn, confirm, nursery)
+            case p.CustomUpdate():
+                self.ctx.log.debug("connection.progress", chat_id=self.chat_id)
+            case p.SendFile(path=path):
+                await self._send_file(turn, path)
+            case p.End():
+                note = (
+                    f"\n\n(The agent also sent {self.unreadable} unreadable frame(s); "
+                    "the answer may be incomplete.)"
+                    if self.unreadable
+                    else ""
+                )
+                if note:
+                    self.stream.text(note, now)
+                await self._finish(turn, self.stream.end(now))
+            case p.AgentError(message=message):
+                await self._finish(turn, self.stream.fail(f"⚠ {self.agent.label} reported an error: {message}", now))
+            case p.MalformedFrame(reason=reason):
+                self.unreadable += 1
+                self.ctx.log.warning("connection.malformed_frame", reason=reason, chat_id=self.chat_id)
+            case p.UnknownFrame(type=kind):
+                self.ctx.log.info("connection.unknown_frame_ignored", frame_type=kind, chat_id=self.chat_id)
+            case _:
+                self.ctx.log.debug("connection.frame_ignored", frame=type(frame).__name__)
+
+    # -- posting ------------------------------------------------------------------
+
+    def _items(self, turn: Deliver, actions: list[Any], *, done: bool = False) -> list[OutboxItem]:
+        items = []
+        for action in actions:
+            post_txn = txn_id("answer", turn.event_id, str(action.part_no))
+            content = {**contents.text(action.body), SOURCE_KEY: turn.event_id}
+            if done:
+                content[DONE_KEY] = True
+            if isinstance(action, PostPart):
+                items.append(OutboxItem(0, post_txn, turn.room_id, "m.room.message", content))
+            elif isinstance(action, EditPart):
+                # Edits are scoped to this boot: after a restart the answer is
+                # written again, and its edits must not be mistaken for the
+                # earlier run's edits of the same number.
+                edit_txn = txn_id("edit", turn.event_id, self.bot.store.boot_id, str(action.part_no), str(action.edit_no))
+                items.append(OutboxItem(0, edit_txn, turn.room_id, "m.room.message", content, replaces_txn=post_txn))
+        return items
+
+    async def _post(self, turn: Deliver, actions: list[Any]) -> None:
+        if actions:
+            self.last_action = actions[-1]
+            await self._tell_outbox(self.bot.store.enqueue(self._items(turn, actions)))
+
+    async def _tell_outbox(self, queued: list[OutboxItem]) -> None:
+        if queued:
+            await self.ctx.registry.lookup(OUTBOX_PATH).send(Queued(tuple(queued)))
+
+    async def _finish(self, turn: Deliver, actions: list[Any]) -> None:
+        """End the turn: final sends and "handled" in one transaction, then tell the room."""
+        last = self.last_action
+        if not actions and last is not None:
+            # The last throttled edit already showed the whole answer; repeat
+            # it once more, marked done, so readers know nothing follows.
+            actions = [EditPart(last.part_no, last.edit_no + 1, last.body)]
+        queued = self.bot.store.finish(turn.event_id, self._items(turn, actions, done=True))
+        for pending in self.bot.store.confirmations(turn.room_id):
+            if pending.chat_id == self.chat_id:
+                self.bot.store.resolve_confirmation(pending.request_id)
+        await self._tell_outbox(queued)
+        await turn.room.send(_turn_done(turn.event_id))
+
+    async def fail_turn(self, turn: Deliver, message: str) -> None:
+        with trio.move_on_after(5, shield=True):
+            if self.stream is None or self.stream.finished:
+                self.stream, self.last_action = AnswerStream(), None
+            await self._finish(turn, self.stream.fail(message, trio.current_time()))
+
+    # -- typing, confirmations, files ------------------------------------------------
+
+    async def _show_typing(self, room_id: str) -> None:
+        while True:
+            await _quietly(self.bot.client.typing(room_id, True, timeout_ms=30_000))
+            await trio.sleep(20)
+
+    async def _answer_confirmations(self, conn: AgentConnection, turn: Deliver) -> None:
+        while True:
+            msg = await self.ctx.mailbox.receive()
+            if isinstance(msg, ConfirmAnswer):
+                await conn.send_confirm_response(msg.request_id, msg.approved)
+            elif isinstance(msg, Deliver):
+                self.next = msg
+            else:
+                self.ctx.log.warning("connection.unknown_message", message=type(msg).__name__)
+
+    async def _ask(self, turn: Deliver, confirm: p.ConfirmRequest, nursery: trio.Nursery) -> None:
+        minutes = self.timing.confirmation_timeout / 60
+        prompt = notice(
+            turn.room_id,
+            "confirm",
+            (turn.event_id, confirm.request_id),
+            f"🔐 {self.agent.label} asks for your permission to: {confirm.action}\n"
+            f"{confirm.details}\n"
+            f"Answer !yes or !no (or react ✅ / ❌). No answer within {minutes:g} min means no.",
+            source=turn.event_id,
+        )
+        self.bot.store.add_confirmation(
+            PendingConfirmation(
+                confirm.request_id,
+                turn.room_id,
+                self.chat_id,
+                confirm.action,
+                confirm.details,
+                prompt.txn_id,
+                time.time() + self.timing.confirmation_timeout,
+            )
+        )
+        await self._tell_outbox(self.bot.store.enqueue([prompt]))
+        nursery.start_soon(self._expire, turn, confirm)
+
+    async def _expire(self, turn: Deliver, confirm: p.ConfirmRequest) -> None:
+        await trio.sleep(self.timing.confirmation_timeout)
+        if self.bot.store.resolve_confirmation(confirm.request_id):
+            self.ctx.log.info("connection.confirmation_expired", request_id=confirm.request_id)
+            await self._tell_outbox(
+                self.bot.store.enqueue(
+                    [notice(turn.room_id, "expired", (turn.event_id, confirm.request_id), f"⌛ No answer in time, so no: {confirm.action}")]
+                )
+            )
+            # Through our own mailbox, so the one task that answers the
+            # agent's confirmations sends it.
+            await self.ctx.address.send(ConfirmAnswer(confirm.request_id, False))
+
+    async def _send_file(self, turn: Deliver, path: str) -> None:
+        number = self.files_sent
+        self.files_sent += 1
+        try:
+            resolved = resolve_agent_file(self.agent.workspace_path, path, self.agent.max_file_bytes)
+            data = await trio.to_thread.run_sync(read_agent_file, resolved)
+            mxc = await self.bot.client.upload(data, resolved.mimetype, resolved.name)
+        except UnsafeAgentFile as exc:
+            self.ctx.log.warning("connection.file_refused", agent=self.agent.id, reason=str(exc))
+            item = notice(turn.room_id, "file", (turn.event_id, str(number)), f"⚠ The agent tried to send a file I refused: {exc}")
+        except (MatrixError, OSError) as exc:
+            self.ctx.log.warning("connection.file_failed", agent=self.agent.id, error=str(exc))
+            item = notice(turn.room_id, "file", (turn.event_id, str(number)), f"⚠ I could not deliver a file from the agent: {exc}")
+        else:
+            content = {
+                **contents.file_message(mxc, resolved.name, mimetype=resolved.mimetype, size=resolved.size, msgtype=resolved.msgtype),
+                SOURCE_KEY: turn.event_id,
+            }
+            item = OutboxItem(0, txn_id("file", turn.event_id, str(number)), turn.room_id, "m.room.message", content)
+        await self._tell_outbox(self.bot.store.enqueue([item]))
+
+
+def _turn_done(event_id: str) -> Any:
+    from .room import TurnDone  # the room module imports this one
+
+    return TurnDone(event_id)
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except MatrixError:
+        pass

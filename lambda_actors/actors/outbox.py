@@ -1,0 +1,114 @@
+"""The outbox actor: every Matrix message the bot posts goes out through here.
+
+Senders first write their sends to the store (``Store.enqueue`` or
+``Store.finish``) and then tell the outbox with :class:`Queued`. The store is
+the real queue: when this actor restarts it reloads every unsent row, so a
+crash anywhere between "decided to say it" and "the homeserver has it" ends
+with the message posted exactly once. Exactly once because each row carries a
+transaction id derived from what caused it, and the homeserver answers a
+repeated (device, transaction id) with the first event instead of a new one.
+
+Order is kept per room (one sender task each), so an answer's edits never
+overtake the answer. An edit still queued behind a newer edit of the same
+message is skipped: the newer one carries the whole text anyway.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from ..bot.store import OutboxItem, Store
+from ..matrix import content as contents
+from ..matrix.client import MatrixClient
+from ..matrix.errors import InvalidToken, MatrixError, RateLimited
+
+#: Stored as the "event id" of a send that will never happen, so edits of it
+#: are skipped and it is not retried after a restart.
+NOT_SENT = ""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """These rows were just written to the store's outbox: send them."""
+
+    items: tuple[OutboxItem, ...]
+
+
+class _RoomQueue:
+    def __init__(self) -> None:
+        self.items: deque[OutboxItem] = deque()
+        self.ready = trio.Event()
+
+    def push(self, item: OutboxItem) -> None:
+        self.items.append(item)
+        self.ready.set()
+
+    def superseded(self, item: OutboxItem) -> bool:
+        return item.replaces_txn is not None and any(later.replaces_txn == item.replaces_txn for later in self.items)
+
+
+async def outbox_actor(ctx, store: Store, client: MatrixClient) -> None:
+    queues: dict[str, _RoomQueue] = {}
+    # Rows can arrive twice: reloaded from the store on start, and again in a
+    # Queued message that was held in the mailbox across the restart.
+    seen: set[int] = set()
+
+    async with trio.open_nursery() as nursery:
+
+        def dispatch(item: OutboxItem) -> None:
+            if item.seq in seen:
+                return
+            seen.add(item.seq)
+            queue = queues.get(item.room_id)
+            if queue is None:
+                queue = queues[item.room_id] = _RoomQueue()
+                nursery.start_soon(_send_room, ctx, store, client, queue)
+            queue.push(item)
+
+        for item in store.pending_sends():
+            dispatch(item)
+        async for msg in ctx.mailbox:
+            if isinstance(msg, Queued):
+                for item in msg.items:
+                    dispatch(item)
+            else:
+                ctx.log.warning("outbox.unknown_message", message=type(msg).__name__)
+        nursery.cancel_scope.cancel()
+
+
+async def _send_room(ctx, store: Store, client: MatrixClient, queue: _RoomQueue) -> None:
+    while True:
+        if not queue.items:
+            queue.ready = trio.Event()
+            await queue.ready.wait()
+            continue
+        item = queue.items.popleft()
+        if queue.superseded(item):
+            store.mark_sent(item.txn_id, NOT_SENT)
+            continue
+        content = item.content
+        if item.replaces_txn is not None:
+            target = store.sent_event_id(item.replaces_txn)
+            if not target:
+                ctx.log.warning("outbox.edit_without_target", txn_id=item.txn_id, target_txn=item.replaces_txn)
+                store.mark_sent(item.txn_id, NOT_SENT)
+                continue
+            content = contents.edit(target, item.content)
+        try:
+            event_id = await client.send(item.room_id, item.event_type, content, item.txn_id)
+        except (InvalidToken, RateLimited):
+            # Not this message's fault: crash, and let the supervisor's
+            # backoff (and the store, on restart) take it from here.
+            raise
+        except MatrixError as exc:
+            if exc.status >= 500:
+                raise
+            # 4xx: the homeserver refuses this message for good (we left the
+            # room, the content is too large, ...). Retrying cannot help.
+            ctx.log.warning("outbox.refused", txn_id=item.txn_id, room_id=item.room_id, error=str(exc))
+            store.mark_sent(item.txn_id, NOT_SENT)
+            continue
+        store.mark_sent(item.txn_id, event_id)

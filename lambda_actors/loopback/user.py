@@ -1,0 +1,197 @@
+"""A scripted Matrix user: what the demo, the chaos run, the benchmarks and
+the end-to-end tests use to talk to the bot as a person would.
+
+It is an ordinary Matrix client (our own :class:`MatrixClient`): it syncs in
+the background, keeps every event it sees, and can wait for one without
+sleeping. :meth:`ScriptedUser.answer` puts together the bot's reply to one
+message from the ``org.lambda.source`` / ``org.lambda.done`` marks the bot
+puts on everything it says in answer to a message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from ..actors.services import DONE_KEY, SOURCE_KEY
+from ..matrix import content as contents
+from ..matrix.client import MatrixClient
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One event the user's client saw: ``room_id`` and the raw event."""
+
+    room_id: str
+    event: dict[str, Any]
+
+    @property
+    def content(self) -> dict[str, Any]:
+        content = self.event.get("content")
+        return content if isinstance(content, dict) else {}
+
+    @property
+    def sender(self) -> str:
+        return str(self.event.get("sender", ""))
+
+    @property
+    def type(self) -> str:
+        return str(self.event.get("type", ""))
+
+    @property
+    def event_id(self) -> str:
+        return str(self.event.get("event_id", ""))
+
+
+@dataclass(frozen=True)
+class Invitation:
+    room_id: str
+    inviter: str
+    name: str
+    is_space: bool
+
+
+@dataclass
+class Answer:
+    """The bot's reply to one message: its parts (each at its latest edit),
+    the event ids of the parts, and whether the bot marked it done."""
+
+    parts: dict[str, str] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    edits: int = 0
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.parts.values())
+
+
+class ScriptedUser:
+    def __init__(self, client: MatrixClient, *, sync_timeout_ms: int = 10_000) -> None:
+        self.client = client
+        self.seen: list[Seen] = []
+        self.invites: list[Invitation] = []
+        self._changed = trio.Event()
+        self._sync_timeout_ms = sync_timeout_ms
+        self._txn = itertools.count()
+        self._txn_prefix = uuid.uuid4().hex[:8]
+
+    @property
+    def user_id(self) -> str:
+        assert self.client.user_id is not None
+        return self.client.user_id
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sync for ever, recording what arrives (start it in a nursery)."""
+        token = None
+        body = await self.client.sync_json(None, timeout_ms=0)
+        token = self._record(body)
+        task_status.started()
+        while True:
+            body = await self.client.sync_json(token, timeout_ms=self._sync_timeout_ms)
+            token = self._record(body)
+
+    def _record(self, body: dict[str, Any]) -> str:
+        rooms = body.get("rooms", {})
+        for room_id, room in rooms.get("join", {}).items():
+            for event in room.get("timeline", {}).get("events", []):
+                self.seen.append(Seen(room_id, event))
+        for room_id, room in rooms.get("invite", {}).items():
+            inviter, name, kind = "", "", None
+            for event in room.get("invite_state", {}).get("events", []):
+                content = event.get("content", {})
+                if event.get("type") == "m.room.member" and event.get("state_key") == self.client.user_id:
+                    inviter = event.get("sender", "")
+                elif event.get("type") == "m.room.name":
+                    name = content.get("name", "")
+                elif event.get("type") == "m.room.create":
+                    kind = content.get("type")
+            invitation = Invitation(room_id, inviter, name, kind == "m.space")
+            if invitation not in self.invites:
+                self.invites.append(invitation)
+        self._changed.set()
+        self._changed = trio.Event()
+        return body["next_batch"]
+
+    async def wait_until(self, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Wait until ``check()`` returns something truthy, and return it."""
+        with trio.fail_after(timeout):
+            while True:
+                result = check()
+                if result:
+                    return result
+                await self._changed.wait()
+
+    # -- acting ----------------------------------------------------------------------
+
+    def _next_txn(self) -> str:
+        return f"user-{self._txn_prefix}-{next(self._txn)}"
+
+    async def say(self, room_id: str, text: str) -> str:
+        """Send a text message; return its event id."""
+        return await self.client.send(room_id, "m.room.message", contents.text(text), self._next_txn())
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str:
+        return await self.client.react(room_id, event_id, key, self._next_txn())
+
+    async def send_file(self, room_id: str, filename: str, data: bytes, mimetype: str = "text/plain") -> str:
+        mxc = await self.client.upload(data, mimetype, filename)
+        content = contents.file_message(mxc, filename, mimetype=mimetype, size=len(data))
+        return await self.client.send(room_id, "m.room.message", content, self._next_txn())
+
+    async def start_dm(self, bot_user_id: str) -> str:
+        """Create a direct chat and invite the bot into it."""
+        return await self.client.create_room(invite=[bot_user_id], is_direct=True)
+
+    async def accept_invite(self, name: str, timeout: float = 30.0) -> str:
+        """Wait for an invitation to a room called ``name``, join it, return the room id."""
+        invitation = await self.wait_until(lambda: next((i for i in self.invites if i.name == name), None), timeout)
+        await self.client.join(invitation.room_id)
+        return invitation.room_id
+
+    # -- reading the bot ---------------------------------------------------------------
+
+    def messages_from(self, sender: str, room_id: str | None = None) -> list[Seen]:
+        return [
+            s
+            for s in self.seen
+            if s.sender == sender and s.type == "m.room.message" and (room_id is None or s.room_id == room_id)
+        ]
+
+    def answer_so_far(self, source_event_id: str) -> Answer:
+        answer = Answer()
+        for seen in self.seen:
+            content = seen.content
+            if content.get(SOURCE_KEY) != source_event_id or seen.type != "m.room.message":
+                continue
+            relates = content.get("m.relates_to") or {}
+            if relates.get("rel_type") == "m.replace":
+                new = content.get("m.new_content") or {}
+                if relates.get("event_id") in answer.parts:
+                    answer.parts[relates["event_id"]] = str(new.get("body", ""))
+                answer.edits += 1
+            elif content.get("msgtype") in ("m.file", "m.image", "m.audio", "m.video"):
+                answer.files.append(content)
+            else:
+                answer.parts[seen.event_id] = str(content.get("body", ""))
+            answer.done = answer.done or bool(content.get(DONE_KEY))
+        return answer
+
+    async def answer(self, source_event_id: str, timeout: float = 30.0) -> Answer:
+        """Wait for the bot's complete reply to ``source_event_id``."""
+        return await self.wait_until(
+            lambda: (a := self.answer_so_far(source_event_id)).done and a or None, timeout
+        )
+
+    async def notice(self, room_id: str, contains: str, timeout: float = 30.0) -> Seen:
+        """Wait for a message in ``room_id`` whose body contains ``contains``."""
+        return await self.wait_until(
+            lambda: next(
+                (s for s in self.seen if s.room_id == room_id and contains in str(s.content.get("body", ""))), None
+            ),
+            timeout,
+        )
