@@ -101,7 +101,10 @@ class _Connection:
             return turn
         with trio.move_on_after(self.timing.connection_idle_close):
             while True:
-                msg = await self.ctx.mailbox.receive()
+                try:
+                    msg = await self.ctx.mailbox.receive()
+                except trio.EndOfChannel:
+                    return None  # we are being stopped
                 if isinstance(msg, Deliver):
                     return msg
                 # A confirmation answer with no turn running: the turn it

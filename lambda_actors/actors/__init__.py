@@ -1,0 +1,1 @@
+"""The bot's actors: outbox, sync, rooms, agent connections, and the tree that holds them."""

@@ -1,0 +1,212 @@
+"""The whole system on loopback: Synapse, fake agents, the bot, scripted users.
+
+The demo, the chaos run, the bot benchmark and the end-to-end tests all need
+the same thing: a homeserver, some fake agents, an ``agents.yaml`` naming
+them, the bot logged in, and users who are configured for an agent. This
+module builds that once::
+
+    async with open_loopback_stack(workdir, agents=2, users=["alice", "bob"]) as stack:
+        await stack.start_bot()
+        alice = await stack.scripted_user("alice")
+
+The bot runs in this process (``start_bot``) or as a real ``lambda-actors
+run`` child process (``start_bot_process``), which is what a SIGKILL test or
+the chaos run kills.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Sequence
+
+import trio
+
+from ..actors.node import run_bot
+from ..actors.services import Timing
+from ..agent.fake import FakeAgent
+from ..bot.config import MatrixSettings, Secret, parse_agents_config
+from ..homeserver import Homeserver, RegisteredUser, register_user, start_synapse, stop_synapse
+from ..matrix.client import MatrixClient
+from ..supervision_config import SupervisionConfig
+from .user import ScriptedUser
+
+
+@dataclass
+class LoopbackStack:
+    homeserver: Homeserver
+    bot_user: RegisteredUser
+    agents: list[FakeAgent]
+    users: dict[str, RegisteredUser]
+    config_path: Path
+    data_dir: Path
+    nursery: trio.Nursery
+    timing: Timing
+    supervision: SupervisionConfig | str | Path | None
+    supervisor: Any = None
+    process: subprocess.Popen[bytes] | None = None
+    _clients: list[MatrixClient] = field(default_factory=list)
+    _stop: trio.Event | None = None
+    _stopped: trio.Event | None = None
+
+    @property
+    def bot_id(self) -> str:
+        return self.bot_user.user_id
+
+    def settings(self) -> MatrixSettings:
+        return MatrixSettings(self.homeserver.url, self.bot_user.user_id, password=Secret(self.bot_user.password))
+
+    # -- the bot in this process ----------------------------------------------------
+
+    async def start_bot(self) -> Any:
+        """Run the bot in this process (in the stack's nursery); return its root supervisor."""
+        agents = parse_agents_config(self.config_path.read_text(), source=str(self.config_path), base_dir=self.config_path.parent)
+        self._stop, self._stopped = trio.Event(), trio.Event()
+        stop, stopped = self._stop, self._stopped
+
+        async def serve(task_status: trio.TaskStatus[Any]) -> None:
+            try:
+                await run_bot(
+                    self.settings(), agents, self.supervision, self.data_dir, stop, timing=self.timing, task_status=task_status
+                )
+            finally:
+                stopped.set()
+
+        self.supervisor = await self.nursery.start(serve)
+        return self.supervisor
+
+    async def stop_bot(self) -> None:
+        """Stop the in-process bot in order (as SIGTERM would) and wait for it."""
+        if self._stop is not None and self._stopped is not None:
+            self._stop.set()
+            await self._stopped.wait()
+            self._stop = self._stopped = None
+
+    # -- the bot as a child process ---------------------------------------------------
+
+    def start_bot_process(self, supervision_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+        """Start ``lambda-actors run`` as a child process (its log goes to ``log_path``)."""
+        env = {
+            **os.environ,
+            "MATRIX_HOMESERVER": self.homeserver.url,
+            "MATRIX_USER_ID": self.bot_user.user_id,
+            "MATRIX_PASSWORD": self.bot_user.password,
+        }
+        env.pop("MATRIX_ACCESS_TOKEN", None)
+        log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
+             "--supervision", str(supervision_path), "--data-dir", str(self.data_dir)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self.process
+
+    def kill_bot_process(self) -> None:
+        """SIGKILL the bot process: no clean-up of any kind runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def terminate_bot_process(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    # -- users --------------------------------------------------------------------------
+
+    async def scripted_user(self, name: str, *, sync_timeout_ms: int = 2_000) -> ScriptedUser:
+        """A scripted user for ``name`` (one of the stack's users), syncing in the stack's nursery."""
+        registered = self.users[name]
+        client = MatrixClient(self.homeserver.url, access_token=registered.access_token, user_id=registered.user_id)
+        self._clients.append(client)
+        user = ScriptedUser(client, sync_timeout_ms=sync_timeout_ms)
+        await self.nursery.start(user.run)
+        return user
+
+    async def aclose(self) -> None:
+        await self.stop_bot()
+        if self.process is not None:
+            self.terminate_bot_process()
+        for client in self._clients:
+            await client.aclose()
+
+
+def agents_yaml(agents: Sequence[FakeAgent], user_agents: dict[str, str]) -> str:
+    """An agents.yaml for fake agents ``agent-0``, ``agent-1``, ... and a user → agent map."""
+    lines = ["# Written by lambda_actors.loopback for a loopback run.", "user_agents:"]
+    lines += [f'  "{user}": {agent}' for user, agent in user_agents.items()] or ["  {}"]
+    lines += ["default_agent: null", "agents:"]
+    for n, agent in enumerate(agents):
+        lines += [
+            f"  - id: agent-{n}",
+            f'    label: "Agent {n}"',
+            f'    base_url: "{agent.base_url}"',
+            f'    workspace_path: "{agent.workspace}"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@asynccontextmanager
+async def open_loopback_stack(
+    directory: Path,
+    *,
+    agents: int = 2,
+    users: Sequence[str] = ("alice", "bob"),
+    homeserver: Homeserver | None = None,
+    timing: Timing = Timing(),
+    supervision: SupervisionConfig | str | Path | None = None,
+    agent_options: dict[str, Any] | None = None,
+) -> AsyncIterator[LoopbackStack]:
+    """Start fake agents (and a Synapse, unless ``homeserver`` is given), register
+    the bot and the users (user ``i`` is served by agent ``i % agents``), and
+    write the agents.yaml. The bot itself is started by the caller."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    own_homeserver = homeserver is None
+    if own_homeserver:
+        homeserver = await trio.to_thread.run_sync(start_synapse, directory / "synapse")
+    assert homeserver is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            fakes = []
+            for n in range(agents):
+                fake = FakeAgent(directory / f"agent-{n}", **(agent_options or {}))
+                await nursery.start(fake.serve)
+                fakes.append(fake)
+            suffix = secrets.token_hex(3)
+
+            def register(localpart: str) -> RegisteredUser:
+                return register_user(
+                    homeserver.url, homeserver.registration_shared_secret, f"{localpart}-{suffix}", secrets.token_urlsafe(12)
+                )
+
+            bot_user = await trio.to_thread.run_sync(register, "lambda")
+            registered = {name: await trio.to_thread.run_sync(register, name) for name in users}
+            config_path = directory / "agents.yaml"
+            config_path.write_text(
+                agents_yaml(fakes, {u.user_id: f"agent-{i % agents}" for i, u in enumerate(registered.values())})
+            )
+            stack = LoopbackStack(
+                homeserver, bot_user, fakes, registered, config_path, directory / "bot-data", nursery, timing, supervision
+            )
+            try:
+                yield stack
+            finally:
+                await stack.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        if own_homeserver:
+            await trio.to_thread.run_sync(stop_synapse, directory / "synapse")
