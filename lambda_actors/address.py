@@ -28,14 +28,15 @@ __all__ = ["Address"]
 class Address:
     """Send to (``send``), or ask (``call``), the actor at ``path``."""
 
-    __slots__ = ("path", "_mailbox", "_call_timeout", "_state")
+    __slots__ = ("path", "_mailbox", "_call_timeout", "_supervisor", "_record")
 
-    def __init__(self, path: str, mailbox: Mailbox, call_timeout: float, state: Any) -> None:
+    def __init__(self, path: str, mailbox: Mailbox, call_timeout: float, supervisor: Any, record: Any) -> None:
         self.path = path
         self._mailbox = mailbox
         self._call_timeout = call_timeout
-        # Callable returning the child's ChildState; supplied by the supervisor.
-        self._state = state
+        # The owning supervisor and its record of this child, for ``state``.
+        self._supervisor = supervisor
+        self._record = record
 
     def __repr__(self) -> str:
         return f"<Address {self.path}>"
@@ -79,7 +80,7 @@ class Address:
     @property
     def state(self) -> ChildState:
         """Where the actor is now: running, backing off, parked (with ``retry_at``) or stopped."""
-        return self._state()
+        return self._supervisor._state_of(self._record, trio.current_time())
 
     @property
     def stopped(self) -> bool:

@@ -38,7 +38,8 @@ class MailboxReader:
 
     def __init__(self, mailbox: Mailbox) -> None:
         self._mailbox = mailbox
-        self._inflight: set[Request[Any]] = set()
+        # Made on the first request: many actors are never called.
+        self._inflight: set[Request[Any]] | None = None
 
     def __aiter__(self) -> MailboxReader:
         return self
@@ -49,32 +50,36 @@ class MailboxReader:
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if type(msg) is Request:
-            msg._owner = self._inflight
-            self._inflight.add(msg)
+            self._take(msg)
         return msg
 
     async def receive(self) -> Any:
         """The next message; ``trio.EndOfChannel`` when the actor is being stopped."""
         msg = await self._mailbox.get()
         if type(msg) is Request:
-            msg._owner = self._inflight
-            self._inflight.add(msg)
+            self._take(msg)
         return msg
 
     def receive_nowait(self) -> Any:
         """The next held message, or ``trio.WouldBlock``."""
         msg = self._mailbox.get_nowait()
         if type(msg) is Request:
-            msg._owner = self._inflight
-            self._inflight.add(msg)
+            self._take(msg)
         return msg
 
     def __len__(self) -> int:
         return len(self._mailbox)
 
+    def _take(self, req: Request[Any]) -> None:
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = set()
+        req._owner = inflight
+        inflight.add(req)
+
     def _abort_inflight(self, path: str, reason: BaseException | None) -> None:
-        pending, self._inflight = self._inflight, set()
-        for req in pending:
+        pending, self._inflight = self._inflight, None
+        for req in pending or ():
             req._abort(path, reason)
 
 

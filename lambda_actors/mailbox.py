@@ -61,11 +61,11 @@ class MailboxStatistics:
     closed: bool  #: stopped for good: sends raise ``ActorStopped``
 
 
-# Called with (reason, message) for every message the mailbox discards.
-DropHook = Callable[[str, Any], None]
+# Called with (path, reason, message) for every message the mailbox discards.
+DropHook = Callable[[str, str, Any], None]
 
 
-def _ignore_drop(reason: str, msg: Any) -> None:
+def _ignore_drop(path: str, reason: str, msg: Any) -> None:
     pass
 
 
@@ -99,7 +99,9 @@ class Mailbox:
         self._buf: deque[Any] = deque()
         self._reader: trio.lowlevel.Task | None = None
         # Blocked senders in arrival order: task -> the message it is sending.
-        self._blocked: dict[trio.lowlevel.Task, Any] = {}
+        # Made on first use: most mailboxes never block anyone, and an idle
+        # actor should cost as little memory as possible.
+        self._blocked: dict[trio.lowlevel.Task, Any] | None = None
         self._closed = False
         self._halted = False
         self._peak = 0
@@ -172,10 +174,13 @@ class Mailbox:
 
     async def _wait_for_room(self, msg: Any) -> None:
         task = current_task()
-        self._blocked[task] = msg
+        if self._blocked is None:
+            self._blocked = {}
+        blocked = self._blocked
+        blocked[task] = msg
 
         def abort(_: Any) -> Abort:
-            del self._blocked[task]
+            del blocked[task]
             return Abort.SUCCEEDED
 
         await wait_task_rescheduled(abort)
@@ -184,7 +189,7 @@ class Mailbox:
         self._dropped += 1
         if type(msg) is Request:
             msg.fail(MailboxFull(self.path, self.capacity, reason))
-        self._on_drop(reason, msg)
+        self._on_drop(self.path, reason, msg)
 
     # --- receiving (the current incarnation only) ---------------------------
 
@@ -248,7 +253,7 @@ class Mailbox:
         if self._closed:
             return
         self._closed = True
-        blocked, self._blocked = self._blocked, {}
+        blocked, self._blocked = self._blocked or {}, None
         for task in blocked:
             reschedule(task, outcome.Error(ActorStopped(self.path)))
         if not self._buf:
@@ -261,7 +266,7 @@ class Mailbox:
             if type(msg) is Request:
                 self._dropped += 1
                 msg.fail(ActorStopped(self.path))
-                self._on_drop(reason, msg)
+                self._on_drop(self.path, reason, msg)
             else:
                 self._drop(reason, msg)
         return len(buf)
@@ -287,7 +292,7 @@ class Mailbox:
             overflow=str(self.overflow),
             sent=self._sent,
             dropped=self._dropped,
-            blocked_senders=len(self._blocked),
+            blocked_senders=len(self._blocked or ()),
             reader_waiting=self._reader is not None,
             closed=self._closed,
         )

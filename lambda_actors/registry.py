@@ -103,10 +103,13 @@ class Registry:
 
     # Called by supervisors.
     def _add_path(self, address: Address) -> None:
+        # The path key is implied by the address; only extra keys are listed
+        # in _keys_of, which keeps an idle actor's footprint small.
         self._by_key[address.path] = address
-        self._keys_of.setdefault(address, []).append(address.path)
 
     def _forget(self, address: Address) -> None:
+        if self._by_key.get(address.path) is address:
+            del self._by_key[address.path]
         for key in self._keys_of.pop(address, ()):
             if self._by_key.get(key) is address:
                 del self._by_key[key]

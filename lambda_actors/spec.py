@@ -80,10 +80,12 @@ class ChildSpec:
         if not callable(self.fn):
             raise ChildSpecError(f"child {self.name!r}: fn must be an async function, got {self.fn!r}")
         object.__setattr__(self, "args", tuple(self.args))
-        _explicit(self, _CHILD_FIELDS)  # validates enum strings early
+        # Checked (and converted) once, here, so a bad value fails where it is written.
+        object.__setattr__(self, "_policy", _explicit(self, _CHILD_FIELDS))
 
     def explicit_policy(self) -> dict[str, Any]:
-        return _explicit(self, _CHILD_FIELDS)
+        """The policy fields this spec sets (the rest come from config or defaults)."""
+        return dict(self._policy)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,11 @@ class SupervisorSpec:
                     "names must be unique among siblings"
                 )
             seen.add(child.name)
-        _explicit(self, _CHILD_FIELDS + _SUP_FIELDS)
+        policy = _explicit(self, _CHILD_FIELDS + _SUP_FIELDS)
+        # A supervisor's stop is its whole subtree's; OTP waits for it (infinity).
+        policy.setdefault("shutdown", math.inf)
+        object.__setattr__(self, "_policy", policy)
 
     def explicit_policy(self) -> dict[str, Any]:
-        out = _explicit(self, _CHILD_FIELDS + _SUP_FIELDS)
-        # A supervisor's stop is its whole subtree's; OTP waits for it (infinity).
-        out.setdefault("shutdown", math.inf)
-        return out
+        """The policy fields this spec sets (the rest come from config or defaults)."""
+        return dict(self._policy)  # type: ignore[attr-defined]

@@ -52,7 +52,7 @@ from .events import (
     Unparked,
 )
 from .intensity import RestartWindow
-from .log import _being
+from .log import _set_actor_path
 from .mailbox import Mailbox
 from .policy import OnExhausted, Policy, Restart, Strategy
 from .registry import Registry
@@ -342,17 +342,13 @@ class Supervisor:
 
     def _new_child(self, spec: ChildSpec | SupervisorSpec, dynamic: bool) -> _Child:
         path = f"{self.path}/{spec.name}"
-        policy = self._tree.policy_for(path, spec.explicit_policy())
+        policy = self._tree.policy_for(path, spec._policy)  # type: ignore[union-attr]
         c = _Child(spec.name, path, spec, policy, next(self._order), dynamic)
         if isinstance(spec, SupervisorSpec):
             c.sup = Supervisor(spec, path, policy, self._tree, self)
         else:
-            def on_drop(reason: str, msg: Any, path: str = path) -> None:
-                self._on_drop(path, reason, msg)
-
-            c.mailbox = Mailbox(path, policy.mailbox_capacity, policy.overflow, on_drop)
-            c.address = Address(path, c.mailbox, policy.call_timeout,
-                                lambda c=c: self._state_of(c, trio.current_time()))
+            c.mailbox = Mailbox(path, policy.mailbox_capacity, policy.overflow, self._on_drop)
+            c.address = Address(path, c.mailbox, policy.call_timeout, self, c)
             self._tree.registry._add_path(c.address)
         self._children[spec.name] = c
         return c
@@ -419,35 +415,35 @@ class Supervisor:
             await self._nursery.start(self._child_task, c, name=c.path)
 
     async def _child_task(self, c: _Child, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        once = _StartedOnce(task_status)
+        once = _StartedOnce(task_status) if task_status is not trio.TASK_STATUS_IGNORED else _NOT_WATCHED
+        _set_actor_path(c.path)
         try:
-            with _being(c.path):
-                while True:
-                    scope = c.scope
-                    assert scope is not None
-                    reason: BaseException | None = None
-                    try:
-                        with scope:
-                            if c.sup is not None:
-                                await c.sup._serve(once)
-                            else:
-                                assert c.address is not None and c.mailbox is not None
-                                ctx = ActorContext(c.address, c.name, c.mailbox, self, c.attempt)
-                                c.reader = ctx.mailbox
-                                once.started()
-                                await c.spec.fn(ctx, *c.spec.args)
-                    except Exception as exc:
-                        reason = exc
-                    except BaseException:
-                        # Cancelled from outside the tree: no decision to make,
-                        # but callers must not wait on a dead incarnation.
-                        self._abort_requests(c, None)
-                        raise
-                    if reason is None and scope.cancelled_caught and not c.terminating:
-                        reason = c.kill_reason or ActorKilled(c.path)
-                    self._abort_requests(c, reason)
-                    if not self._after_exit(c, reason):
-                        return
+            while True:
+                scope = c.scope
+                assert scope is not None
+                reason: BaseException | None = None
+                try:
+                    with scope:
+                        if c.sup is not None:
+                            await c.sup._serve(once)
+                        else:
+                            assert c.address is not None and c.mailbox is not None
+                            ctx = ActorContext(c.address, c.name, c.mailbox, self, c.attempt)
+                            c.reader = ctx.mailbox
+                            once.started()
+                            await c.spec.fn(ctx, *c.spec.args)
+                except Exception as exc:
+                    reason = exc
+                except BaseException:
+                    # Cancelled from outside the tree: no decision to make,
+                    # but callers must not wait on a dead incarnation.
+                    self._abort_requests(c, None)
+                    raise
+                if reason is None and scope.cancelled_caught and not c.terminating:
+                    reason = c.kill_reason or ActorKilled(c.path)
+                self._abort_requests(c, reason)
+                if not self._after_exit(c, reason):
+                    return
         finally:
             once.started()
             c.running = False
@@ -707,14 +703,17 @@ class _StartedOnce:
 
     __slots__ = ("_status",)
 
-    def __init__(self, status: trio.TaskStatus[Any]) -> None:
-        self._status: trio.TaskStatus[Any] | None = status
+    def __init__(self, status: trio.TaskStatus[Any] | None) -> None:
+        self._status = status
 
     def started(self, value: Any = None) -> None:
         status = self._status
         if status is not None:
             self._status = None
             status.started(value)
+
+
+_NOT_WATCHED = _StartedOnce(None)  # type: ignore[arg-type]
 
 
 def _make_root(

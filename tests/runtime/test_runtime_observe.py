@@ -122,3 +122,14 @@ async def test_an_error_in_the_host_body_propagates_unwrapped(autojump_clock):
     with pytest.raises(KeyError, match="mine"):
         async with la.open_supervisor("t", [spec("w", Journal())]):
             raise KeyError("mine")
+
+
+async def test_structlogs_default_contextvars_merge_adds_the_actor_path(autojump_clock):
+    async def quiet(ctx: la.ActorContext) -> None:
+        structlog.get_logger().info("plain call")
+        await trio.sleep_forever()
+
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with la.open_supervisor("node", [la.ChildSpec("q", quiet, shutdown=0)]):
+            await trio.testing.wait_all_tasks_blocked()
+    assert [e["actor"] for e in logs if e["event"] == "plain call"] == ["node/q"]
