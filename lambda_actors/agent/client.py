@@ -10,7 +10,8 @@
 
 Entering the block connects and waits for the agent's STATUS; leaving it
 closes the socket, always, whatever happened inside (the reader task lives in
-a nursery of the block, so nothing outlives it).
+a nursery of the block, so nothing outlives it): with a closing handshake
+normally, by closing the TCP connection at once when the block is cancelled.
 
 The connection keeps the books a caller would otherwise get wrong:
 
@@ -379,8 +380,14 @@ async def open_agent_connection(
                 try:
                     yield connection
                 finally:
-                    with trio.move_on_after(close_timeout, shield=True):
-                        await connection._shut()
+                    if trio.current_effective_deadline() == -math.inf:
+                        # Cancelled: trio-websocket's reader task, which would
+                        # read the agent's half of the closing handshake, is
+                        # being cancelled too; the TCP close below has to do.
+                        connection._closed_by_us = True
+                    else:
+                        with trio.move_on_after(close_timeout, shield=True):
+                            await connection._shut()
                     nursery.cancel_scope.cancel()
             except BaseException as exc:
                 body_error = exc

@@ -152,6 +152,17 @@ class _Session:
         self.decisions: dict[str, bool] = {}
         self.decided = trio.Event()
         self.answered = 0
+        self.scope = trio.CancelScope()
+        self.close_with: tuple[int, str | None] = (1000, None)
+
+    def hang_up(self, code: int, reason: str) -> None:
+        """End the conversation; the socket closes with ``code``.
+
+        The close itself happens in the connection's own task, while
+        trio-websocket's reader can still complete the closing handshake.
+        """
+        self.close_with = (code, reason)
+        self.scope.cancel()
 
     async def send(self, frame: object) -> None:
         await self.ws.send_message(protocol.encode(frame))
@@ -344,9 +355,7 @@ class FakeAgent:
             if abrupt:
                 await trio.aclose_forcefully(session.stream)
             else:
-                with trio.move_on_after(_CLOSE_TIMEOUT):
-                    await session.ws.aclose(1011, "fake agent killed")
-                await trio.aclose_forcefully(session.stream)
+                session.hang_up(1011, "fake agent killed")
         for session in sessions:
             await session.done.wait()
 
@@ -406,13 +415,14 @@ class FakeAgent:
         self._notify()
         log.info("fake_agent.connected", chat_id=chat_id, connection=session.number)
         try:
-            await self._converse(session)
+            with session.scope:
+                await self._converse(session)
         finally:
+            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await ws.aclose(*session.close_with)
             del self._sessions[chat_id]
             session.done.set()
             self._notify()
-            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                await ws.aclose()
             log.info("fake_agent.disconnected", chat_id=chat_id, connection=session.number)
 
     async def _converse(self, session: _Session) -> None:
@@ -461,11 +471,9 @@ class FakeAgent:
             if token[1] in MODES and token[1] != "no-status":
                 modes[token[1]] = token[2]
         text = _SPACED_TOKEN.sub(lambda m: "" if m[1] in MODES else m[0], message.text).strip()
-        ws = session.ws
-
         if "crash" in modes:
-            await ws.aclose(1011, "fake agent crashed")
-            raise _Hangup
+            session.hang_up(1011, "fake agent crashed")
+            await trio.sleep_forever()
         lines = [f"echo: {text}"]
         lines += [self._describe_attachment(path) for path in message.attachments]
         if "confirm" in modes:

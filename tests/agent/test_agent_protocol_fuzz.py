@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from lambda_actors.agent import protocol as p
@@ -78,7 +78,6 @@ def test_agent_protocol_fuzz_any_json_value_has_a_defined_outcome(value):
     assert isinstance(p.parse_client_frame(text), CLIENT_OUTCOMES)
 
 
-@settings(max_examples=300)
 @given(frame_like)
 def test_agent_protocol_fuzz_frame_shaped_objects_parse_or_are_malformed(wire):
     frame = p.parse_frame(json.dumps(wire))
