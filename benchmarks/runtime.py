@@ -2,6 +2,7 @@
 
     python benchmarks/runtime.py           # a table
     python benchmarks/runtime.py --json    # one JSON object
+    python benchmarks/runtime.py --triotp /path/to/py3.13-with-triotp/bin/python
 
 Each figure is printed beside its raw-Trio baseline, so the ratios mean
 something on any machine:
@@ -27,6 +28,7 @@ import gc
 import json
 import logging
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -284,25 +286,34 @@ async def actor_spawn_time() -> float:
 
 # --- main --------------------------------------------------------------------
 
+def paired(raw: Callable[[], Awaitable[float]], mine: Callable[[], Awaitable[float]], n: int) -> tuple[float, float]:
+    """Medians of ``n`` alternating rounds, so a busy machine slows both sides alike."""
+    raws, mines = [], []
+    for _ in range(n):
+        raws.append(trio.run(raw))
+        mines.append(trio.run(mine))
+    return statistics.median(raws), statistics.median(mines)
+
+
 def measure(quick: bool) -> dict[str, Any]:
-    n = 3 if quick else 5
+    n = 3 if quick else 7
 
     def us(samples: list[float], q: float) -> float:
         samples = sorted(samples)
         return samples[min(len(samples) - 1, int(q * len(samples)))] * 1e6
 
-    raw_send_rate = rounds(lambda: raw_send(CAPACITY), n)
+    raw_send_rate, send_rate = paired(lambda: raw_send(CAPACITY), actor_send, n)
     raw_rendezvous = rounds(lambda: raw_send(0), n)
-    send_rate = rounds(actor_send, n)
-    raw_call_rate = rounds(raw_call, n)
-    call_rate = rounds(lambda: actor_call(None), n)
+    raw_call_rate, call_rate = paired(raw_call, lambda: actor_call(None), n)
     call_rate_inf = rounds(lambda: actor_call(float("inf")), n)
-    raw_restart = [s for _ in range(n) for s in trio.run(raw_respawn)]
-    restart = [s for _ in range(n) for s in trio.run(actor_restart)]
+    raw_restart: list[float] = []
+    restart: list[float] = []
+    for _ in range(n):
+        raw_restart += trio.run(raw_respawn)
+        restart += trio.run(actor_restart)
     raw_bytes = trio.run(raw_idle_tasks)
     actor_bytes = trio.run(actor_idle_memory)
-    spawn = statistics.median(trio.run(actor_spawn_time) for _ in range(n))
-    raw_spawn = statistics.median(trio.run(raw_spawn_time) for _ in range(n))
+    raw_spawn, spawn = paired(raw_spawn_time, actor_spawn_time, n)
 
     return {
         "send_per_s": round(send_rate),
@@ -333,9 +344,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--triotp", metavar="PYTHON",
+                        help="a Python >= 3.13 with triotp installed: also run the workloads on triotp")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     result = measure(args.quick)
+    if args.triotp:
+        side = Path(__file__).with_name("triotp_side.py")
+        done = subprocess.run([args.triotp, str(side)], capture_output=True, text=True, check=True)
+        result.update(json.loads(done.stdout.strip().splitlines()[-1]))
     if args.json:
         print(json.dumps(result))
         return
@@ -354,9 +371,19 @@ def main() -> None:
         ("spawn 10k actors (s)", result["spawn_10k_s"], result["raw_spawn_10k_s"],
          round(result["spawn_10k_s"] / result["raw_spawn_10k_s"], 3), "< 1"),
     ]
-    print(f"{'':26}{'runtime':>12}{'raw trio':>12}{'ratio':>8}  goal")
+    if "triotp_send_per_s" in result:
+        rows += [
+            ("triotp cast (msgs/s)", result["triotp_send_per_s"], result["triotp_raw_send_per_s"],
+             result["triotp_send_ratio"], "(rendezvous baseline)"),
+            ("triotp call (round trips/s)", result["triotp_call_per_s"], result["triotp_raw_call_per_s"],
+             result["triotp_call_ratio"], ""),
+            ("triotp restart median (us)", result["triotp_restart_median_us"], "", "", ""),
+            ("triotp restart p99 (us)", result["triotp_restart_p99_us"], "", "", ""),
+            ("triotp bytes per idle actor", result["triotp_bytes_per_actor"], "", "", ""),
+        ]
+    print(f"{'':28}{'runtime':>12}{'raw trio':>12}{'ratio':>8}  goal")
     for name, mine, raw, ratio, goal in rows:
-        print(f"{name:26}{mine!s:>12}{raw!s:>12}{ratio!s:>8}  {goal}")
+        print(f"{name:28}{mine!s:>12}{raw!s:>12}{ratio!s:>8}  {goal}")
 
 
 if __name__ == "__main__":

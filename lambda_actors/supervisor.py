@@ -304,7 +304,16 @@ class Supervisor:
         )
 
     async def aclose(self) -> None:
-        """Stop this supervisor for good: children stop in reverse start order."""
+        """Stop this supervisor for good: children stop in reverse start order.
+
+        For a nested supervisor this is ``parent.terminate_child(name)``, so
+        its parent does not take the stop for a crash and restart it.
+        """
+        parent = self.parent
+        if parent is not None:
+            if parent._children.get(self.name) is not None:
+                await parent.terminate_child(self.name)
+            return
         if not self._running:
             self._finalize()
             return

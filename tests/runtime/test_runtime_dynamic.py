@@ -168,3 +168,14 @@ async def test_start_child_on_a_stopped_supervisor_raises_actor_stopped(autojump
         pass
     with pytest.raises(la.ActorStopped):
         sup.start_child(spec("late", Journal()))
+
+
+async def test_aclose_of_a_nested_supervisor_stops_it_for_good(autojump_clock):
+    journal = Journal()
+    async with la.open_supervisor("t", [la.SupervisorSpec("sub", [spec("x", journal)])]) as sup:
+        sub = sup.child_supervisor("sub")
+        x = sub.address("x")
+        await sub.aclose()
+        assert x.stopped
+        assert sup.count_children().specs == 0
+        assert journal.count("start", "x") == 1
