@@ -60,6 +60,7 @@ import json
 import math
 import re
 import signal
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -571,6 +572,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
+    # stdout carries the URL (scripts read its first line); logs go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     agent = FakeAgent(
         args.workspace,
         prefix=args.prefix,

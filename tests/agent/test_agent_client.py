@@ -470,3 +470,46 @@ async def test_agent_client_frames_are_exactly_the_json_the_spec_names(fake_agen
         p.ConfirmResponse(ask.confirm.request_id, False),
     ]
     assert json.loads(p.user_message("hi", ["a"])).keys() == {"type", "text", "attachments"}
+
+
+# --- timing misbehaviours, on a clock that only moves when the test says so ------------
+
+
+async def next_frame_after(conn, clock, seconds: float) -> list:
+    """Frames that arrive while the clock is moved forward by ``seconds``."""
+    got = []
+
+    async def receive_one():
+        got.append(await conn.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive_one)
+        await trio.testing.wait_all_tasks_blocked()
+        before = list(got)
+        clock.jump(seconds)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    return [before, got]
+
+
+async def test_agent_client_slow_chunks_come_one_interval_apart(fake_agent, mock_clock):
+    agent = await fake_agent(slow_interval=2.0)
+    async with open_agent_connection(agent.base_url, 1, idle_timeout=60) as conn:
+        await conn.send_user_message("tell me slowly [[slow]]")
+        first = await conn.receive()
+        assert isinstance(first, p.TextChunk)
+        before, after = await next_frame_after(conn, mock_clock, 2.0)
+        assert before == [] and len(after) == 1 and isinstance(after[0], p.TextChunk)
+
+
+async def test_agent_client_a_stall_ends_after_stall_seconds_and_the_answer_completes(fake_agent, mock_clock):
+    agent = await fake_agent(stall_seconds=100)
+    async with open_agent_connection(agent.base_url, 1, idle_timeout=1000) as conn:
+        await conn.send_user_message("wait for it [[stall]]")
+        assert isinstance(await conn.receive(), p.TextChunk)
+        before, after = await next_frame_after(conn, mock_clock, 99)
+        assert before == after == []
+        before, after = await next_frame_after(conn, mock_clock, 1)
+        assert len(after) == 1 and isinstance(after[0], p.TextChunk)
+        frames = await collect_answer(conn)
+    assert isinstance(frames[-1], p.End)
