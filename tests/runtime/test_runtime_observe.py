@@ -133,3 +133,15 @@ async def test_structlogs_default_contextvars_merge_adds_the_actor_path(autojump
         async with la.open_supervisor("node", [la.ChildSpec("q", quiet, shutdown=0)]):
             await trio.testing.wait_all_tasks_blocked()
     assert [e["actor"] for e in logs if e["event"] == "plain call"] == ["node/q"]
+
+
+async def test_started_is_emitted_for_each_new_child_in_start_order(autojump_clock):
+    journal = Journal()
+    async with la.open_supervisor("t", [la.SupervisorSpec("s")]) as sup:
+        with sup.subscribe() as events:
+            sub = sup.child_supervisor("s")
+            sub.start_child(spec("a", journal))
+            sub.start_child(la.SupervisorSpec("inner", [spec("x", journal)]))
+            await trio.testing.wait_all_tasks_blocked()
+            started = [e.path for e in events.pending() if isinstance(e, la.Started)]
+    assert started == ["t/s/a", "t/s/inner", "t/s/inner/x"]
