@@ -333,6 +333,9 @@ def _write_overrides(directory: Path, port: int, rate_limits: str) -> str:
         "enable_metrics": False,
         "presence": {"enabled": False},
         "url_preview_enabled": False,
+        # Password hashing at the default cost takes ~0.25 s per registration
+        # or login; a throwaway server has no passwords worth that.
+        "bcrypt_rounds": 4,
     }
     if rate_limits == "relaxed":
         overrides.update(_RELAXED_RATE_LIMITS)

@@ -1,0 +1,194 @@
+"""Errors, retries and what goes on the wire: the transport's rules.
+
+The homeserver side here is httpx's in-process ``MockTransport`` (pure logic:
+which answer leads to which retry), plus one real refused connection.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+import structlog
+import trio
+
+from lambda_actors.matrix import (
+    HomeserverUnavailable,
+    InvalidToken,
+    MatrixClient,
+    MatrixError,
+    MediaTooLarge,
+    RateLimited,
+    RetryPolicy,
+    content,
+)
+from lambda_actors.matrix.errors import error_from_response
+from lambda_actors.matrix.retry import call_with_retries
+
+TOKEN = "syt_secret_token_value"
+
+
+def _client(handler, **options) -> MatrixClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return MatrixClient("http://hs.test", access_token=TOKEN, user_id="@bot:hs.test", http=http, **options)
+
+
+def _error(status: int, errcode: str, **extra) -> httpx.Response:
+    return httpx.Response(status, json={"errcode": errcode, "error": "nope", **extra})
+
+
+# -- error mapping ---------------------------------------------------------------
+
+
+def test_matrix_retry_errors_map_status_and_errcode_to_types():
+    limited = error_from_response(429, {}, b'{"errcode": "M_LIMIT_EXCEEDED", "error": "slow", "retry_after_ms": 2500}')
+    assert isinstance(limited, RateLimited) and limited.retry_after_s == 2.5
+    from_header = error_from_response(429, {"Retry-After": "7"}, b"{}")
+    assert isinstance(from_header, RateLimited) and from_header.retry_after_s == 7
+    assert error_from_response(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"").retry_after_s == 1.0
+    token = error_from_response(401, {}, b'{"errcode": "M_UNKNOWN_TOKEN", "error": "x", "soft_logout": true}')
+    assert isinstance(token, InvalidToken) and token.soft_logout
+    assert isinstance(error_from_response(413, {}, b'{"errcode": "M_TOO_LARGE"}'), MediaTooLarge)
+    html = error_from_response(502, {}, b"<html>Bad gateway</html>")
+    assert (type(html), html.status, html.errcode, html.message) == (MatrixError, 502, "M_UNKNOWN", "<html>Bad gateway</html>")
+    odd = error_from_response(400, {}, b'{"errcode": 5, "error": ["x"], "retry_after_ms": "soon"}')
+    assert (odd.errcode, odd.message) == ("M_UNKNOWN", "")
+
+
+def test_matrix_retry_backoff_doubles_up_to_the_cap_with_jitter_taken_off():
+    policy = RetryPolicy(backoff_initial_s=0.5, backoff_max_s=4.0, jitter=0.5)
+    assert [policy.backoff_s(n, rand=lambda: 0.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [policy.backoff_s(n, rand=lambda: 1.0) for n in range(1, 6)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)
+
+
+# -- the retry loop (virtual time) ---------------------------------------------------
+
+
+async def test_matrix_retry_waits_exactly_what_a_429_asks(autojump_clock):
+    answers = [RateLimited(429, "M_LIMIT_EXCEEDED", "", 3.0), RateLimited(429, "M_LIMIT_EXCEEDED", "", 2.0), "ok"]
+    times = []
+
+    async def attempt():
+        times.append(trio.current_time())
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert await call_with_retries(RetryPolicy(attempts=1), attempt, idempotent=False, what="t") == "ok"
+    assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [3.0, 2.0]
+
+
+async def test_matrix_retry_transient_failures_back_off_then_give_up(autojump_clock):
+    calls = []
+
+    async def attempt():
+        calls.append(trio.current_time())
+        raise httpx.ReadTimeout("slow")
+
+    policy = RetryPolicy(attempts=4, backoff_initial_s=1.0, backoff_max_s=2.0, jitter=0.0)
+    with pytest.raises(HomeserverUnavailable, match="after 4 tries") as gave_up:
+        await call_with_retries(policy, attempt, idempotent=True, what="GET x")
+    assert isinstance(gave_up.value.__cause__, httpx.ReadTimeout)
+    assert [round(b - a, 6) for a, b in zip(calls, calls[1:])] == [1.0, 2.0, 2.0]
+
+
+async def test_matrix_retry_ambiguous_failures_of_unsafe_requests_are_not_retried(autojump_clock):
+    calls = 0
+
+    async def attempt():
+        nonlocal calls
+        calls += 1
+        raise httpx.ReadError("connection reset")
+
+    with pytest.raises(HomeserverUnavailable, match="not safe to repeat"):
+        await call_with_retries(RetryPolicy(), attempt, idempotent=False, what="POST createRoom")
+    assert calls == 1
+
+    async def refused():
+        nonlocal calls
+        calls += 1
+        if calls < 4:
+            raise httpx.ConnectError("refused")
+        return "created"
+
+    # A connection that was never made cannot have done anything: retried.
+    assert await call_with_retries(RetryPolicy(), refused, idempotent=False, what="POST createRoom") == "created"
+
+
+# -- the transport on the wire --------------------------------------------------------------
+
+
+async def test_matrix_retry_token_travels_in_the_header_and_bodies_are_json():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if "/join/" in request.url.path:
+            return httpx.Response(200, json={"room_id": "!r:hs.test"})
+        return httpx.Response(200, json={"event_id": "$e"})
+
+    async with _client(handler) as client:
+        await client.join("!r:hs.test")
+        await client.send("!r:hs.test", "m.room.message", content.text("hi"), "t1")
+    join, send = seen
+    for request in seen:
+        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+        assert TOKEN not in str(request.url) and "access_token" not in str(request.url)
+        assert request.headers["Content-Type"] == "application/json"
+    assert (join.method, join.content) == ("POST", b"{}")
+    assert send.method == "PUT" and send.url.path.endswith("/send/m.room.message/t1")
+    assert json.loads(send.content) == {"msgtype": "m.text", "body": "hi"}
+
+
+async def test_matrix_retry_a_send_is_repeated_only_with_its_transaction_id(autojump_clock):
+    seen: list[str] = []
+    answers = [httpx.Response(502, text="bad gateway"), _error(500, "M_UNKNOWN"), httpx.Response(200, json={"event_id": "$e"})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return answers.pop(0)
+
+    async with _client(handler) as client:
+        assert await client.send("!r:hs.test", "m.room.message", content.text("hi"), "txn-42") == "$e"
+    assert len(seen) == 3 and set(seen) == {"/_matrix/client/v3/rooms/!r:hs.test/send/m.room.message/txn-42"}
+
+
+async def test_matrix_retry_create_room_is_not_repeated_after_a_server_error(autojump_clock):
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return _error(500, "M_UNKNOWN")
+
+    async with _client(handler) as client:
+        with pytest.raises(MatrixError) as failed:
+            await client.create_room(name="once")
+    assert calls == 1 and failed.value.status == 500
+
+
+async def test_matrix_retry_a_2xx_body_nio_does_not_recognise_is_an_error():
+    async with _client(lambda request: httpx.Response(200, json={"no_event_id": True})) as client:
+        with pytest.raises(MatrixError, match="not a valid RoomSend response"):
+            await client.send("!r:hs.test", "m.room.message", content.text("hi"), "t1")
+    async with _client(lambda request: httpx.Response(200, text="<html>")) as client:
+        with pytest.raises(MatrixError) as not_json:
+            await client.whoami()
+    assert not_json.value.errcode == "M_NOT_JSON"
+
+
+async def test_matrix_retry_unreachable_homeserver_gives_up_with_a_clear_error(autojump_clock):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: connections are refused
+    client = MatrixClient(f"http://127.0.0.1:{port}", access_token=TOKEN, retry=RetryPolicy(attempts=3))
+    async with client:
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(HomeserverUnavailable, match="after 3 tries.*ConnectError"):
+                await client.whoami()
+    assert [entry["event"] for entry in logs] == ["matrix.retrying", "matrix.retrying"]
