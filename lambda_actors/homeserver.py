@@ -152,7 +152,7 @@ def start_synapse(
         raise ValueError(f"rate_limits must be 'relaxed' or 'default', not {rate_limits!r}")
 
     if not (directory / _BASE_CONFIG).exists():
-        _generate_base_config(directory)
+        _write_base_config(directory)
 
     deadline = time.monotonic() + timeout
     # An automatically chosen port can be taken by someone else between our
@@ -251,44 +251,35 @@ def register_user(
 # -- configuration -----------------------------------------------------------
 
 
-def _generate_base_config(directory: Path) -> None:
-    """Let Synapse write its own config: it makes the signing key and secrets."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "synapse.app.homeserver",
-            "--server-name",
-            SERVER_NAME,
-            "--config-path",
-            str(directory / _BASE_CONFIG),
-            "--data-directory",
-            str(directory),
-            "--generate-config",
-            "--report-stats=no",
-        ],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise HomeserverError(
-            f"Synapse could not generate its configuration in {directory} "
-            f"(is matrix-synapse installed? run scripts/setup):\n{result.stderr.strip()}"
-        )
+def _write_base_config(directory: Path) -> None:
+    """Write the server's identity and secrets, once per directory.
+
+    This is what ``--generate-config`` would produce that matters (a signing
+    key, the secrets), without starting a second Synapse process just for that.
+    Everything else is in the overrides file, rewritten on every start.
+    """
+    from signedjson.key import encode_signing_key_base64, generate_signing_key  # Synapse's own dependency
+
+    key = generate_signing_key("a_" + secrets.token_hex(2))
+    base = {
+        "server_name": SERVER_NAME,
+        "signing_key": f"{key.alg} {key.version} {encode_signing_key_base64(key)}",
+        "macaroon_secret_key": secrets.token_urlsafe(32),
+        "form_secret": secrets.token_urlsafe(32),
+        "registration_shared_secret": secrets.token_urlsafe(32),
+    }
+    path = directory / _BASE_CONFIG
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(base))
 
 
 def _write_overrides(directory: Path, port: int, rate_limits: str) -> str:
-    """Write the file passed as the second ``-c``; returns the registration secret.
+    """Write the file passed as the second ``-c``; return the registration secret.
 
     Synapse merges config files per top-level key, later files winning, so
     everything that matters for a throwaway local server is stated here.
     """
-    secret_file = directory / "registration_shared_secret"
-    if not secret_file.exists():
-        secret_file.write_text(secrets.token_urlsafe(32))
-        secret_file.chmod(0o600)
-    secret = secret_file.read_text().strip()
+    secret = yaml.safe_load((directory / _BASE_CONFIG).read_text())["registration_shared_secret"]
 
     log_config = {
         "version": 1,
@@ -325,7 +316,6 @@ def _write_overrides(directory: Path, port: int, rate_limits: str) -> str:
         "database": {"name": "sqlite3", "args": {"database": str(directory / "homeserver.db")}},
         "media_store_path": str(directory / "media_store"),
         "log_config": str(directory / _LOG_CONFIG),
-        "registration_shared_secret": secret,
         "enable_registration": False,
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
