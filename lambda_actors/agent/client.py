@@ -43,6 +43,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
 import structlog
 import trio
@@ -206,7 +207,12 @@ class AgentConnection:
         await self._send(frame)
 
     async def receive(self) -> AgentFrame | Late:
-        """The next frame from the agent (see the module docstring for the rules)."""
+        """The next frame from the agent (see the module docstring for the rules).
+
+        Cancel-safe: cancelling a ``receive()`` loses no frame, and the stall
+        clock runs from the last frame or send, not from this call, so it
+        can be called in a loop under short timeouts.
+        """
         self._check_usable()
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving from this agent connection")
@@ -452,7 +458,7 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 def _reraise_from_group(
     group: BaseExceptionGroup, body_error: BaseException | None, url: str, opened: bool
-) -> None:
+) -> NoReturn:
     """Turn what the connection's nursery raised into one plain exception.
 
     The caller's own exception comes out as it was raised, not wrapped; an
