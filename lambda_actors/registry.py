@@ -14,7 +14,7 @@ from .errors import ActorStopped, NoSuchActor
 
 if TYPE_CHECKING:
     from .address import Address
-    from .spec import ChildSpec, SupervisorSpec
+    from .spec import ChildSpec
     from .supervisor import Supervisor
 
 __all__ = ["Registry"]

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from .backoff import Backoff
 from .errors import ChildSpecError
 from .mailbox import Overflow
 from .policy import OnExhausted, Restart, Strategy
-
-if TYPE_CHECKING:
-    from .context import ActorContext
 
 __all__ = ["ChildSpec", "SupervisorSpec", "ActorFn"]
 
