@@ -185,7 +185,7 @@ class Supervisor:
         self._timers: list[tuple[float, int, _Child, int]] = []
         self._timer_seq = count()
         self._lot = trio.lowlevel.ParkingLot()
-        self._group_jobs: deque[tuple[_Child, float]] = deque()
+        self._group_jobs: deque[tuple[_Child, Any, BaseException | None, float]] = deque()
         self._nursery: trio.Nursery | None = None
         self._running = False
         self._finalized = False
@@ -484,6 +484,30 @@ class Supervisor:
             self._remove(c)
             return False
 
+        if self.policy.strategy is not Strategy.ONE_FOR_ONE:
+            # As in OTP, exits are handled one at a time by the supervisor's
+            # loop, which ignores an exit of an incarnation that an earlier
+            # group restart has already replaced.
+            c.status = Status.STOPPING
+            self._group_jobs.append((c, c.scope, reason, now))
+            self._lot.unpark_all()
+            return False
+        delay = self._count_restart(c, now, reason)
+        if delay is None:
+            return False
+        if delay <= 0:
+            tree.emit(Restarted(c.path, now, c.attempt))
+            self._prepare(c, now)
+            return True
+        self._schedule(c, now + delay, Status.BACKING_OFF)
+        tree.log.info("backing off", actor=c.path, delay=round(delay, 3), attempt=c.attempt)
+        tree.emit(BackingOff(c.path, now, delay, now + delay))
+        return False
+
+    def _count_restart(self, c: _Child, now: float, reason: BaseException | None) -> float | None:
+        """Charge a restart of ``c`` to the intensity; its backoff delay, or None if
+        that went over (``c`` is then parked, or this supervisor escalates)."""
+        tree = self._tree
         mine = self.policy
         if mine.on_exhausted is OnExhausted.PARK:
             if c.window is None:
@@ -500,27 +524,13 @@ class Supervisor:
                 tree.emit(Escalated(self.path, now, c.name, reason))
                 c.status = Status.STOPPING
                 self._lot.unpark_all()
-            return False
-
-        if now - c.started_at >= policy.backoff.reset_after:
+            return None
+        if now - c.started_at >= c.policy.backoff.reset_after:
             c.attempt = 0
         c.attempt += 1
         c.restarts += 1
         self._restarts_total += 1
-        delay = policy.backoff.delay(c.attempt, tree.rng)
-        if mine.strategy is not Strategy.ONE_FOR_ONE:
-            c.status = Status.STOPPING
-            self._group_jobs.append((c, delay))
-            self._lot.unpark_all()
-            return False
-        if delay <= 0:
-            tree.emit(Restarted(c.path, now, c.attempt))
-            self._prepare(c, now)
-            return True
-        self._schedule(c, now + delay, Status.BACKING_OFF)
-        tree.log.info("backing off", actor=c.path, delay=round(delay, 3), attempt=c.attempt)
-        tree.emit(BackingOff(c.path, now, delay, now + delay))
-        return False
+        return c.policy.backoff.delay(c.attempt, tree.rng)
 
     def _park(self, c: _Child, now: float, reason: BaseException | None) -> None:
         retry_at = now + self.policy.cool_down
@@ -642,8 +652,7 @@ class Supervisor:
             if self._stop_requested:
                 return None
             if self._group_jobs:
-                c, delay = self._group_jobs.popleft()
-                await self._restart_group(c, delay)
+                await self._restart_group(*self._group_jobs.popleft())
                 continue
             now = trio.current_time()
             if timers and timers[0][0] <= now:
@@ -672,9 +681,14 @@ class Supervisor:
             lambda c: Unparked(c.path, now) if c.status is Status.PARKED else Restarted(c.path, now, c.attempt),
         )
 
-    async def _restart_group(self, failed: _Child, delay: float) -> None:
+    async def _restart_group(
+        self, failed: _Child, scope: Any, reason: BaseException | None, when: float
+    ) -> None:
         """one_for_all / rest_for_one: stop the group in reverse order, restart it in order."""
-        if self._children.get(failed.name) is not failed:
+        if self._children.get(failed.name) is not failed or failed.scope is not scope or failed.running:
+            return  # that incarnation was already replaced by an earlier group restart
+        delay = self._count_restart(failed, when, reason)
+        if delay is None:
             return
         members = list(self._children.values())
         if self.policy.strategy is Strategy.REST_FOR_ONE:
