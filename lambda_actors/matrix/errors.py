@@ -66,10 +66,7 @@ class InvalidToken(MatrixError):
         self.soft_logout = soft_logout
 
     def __str__(self) -> str:
-        return (
-            f"the homeserver rejected the access token ({self.errcode}, HTTP {self.status}: {self.message}); "
-            "log in again or configure a valid token"
-        )
+        return f"no valid access token ({self.errcode}, HTTP {self.status}: {self.message}); log in again or configure a valid token"
 
 
 class MediaTooLarge(MatrixError):

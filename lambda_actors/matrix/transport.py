@@ -146,8 +146,10 @@ class Transport:
     def _headers(self, authenticated: bool) -> dict[str, str]:
         if not authenticated:
             return {}
-        if self._token_rejected is not None:
-            raise self._token_rejected
+        if (rejected := self._token_rejected) is not None:
+            # A fresh exception each time: re-raising one instance would keep
+            # growing its traceback.
+            raise InvalidToken(rejected.status, rejected.errcode, rejected.message, rejected.soft_logout)
         if self._token is None:
             raise InvalidToken(401, "M_MISSING_TOKEN", "this client has no access token: log in first")
         return {"Authorization": f"Bearer {self._token}"}
