@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .deadlines import CallDeadlines
 from .errors import CallTimeout
 from .mailbox import Mailbox, MailboxStatistics
 from .request import Request
@@ -28,12 +29,16 @@ __all__ = ["Address"]
 class Address:
     """Send to (``send``), or ask (``call``), the actor at ``path``."""
 
-    __slots__ = ("path", "_mailbox", "_call_timeout", "_supervisor", "_record")
+    __slots__ = ("path", "_mailbox", "_call_timeout", "_deadlines", "_supervisor", "_record")
 
-    def __init__(self, path: str, mailbox: Mailbox, call_timeout: float, supervisor: Any, record: Any) -> None:
+    def __init__(
+        self, path: str, mailbox: Mailbox, call_timeout: float, deadlines: CallDeadlines,
+        supervisor: Any, record: Any,
+    ) -> None:
         self.path = path
         self._mailbox = mailbox
         self._call_timeout = call_timeout
+        self._deadlines = deadlines
         # The owning supervisor and its record of this child, for ``state``.
         self._supervisor = supervisor
         self._record = record
@@ -67,15 +72,23 @@ class Address:
         if timeout is None:
             timeout = self._call_timeout
         req: Request[Any] = Request(msg)
+        mailbox = self._mailbox
         if timeout == math.inf:
-            await self._mailbox.put_request(req)
+            await mailbox.put_request(req)
             return await req._wait()
-        with trio.move_on_after(timeout) as scope:
-            await self._mailbox.put_request(req)
+        deadlines = self._deadlines
+        if deadlines.running:
+            # Fast path: the request fits, so only the wait for the reply
+            # needs a deadline, and the tree's deadline task keeps it.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if mailbox._offer(req):
+                deadlines.add(req, timeout, self.path)
+                return await req._wait()
+        # The sender may have to wait for room too: one cancel scope covers both.
+        with trio.move_on_after(timeout):
+            await mailbox.put_request(req)
             return await req._wait()
-        if scope.cancelled_caught:
-            raise CallTimeout(self.path, timeout)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise CallTimeout(self.path, timeout)
 
     @property
     def state(self) -> ChildState:

@@ -81,6 +81,18 @@ class Request(Generic[T]):
         else:
             self._result = result
 
+    def _expire(self, exc: BaseException) -> None:
+        """The call timed out: the waiting caller gets ``exc``; a later answer is ignored."""
+        caller = self._caller
+        if self._state != _PENDING or caller is None:
+            return
+        self._caller = None
+        self._state = _ABANDONED
+        owner = self._owner
+        if owner is not None:
+            owner.discard(self)
+        trio.lowlevel.reschedule(caller, outcome.Error(exc))
+
     def _abort(self, path: str, reason: BaseException | None) -> None:
         """Fail the request because its callee stopped while holding it."""
         if self._state == _PENDING:

@@ -37,6 +37,7 @@ import trio
 
 from .address import Address
 from .context import ActorContext, MailboxReader
+from .deadlines import CallDeadlines
 from .errors import ActorKilled, ActorStopped, ChildSpecError, IntensityExceeded, NoSuchActor
 from .events import (
     BackingOff,
@@ -97,6 +98,7 @@ class _Tree:
     def __init__(self, config: SupervisionConfig | None, rng: random.Random | None) -> None:
         self.registry = Registry()
         self.bus = EventBus()
+        self.deadlines = CallDeadlines()
         self.config = config
         self.rng = rng if rng is not None else random.Random()
         self.log = structlog.get_logger("lambda_actors.runtime")
@@ -357,7 +359,7 @@ class Supervisor:
             c.sup = Supervisor(spec, path, policy, self._tree, self)
         else:
             c.mailbox = Mailbox(path, policy.mailbox_capacity, policy.overflow, self._on_drop)
-            c.address = Address(path, c.mailbox, policy.call_timeout, self, c)
+            c.address = Address(path, c.mailbox, policy.call_timeout, self._tree.deadlines, self, c)
             self._tree.registry._add_path(c.address)
         self._children[spec.name] = c
         return c
@@ -617,6 +619,8 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._running = True
+                if self.parent is None:
+                    nursery.start_soon(self._tree.deadlines.run)
                 await self._spawn_in_order(
                     list(self._children.values()),
                     lambda c: Started(c.path, trio.current_time()) if c.scope is None
@@ -626,6 +630,8 @@ class Supervisor:
                 escalation = await self._loop()
                 await self._stop_all(for_good=self._stop_for_good)
                 self._running = False
+                if self.parent is None:
+                    self._tree.deadlines.stop()
         finally:
             self._running = False
             self._nursery = None

@@ -6,6 +6,7 @@ import pytest
 import trio
 
 import lambda_actors as la
+from lambda_actors.deadlines import CallDeadlines
 from runtime_probes import Boom, Crash, Hang, Journal, spec
 
 
@@ -193,3 +194,43 @@ async def test_a_call_under_drop_newest_on_a_full_mailbox_raises_mailbox_full(au
         await addr.send("fills it")
         with pytest.raises(la.MailboxFull):
             await addr.call("no room")
+
+
+async def test_a_call_blocked_on_a_full_mailbox_times_out_without_leaving_its_request(autojump_clock):
+    journal = Journal()
+    child = spec("w", journal, mailbox_capacity=1, backoff=la.Backoff(min=50, max=50))
+    async with la.open_supervisor("t", [child]) as sup:
+        addr = sup.address("w")
+        with sup.subscribe() as events:
+            await addr.send(Crash())
+            await events.wait_for(la.BackingOff)
+        await addr.send("fills it")
+        with pytest.raises(la.CallTimeout):
+            await addr.call("no room", timeout=2)
+        assert trio.current_time() == pytest.approx(2)
+        assert addr.statistics().depth == 1
+        assert addr.statistics().blocked_senders == 0
+
+
+async def test_a_call_to_a_parked_actor_times_out_at_its_deadline(autojump_clock):
+    journal = Journal()
+    async with la.open_supervisor("t", [spec("w", journal)], on_exhausted="park", intensity=0,
+                                  cool_down=100) as sup:
+        addr = sup.address("w")
+        with sup.subscribe() as events:
+            await addr.send(Crash())
+            await events.wait_for(la.Parked)
+        with pytest.raises(la.CallTimeout):
+            await addr.call("anyone?", timeout=7)
+        assert trio.current_time() == pytest.approx(7)
+        assert await addr.call("after the cool-down", timeout=200) == "after the cool-down"
+        assert trio.current_time() == pytest.approx(100)
+
+
+async def test_many_calls_with_timeouts_keep_the_deadline_heap_bounded(autojump_clock):
+    deadlines = CallDeadlines()
+    for i in range(10_000):
+        req = la.Request(i)
+        deadlines.add(req, 5.0, "t/w")
+        req.reply(i)  # answered at once, as a fast callee would
+    assert len(deadlines) <= 2 * 1024 + 1
