@@ -746,20 +746,14 @@ _NOT_WATCHED = _StartedOnce(None)  # type: ignore[arg-type]
 
 
 def _make_root(
-    name: str,
-    children: Sequence[ChildSpec | SupervisorSpec],
-    config: SupervisionConfig | str | Path | None,
-    rng: random.Random | None,
-    policy: dict[str, Any],
+    spec: SupervisorSpec, config: SupervisionConfig | str | Path | None, rng: random.Random | None
 ) -> Supervisor:
     if isinstance(config, (str, Path)):
         from .supervision_config import load_supervision_config
 
         config = load_supervision_config(config)
-    spec = SupervisorSpec(name, children, **policy)
     tree = _Tree(config, rng)
-    explicit = spec.explicit_policy()
-    root = Supervisor(spec, name, tree.policy_for(name, explicit), tree, None)
+    root = Supervisor(spec, spec.name, tree.policy_for(spec.name, spec._policy), tree, None)  # type: ignore[attr-defined]
     tree.root = root
     return root
 
@@ -784,7 +778,7 @@ async def open_supervisor(
     child within its ``shutdown`` timeout. If the root escalates, every
     child is stopped and ``IntensityExceeded`` is raised out of the block.
     """
-    root = _make_root(name, children, config, rng, policy)
+    root = _make_root(SupervisorSpec(name, children, **policy), config, rng)
     body_exc: BaseException | None = None
     failure: IntensityExceeded | None = None
 
@@ -816,21 +810,20 @@ async def open_supervisor(
 
 
 async def serve_supervisor(
-    name: str,
-    children: Sequence[ChildSpec | SupervisorSpec] = (),
-    *,
+    spec: SupervisorSpec,
     config: SupervisionConfig | str | Path | None = None,
     rng: random.Random | None = None,
+    *,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
-    **policy: Any,
 ) -> None:
-    """``sup = await nursery.start(serve_supervisor, "node", children)``: the tree as a task.
+    """``sup = await nursery.start(serve_supervisor, SupervisorSpec("node", children))``.
 
-    Runs until cancelled (children are cancelled with it) or until the root
-    escalates, raising ``IntensityExceeded``. Use ``await sup.aclose()`` for
-    an orderly stop.
+    The tree as a task of your own nursery (arguments are positional, as
+    ``nursery.start`` wants). It runs until cancelled (its children are
+    cancelled with it) or until the root escalates, raising
+    ``IntensityExceeded``. ``await sup.aclose()`` stops it in order.
     """
-    root = _make_root(name, children, config, rng, policy)
+    root = _make_root(spec, config, rng)
     try:
         await root._serve(task_status)
     finally:

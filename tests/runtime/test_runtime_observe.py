@@ -99,7 +99,7 @@ async def test_supervisor_statistics_count_children_and_restarts(autojump_clock)
 async def test_the_tree_runs_as_a_task_with_nursery_start(autojump_clock):
     journal = Journal()
     async with trio.open_nursery() as nursery:
-        sup = await nursery.start(la.serve_supervisor, "svc", [spec("w", journal)])
+        sup = await nursery.start(la.serve_supervisor, la.SupervisorSpec("svc", [spec("w", journal)]))
         assert await sup.address("w").call("hi") == "hi"
         await sup.aclose()
     assert journal.names("stop") == ["w"]
@@ -145,3 +145,14 @@ async def test_started_is_emitted_for_each_new_child_in_start_order(autojump_clo
             await trio.testing.wait_all_tasks_blocked()
             started = [e.path for e in events.pending() if isinstance(e, la.Started)]
     assert started == ["t/s/a", "t/s/inner", "t/s/inner/x"]
+
+
+async def test_a_tree_run_with_nursery_start_raises_its_escalation_from_the_task(autojump_clock):
+    journal = Journal()
+    with pytest.RaisesGroup(la.IntensityExceeded):
+        async with trio.open_nursery() as nursery:
+            tree = la.SupervisorSpec("svc", [spec("w", journal)], intensity=0)
+            sup = await nursery.start(la.serve_supervisor, tree)
+            addr = sup.address("w")
+            await addr.send(Crash())
+    assert addr.stopped
