@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence, overload
 
 import structlog
 import trio
@@ -209,7 +209,13 @@ class Supervisor:
         """The tree's registry (shared by every supervisor of this tree)."""
         return self._tree.registry
 
-    def start_child(self, spec: ChildSpec | SupervisorSpec) -> Any:
+    @overload
+    def start_child(self, spec: ChildSpec) -> Address: ...
+
+    @overload
+    def start_child(self, spec: SupervisorSpec) -> Supervisor: ...
+
+    def start_child(self, spec: ChildSpec | SupervisorSpec) -> Address | Supervisor:
         """Add and start a dynamic child; returns its ``Address`` (or ``Supervisor``).
 
         Synchronous: the child's address exists and accepts messages at
@@ -231,7 +237,10 @@ class Supervisor:
         if self._running and not self._stop_requested:
             self._spawn(c)
             self._tree.emit(Started(c.path, trio.current_time()))
-        return c.sup if c.sup is not None else c.address
+        if c.sup is not None:
+            return c.sup
+        assert c.address is not None
+        return c.address
 
     async def terminate_child(self, name: str) -> None:
         """Stop a child for good: its mailbox closes, it drains it, then it is cancelled
