@@ -71,6 +71,8 @@ class MailboxReader:
         return len(self._mailbox)
 
     def _take(self, req: Request[Any]) -> None:
+        if req.abandoned:
+            return  # nobody waits for it: nothing to abort if we crash
         inflight = self._inflight
         if inflight is None:
             inflight = self._inflight = set()

@@ -68,7 +68,11 @@ class Request(Generic[T]):
         state = self._state
         if state != _PENDING:
             if state == _ABANDONED:
-                return  # the caller left; answering late is not a bug
+                # The caller left; answering late is not a bug.
+                if self._owner is not None:
+                    self._owner.discard(self)
+                    self._owner = None
+                return
             raise RuntimeError(f"{self!r} was already answered")
         self._state = _DONE
         owner = self._owner

@@ -234,3 +234,25 @@ async def test_many_calls_with_timeouts_keep_the_deadline_heap_bounded(autojump_
         deadlines.add(req, 5.0, "t/w")
         req.reply(i)  # answered at once, as a fast callee would
     assert len(deadlines) <= 2 * 1024 + 1
+
+
+async def test_requests_abandoned_by_their_callers_do_not_pile_up_in_the_callee(autojump_clock):
+    held: list[la.Request] = []
+
+    async def slow(ctx: la.ActorContext) -> None:
+        async for req in ctx.mailbox:
+            await trio.sleep(10)
+            req.reply("late")
+            held.append(req)
+            if len(held) == 3:
+                assert ctx.mailbox._inflight in (None, set())
+
+    async with la.open_supervisor("t", [la.ChildSpec("s", slow)]) as sup:
+        addr = sup.address("s")
+        for i in range(3):
+            with pytest.raises(la.CallTimeout):
+                await addr.call(i, timeout=1)
+        with sup.subscribe() as events:
+            await trio.sleep(40)
+            assert not [e for e in events.pending() if isinstance(e, la.Exited)]
+    assert len(held) == 3 and all(r.abandoned for r in held)
