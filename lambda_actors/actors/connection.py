@@ -93,6 +93,10 @@ class _Connection:
         self.next: Deliver | None = None
         self.stream: AnswerStream | None = None
         self.last_action: PostPart | EditPart | None = None
+        #: When the last answer ended (Trio clock), for the late-frame grace.
+        self.ended_at = -math.inf
+        #: The turn being answered; failed with a message if anything ends it early.
+        self.current: Deliver | None = None
 
     async def next_turn(self) -> Deliver | None:
         """Wait for the next Deliver; None when idle long enough to close."""
@@ -114,61 +118,117 @@ class _Connection:
         return None
 
     async def run(self) -> None:
-        turn = await self.next_turn()
-        if turn is None:
-            return
-        try:
-            async with open_agent_connection(
-                self.agent.base_url,
-                self.chat_id,
-                connect_timeout=self.timing.agent_connect_timeout,
-                status_timeout=self.timing.agent_status_timeout,
-                idle_timeout=self.timing.agent_idle_timeout,
-            ) as conn:
-                while turn is not None:
-                    await self.run_turn(conn, turn)
-                    turn = None
-                    turn = await self.next_turn()
-        except AgentConnectionError as exc:
-            self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(exc))
-            if turn is not None:
-                await self.fail_turn(turn, f"⚠ {self.agent.label} could not answer: {exc}. Please send your message again.")
-            raise
-        except BaseException:
-            # Stopped (shutdown) or killed mid-answer: the user hears about it.
-            if turn is not None:
-                await self.fail_turn(turn, INTERRUPTED)
-            raise
+        self.current = await self.next_turn()
+        while self.current is not None:
+            failure: AgentConnectionError | None = None
+            try:
+                async with open_agent_connection(
+                    self.agent.base_url,
+                    self.chat_id,
+                    connect_timeout=self.timing.agent_connect_timeout,
+                    status_timeout=self.timing.agent_status_timeout,
+                    idle_timeout=self.timing.agent_idle_timeout,
+                ) as conn:
+                    failure = await self._serve(conn)
+            except AgentConnectionError as exc:
+                failure = exc
+            except BaseException:
+                # Stopped (shutdown) or killed mid-answer: the user hears about it.
+                if self.current is not None:
+                    await self.fail_turn(self.current, INTERRUPTED)
+                raise
+            if failure is not None:
+                self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(failure))
+                if self.current is not None:
+                    await self.fail_turn(
+                        self.current, f"⚠ {self.agent.label} could not answer: {failure}. Please send your message again."
+                    )
+                # A crash on purpose: the supervisor's backoff and intensity
+                # decide when (and whether) this agent is tried again.
+                raise failure
+
+    async def _serve(self, conn: AgentConnection) -> AgentConnectionError | None:
+        """Serve turns on one open socket, starting with ``self.current``.
+
+        Returns with ``self.current`` None when idle long enough to close;
+        with ``self.current`` set and no error when the socket died between
+        answers (reconnect and go on: nobody was waiting on it, so that is no
+        failure); and with the error when it failed during a turn.
+
+        A reader task takes every frame as soon as it arrives, so a frame
+        sent after an answer's END (a second END, a late chunk) is read while
+        no answer is open and is recognised as late, instead of being taken
+        for the start of the next answer.
+        """
+        frames_in, frames = trio.open_memory_channel[Any](math.inf)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_frames, conn, frames_in)
+            try:
+                while self.current is not None:
+                    if await self._socket_died_while_idle(frames):
+                        return None
+                    await self.run_turn(conn, frames, self.current)
+                    self.current = None
+                    self.current = await self.next_turn()
+                return None
+            except AgentConnectionError as exc:
+                return exc
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _socket_died_while_idle(self, frames: trio.MemoryReceiveChannel[Any]) -> bool:
+        """Take what arrived since the last answer ended; True if the socket is gone."""
+        # Frames sent just after END may still be on the wire: give them a moment.
+        await trio.sleep_until(self.ended_at + self.timing.late_frame_grace)
+        while True:
+            try:
+                item = frames.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if isinstance(item, AgentConnectionError):
+                self.ctx.log.info("connection.closed_while_idle", chat_id=self.chat_id, reason=str(item))
+                return True
+            self.ctx.log.info("connection.late_frame_ignored", frame=type(getattr(item, "frame", item)).__name__)
+        return False
 
     # -- one turn ---------------------------------------------------------------
 
-    async def run_turn(self, conn: AgentConnection, turn: Deliver) -> None:
+    async def run_turn(self, conn: AgentConnection, frames: trio.MemoryReceiveChannel[Any], turn: Deliver) -> None:
         self.stream = AnswerStream(min_interval=self.timing.edit_interval)
-        self.last_action: PostPart | EditPart | None = None
+        self.last_action = None
         self.files_sent = 0
         self.unreadable = 0
         await conn.send_user_message(turn.text, turn.attachments)
         self.ctx.log.info("connection.delivered", event_id=turn.event_id, chat_id=self.chat_id)
+        failure: AgentConnectionError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._show_typing, turn.room_id)
             nursery.start_soon(self._answer_confirmations, conn, turn)
             try:
-                await self._stream_answer(conn, turn, nursery)
+                await self._stream_answer(frames, turn, nursery)
+            except AgentConnectionError as exc:
+                # Raised from here rather than through the nursery, which
+                # would wrap it in an exception group.
+                failure = exc
             finally:
                 nursery.cancel_scope.cancel()
         with trio.move_on_after(2, shield=True):
             await _quietly(self.bot.client.typing(turn.room_id, False))
+        if failure is not None:
+            raise failure
 
-    async def _stream_answer(self, conn: AgentConnection, turn: Deliver, nursery: trio.Nursery) -> None:
-        while True:
+    async def _stream_answer(self, frames: trio.MemoryReceiveChannel[Any], turn: Deliver, nursery: trio.Nursery) -> None:
+        while not self.stream.finished:
             due = self.stream.next_due()
+            frame = None
             with trio.move_on_at(math.inf if due is None else due):
-                frame = await conn.receive()
+                frame = await frames.receive()
+            if frame is None:
+                await self._post(turn, self.stream.tick(trio.current_time()))
+            elif isinstance(frame, AgentConnectionError):
+                raise frame
+            else:
                 await self._on_frame(frame, turn, nursery)
-                if self.stream.finished:
-                    return
-                continue
-            await self._post(turn, self.stream.tick(trio.current_time()))
 
     async def _on_frame(self, frame: Any, turn: Deliver, nursery: trio.Nursery) -> None:
         now = trio.current_time()
@@ -242,6 +302,7 @@ class _Connection:
             # The last throttled edit already showed the whole answer; repeat
             # it once more, marked done, so readers know nothing follows.
             actions = [EditPart(last.part_no, last.edit_no + 1, last.body)]
+        self.ended_at = trio.current_time()
         queued = self.bot.store.finish(turn.event_id, self._items(turn, actions, done=True))
         for pending in self.bot.store.confirmations(turn.room_id):
             if pending.chat_id == self.chat_id:
@@ -282,6 +343,7 @@ class _Connection:
             f"{confirm.details}\n"
             f"Answer !yes or !no (or react ✅ / ❌). No answer within {minutes:g} min means no.",
             source=turn.event_id,
+            done=False,
         )
         self.bot.store.add_confirmation(
             PendingConfirmation(
@@ -330,6 +392,15 @@ class _Connection:
             }
             item = OutboxItem(0, txn_id("file", turn.event_id, str(number)), turn.room_id, "m.room.message", content)
         await self._tell_outbox(self.bot.store.enqueue([item]))
+
+
+async def _read_frames(conn: AgentConnection, frames_in: trio.MemorySendChannel[Any]) -> None:
+    """Move every frame (and finally the error that ended the socket) into ``frames_in``."""
+    try:
+        async for frame in conn:
+            frames_in.send_nowait(frame)
+    except AgentConnectionError as exc:
+        frames_in.send_nowait(exc)
 
 
 def _turn_done(event_id: str) -> Any:

@@ -20,8 +20,6 @@ what they queued. Policies come from ``supervision.toml``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import structlog
 import trio
 
@@ -53,14 +51,13 @@ async def serve_node(
     config: SupervisionConfig | str | Path | None,
     *,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
-    **kwargs: Any,
 ) -> None:
     """Run the bot's tree until cancelled or until the root gives up.
 
     ``sup = await nursery.start(serve_node, bot, config)``; ``await
     sup.aclose()`` stops it in order.
     """
-    await serve_supervisor("node", bot_children(bot), config=config, task_status=task_status, **kwargs)
+    await serve_supervisor(SupervisorSpec("node", bot_children(bot)), config, task_status=task_status)
 
 
 #: The bot logs in as this device every time: transaction ids are scoped to

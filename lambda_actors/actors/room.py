@@ -49,6 +49,9 @@ from .services import (
 #: Marks an invitation in the inbox (invites have no timeline event of their own).
 INVITE_TYPE = "org.lambda.invite"
 
+#: What ``_handle`` returns for a user message that must wait for the turn in flight.
+_WAIT = object()
+
 APPROVE_KEYS = frozenset({"✅", "✔️", "👍"})
 DENY_KEYS = frozenset({"❌", "✖️", "👎"})
 
@@ -89,21 +92,21 @@ class _Room:
     # -- the event loop over the inbox ------------------------------------------
 
     async def process(self) -> None:
-        """Handle unhandled events in order, as far as the turn in flight allows."""
-        waiting_for_turn = False
+        """Handle unhandled events in order, as far as the turn in flight allows.
+
+        While a turn is with the agent, events are still handled in order up
+        to the next user message, which waits for the turn to end; past that
+        only confirmation answers are taken, since they are what the turn in
+        flight may be waiting for.
+        """
+        waiting = False
         for item in self.store.unhandled(self.room_id):
             if item.event_id == self.in_flight:
-                waiting_for_turn = True
                 continue
             event = self._parse(item)
-            if waiting_for_turn:
-                # Only confirmation answers may pass a turn in flight.
-                if self._is_confirmation_answer(event):
-                    await self._handle(item, event)
+            if waiting and not self._is_confirmation_answer(event):
                 continue
-            started_turn = await self._handle(item, event)
-            if started_turn or self.in_flight is not None:
-                waiting_for_turn = True
+            waiting = await self._handle(item, event) is _WAIT or waiting
 
     def _parse(self, item: InboxEvent) -> Any:
         raw = item.event
@@ -122,36 +125,39 @@ class _Room:
             return isinstance(cmd.parse_command(_body(event)), (cmd.Yes, cmd.No))
         return False
 
-    async def _handle(self, item: InboxEvent, event: Any) -> bool:
-        """Handle one event; True when it started a turn (left unhandled until TurnDone)."""
+    async def _handle(self, item: InboxEvent, event: Any) -> object:
+        """Handle one event; :data:`_WAIT` when it is a user message that must
+        wait for the turn in flight (it stays unhandled until then)."""
         if event is None or getattr(event, "sender", None) == self.bot.user_id:
             await self._finish(item.event_id)
-            return False
+            return None
         if isinstance(event, ev.Invite):
             await self._on_invite(item, event)
-            return False
+            return None
         binding = self.store.binding(self.room_id)
+        if binding is None and isinstance(event, (ev.TextMessage, ev.Command, ev.FileMessage)):
+            binding = await self._adopt_direct_chat(event.sender)
         if binding is None or event.sender != binding.owner:
             # Not a chat room, or not its owner talking: nothing for the agent.
             await self._on_unbound(item, event, binding)
-            return False
+            return None
         if isinstance(event, ev.OtherEvent) and event.event_type == "m.room.encryption":
             await self._finish(item.event_id, [self._notice(item, "encrypted", _ENCRYPTED)])
-            return False
+            return None
         if isinstance(event, ev.Reaction):
             await self._on_reaction(item, event, binding)
-            return False
+            return None
         if isinstance(event, ev.FileMessage):
             await self._on_file(item, event, binding)
-            return False
+            return None
         if isinstance(event, (ev.TextMessage, ev.Command)):
             command = cmd.parse_command(_body(event))
             if command is not None:
                 await self._on_command(item, command, binding)
-                return False
+                return None
             return await self._on_text(item, _body(event), binding)
         await self._finish(item.event_id)
-        return False
+        return None
 
     # -- helpers ----------------------------------------------------------------
 
@@ -279,6 +285,27 @@ class _Room:
             # state; the binding then lives in the database only.
             self.ctx.log.info("room.binding_not_mirrored", room_id=binding.room_id, error=exc.errcode)
 
+    async def _adopt_direct_chat(self, sender: str) -> RoomBinding | None:
+        """Bind a direct chat with a configured user that we have no record of.
+
+        That happens after the database was lost: a direct chat someone else
+        created may not let us keep the binding in its state, so it comes
+        back here, as a fresh conversation, on the owner's next message.
+        """
+        agent = self.bot.agents.agent_for(sender)
+        if agent is None:
+            return None
+        try:
+            members = await self.bot.client.joined_members(self.room_id)
+        except MatrixError:
+            return None
+        if set(members) != {sender, self.bot.user_id}:
+            return None
+        binding = RoomBinding(self.room_id, sender, agent.id, self.store.new_chat_id(self.room_id), "Direct chat")
+        await self._bind(binding)
+        self.ctx.log.info("room.direct_chat_adopted", room_id=self.room_id, owner=sender)
+        return binding
+
     async def _on_unbound(self, item: InboxEvent, event: Any, binding: RoomBinding | None) -> None:
         if binding is None and isinstance(event, (ev.TextMessage, ev.Command, ev.FileMessage)):
             # A room we are in but that is no chat (a Space, or a room we were
@@ -288,24 +315,25 @@ class _Room:
 
     # -- user messages ------------------------------------------------------------
 
-    async def _on_text(self, item: InboxEvent, text: str, binding: RoomBinding) -> bool:
+    async def _on_text(self, item: InboxEvent, text: str, binding: RoomBinding) -> object:
+        if self.in_flight is not None:
+            return _WAIT
         agent = self._agent(binding)
         if binding.archived:
             await self._finish(item.event_id, [self._notice(item, "archived", _ARCHIVED)])
-            return False
+            return None
         unavailable = self._agent_unavailable(agent)
         if unavailable is not None:
             await self._finish(item.event_id, [self._notice(item, "unavailable", unavailable)])
-            return False
+            return None
         attachments = self.store.start_turn(item.event_id, self.room_id)
+        self.in_flight = item.event_id
         if attachments is None:
             # Delivered by this run of the bot already; its answer is coming.
-            self.in_flight = item.event_id
-            return True
-        self.in_flight = item.event_id
+            return None
         address = connection_address(self.ctx, agent.id, binding.chat_id, self.bot)
         await address.send(Deliver(item.event_id, self.room_id, text, tuple(attachments), self.ctx.address))
-        return True
+        return None
 
     async def _on_file(self, item: InboxEvent, event: ev.FileMessage, binding: RoomBinding) -> None:
         agent = self._agent(binding)

@@ -48,6 +48,9 @@ class Timing:
     connection_idle_close: float = 600.0
     #: How long a confirmation waits for !yes / !no before it counts as no.
     confirmation_timeout: float = 600.0
+    #: Frames arriving this soon after an answer's END still belong to it
+    #: (a second END, text after END): the next message waits them out.
+    late_frame_grace: float = 0.1
     #: Answer streaming: at most one edit per this many seconds.
     edit_interval: float = 1.0
     sync_timeout_ms: int = 30_000
@@ -73,10 +76,17 @@ def txn_id(kind: str, *cause: str) -> str:
     return f"la.{kind}.{digest}"
 
 
-def notice(room_id: str, kind: str, cause: Iterable[str], body: str, source: str | None = None) -> OutboxItem:
-    """A bot notice (``m.notice``) as an outbox row, its txn id derived from ``cause``."""
+def notice(
+    room_id: str, kind: str, cause: Iterable[str], body: str, source: str | None = None, *, done: bool = True
+) -> OutboxItem:
+    """A bot notice (``m.notice``) as an outbox row, its txn id derived from ``cause``.
+
+    ``source`` is the user message it answers; ``done=False`` for a notice
+    in the middle of an answer (a question, a refused file).
+    """
     content: dict[str, Any] = contents.text(body, msgtype="m.notice")
     if source is not None:
         content[SOURCE_KEY] = source
-        content[DONE_KEY] = True
+        if done:
+            content[DONE_KEY] = True
     return OutboxItem(0, txn_id(kind, *cause), room_id, "m.room.message", content)

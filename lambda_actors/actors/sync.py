@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..bot.store import RoomBinding
+from ..matrix.client import BOT_SYNC_FILTER
 from ..matrix.errors import MatrixError
 from ..spec import ChildSpec
 from .room import INVITE_TYPE, Wake, room_actor
@@ -25,7 +26,13 @@ from .services import BINDING_STATE, ROOMS_PATH, SPACE_STATE, BotServices
 
 async def sync_actor(ctx: Any, bot: BotServices) -> None:
     store, client = bot.store, bot.client
-    filter_id = await client.create_filter()
+    # Synapse answers an identical /sync request from a cache for a while; a
+    # first sync after a lost database would get the previous first sync's
+    # (empty) answer. A filter unique to this boot makes the request new. The
+    # account-data type named in it does not exist, so nothing changes.
+    filter_id = await client.create_filter(
+        {**BOT_SYNC_FILTER, "account_data": {"types": [f"org.lambda.unused.{store.boot_id}"]}}
+    )
     token = store.sync_token()
     if token is None:
         await rebuild_from_matrix(ctx, bot)

@@ -51,7 +51,7 @@ class LoopbackStack:
     supervision: SupervisionConfig | str | Path | None
     supervisor: Any = None
     process: subprocess.Popen[bytes] | None = None
-    _clients: list[MatrixClient] = field(default_factory=list)
+    _user_scopes: list[trio.CancelScope] = field(default_factory=list)
     _stop: trio.Event | None = None
     _stopped: trio.Event | None = None
 
@@ -131,17 +131,29 @@ class LoopbackStack:
         """A scripted user for ``name`` (one of the stack's users), syncing in the stack's nursery."""
         registered = self.users[name]
         client = MatrixClient(self.homeserver.url, access_token=registered.access_token, user_id=registered.user_id)
-        self._clients.append(client)
         user = ScriptedUser(client, sync_timeout_ms=sync_timeout_ms)
-        await self.nursery.start(user.run)
+        scope = trio.CancelScope()
+        self._user_scopes.append(scope)
+
+        async def run_user(task_status: trio.TaskStatus[None]) -> None:
+            # The client closes in the same task, after its sync loop is
+            # cancelled, so no request is cut off by a closed client.
+            try:
+                with scope:
+                    await user.run(task_status=task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+
+        await self.nursery.start(run_user)
         return user
 
     async def aclose(self) -> None:
+        for scope in self._user_scopes:
+            scope.cancel()
         await self.stop_bot()
         if self.process is not None:
             self.terminate_bot_process()
-        for client in self._clients:
-            await client.aclose()
 
 
 def agents_yaml(agents: Sequence[FakeAgent], user_agents: dict[str, str]) -> str:

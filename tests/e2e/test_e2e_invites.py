@@ -1,0 +1,62 @@
+"""End to end: who may invite the bot, and what happens to everyone else."""
+
+from harness.chat import onboard
+
+from lambda_actors.homeserver import register_user
+from lambda_actors.loopback.user import ScriptedUser
+from lambda_actors.matrix import MatrixClient
+
+
+async def stranger(bot_stack, nursery) -> ScriptedUser:
+    """A user on the homeserver whom agents.yaml does not know."""
+    registered = register_user(bot_stack.homeserver.url, bot_stack.homeserver.registration_shared_secret, "stranger-" + bot_stack.bot_id[8:14], "pw-stranger-123")
+    client = MatrixClient(bot_stack.homeserver.url, access_token=registered.access_token, user_id=registered.user_id)
+    user = ScriptedUser(client, sync_timeout_ms=2_000)
+    await nursery.start(user.run)
+    return user
+
+
+async def test_an_unknown_user_is_refused_politely_and_the_bot_leaves(bot_stack, nursery):
+    user = await stranger(bot_stack, nursery)
+    dm = await user.start_dm(bot_stack.bot_id)
+    refusal = await user.notice(dm, "Sorry, I only work for")
+    assert refusal.sender == bot_stack.bot_id
+    await user.wait_until(
+        lambda: any(
+            s.type == "m.room.member" and s.event.get("state_key") == bot_stack.bot_id and s.content.get("membership") == "leave"
+            for s in user.seen
+        )
+    )
+    # Nothing reached any agent, and no Space was made for them.
+    assert all(agent.received_messages() == [] for agent in bot_stack.agents)
+    assert user.invites == []
+    await user.client.aclose()
+
+
+async def test_a_group_room_invite_from_an_unknown_user_is_declined(bot_stack, nursery):
+    user = await stranger(bot_stack, nursery)
+    alice = await bot_stack.scripted_user("alice")
+    room = await user.client.create_room(name="Team room", invite=[alice.user_id, bot_stack.bot_id])
+    await alice.client.join(room)
+    await user.wait_until(
+        lambda: any(
+            s.room_id == room
+            and s.type == "m.room.member"
+            and s.event.get("state_key") == bot_stack.bot_id
+            and s.content.get("membership") == "leave"
+            for s in user.seen
+        )
+    )
+    assert not [s for s in user.seen if s.room_id == room and s.sender == bot_stack.bot_id and s.type == "m.room.message"]
+    await user.client.aclose()
+
+
+async def test_a_repeated_invite_does_not_create_a_second_space_or_chat(bot_stack):
+    alice = await bot_stack.scripted_user("alice")
+    dm, chat1 = await onboard(bot_stack, alice)
+    second_dm = await alice.start_dm(bot_stack.bot_id)
+    await alice.notice(second_dm, "Hello! I connect you to")
+    chats = await alice.answer(await alice.say(chat1, "!chats"))
+    assert chats.text.count("Chat 1") == 1
+    assert sum(1 for i in alice.invites if i.is_space) == 1
+    assert sum(1 for i in alice.invites if i.name == "Chat 1") == 1

@@ -1,0 +1,49 @@
+"""End to end: the bot dies (SIGKILL) or loses its database, and nothing is lost or doubled."""
+
+import shutil
+
+from harness.bot import TEST_SUPERVISION
+from harness.chat import chat_ids, onboard
+
+
+async def test_a_bot_killed_mid_answer_answers_exactly_once_after_restart(bot_stack, tmp_path):
+    alice = await bot_stack.scripted_user("alice")
+    _, chat1 = await onboard(bot_stack, alice)
+    # The same bot, now as a real process that can be SIGKILLed.
+    await bot_stack.stop_bot()
+    supervision = tmp_path / "supervision.toml"
+    supervision.write_text(TEST_SUPERVISION)
+    bot_stack.start_bot_process(supervision, tmp_path / "bot.log")
+    agent = bot_stack.agents[0]
+    agent.chunks, agent.slow_interval = 6, 0.5
+    event_id = await alice.say(chat1, "a long answer please [[slow]]")
+    # Kill the bot once the answer is visibly on its way.
+    await alice.wait_until(lambda: alice.answer_so_far(event_id).parts)
+    assert not alice.answer_so_far(event_id).done
+    bot_stack.kill_bot_process()
+    bot_stack.start_bot_process(supervision, tmp_path / "bot.log")
+    answer = await alice.answer(event_id, timeout=60)
+    assert "echo: a long answer please" in answer.text
+    assert len(answer.parts) == 1  # one message, never a second answer
+    # The agent got the message once per run of the bot: a restart in between.
+    assert agent.received_messages() == ["a long answer please [[slow]]"] * 2
+    later = await alice.answer(await alice.say(chat1, "and now?"))
+    assert "echo: and now?" in later.text
+    assert bot_stack.terminate_bot_process() == 0
+
+
+async def test_a_lost_database_is_rebuilt_from_the_rooms_state(bot_stack):
+    alice = await bot_stack.scripted_user("alice")
+    dm, chat1 = await onboard(bot_stack, alice)
+    await alice.answer(await alice.say(chat1, "before"))
+    [chat_before] = chat_ids(bot_stack.agents[0])
+    await bot_stack.stop_bot()
+    shutil.rmtree(bot_stack.data_dir)
+    await bot_stack.start_bot()
+    answer = await alice.answer(await alice.say(chat1, "after"))
+    assert "echo: after" in answer.text
+    # Same room, same agent context; nothing answered before was answered again.
+    assert bot_stack.agents[0].received_messages(chat_before) == ["before", "after"]
+    assert bot_stack.agents[0].received_messages() == ["before", "after"]
+    # The direct chat (whose state we may not write) is adopted again on use.
+    assert "echo: hi again" in (await alice.answer(await alice.say(dm, "hi again"))).text
