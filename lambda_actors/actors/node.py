@@ -30,6 +30,7 @@ from ..matrix.client import MatrixClient
 from ..spec import ChildSpec, SupervisorSpec
 from ..supervision_config import SupervisionConfig
 from ..supervisor import Supervisor, serve_supervisor
+from .control import serve_control
 from .outbox import outbox_actor
 from .services import BotServices, Timing
 from .sync import sync_actor
@@ -74,6 +75,7 @@ async def run_bot(
     *,
     mask: SecretMask | None = None,
     timing: Timing = Timing(),
+    control_socket: Path | None = None,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Log in, run the tree until ``stop`` is set, then stop it in order.
@@ -94,10 +96,13 @@ async def run_bot(
             bot = BotServices(store, client, agents, client.user_id or settings.user_id, timing)
             async with trio.open_nursery() as nursery:
                 sup = await nursery.start(serve_node, bot, supervision)
+                if control_socket is not None:
+                    await nursery.start(serve_control, control_socket, sup)
                 log.info("bot.started", user_id=bot.user_id, agents=[a.id for a in agents.agents])
                 task_status.started(sup)
                 await stop.wait()
                 log.info("bot.stopping")
                 await sup.aclose()
+                nursery.cancel_scope.cancel()
     finally:
         store.close()

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--supervision", type=Path, default=Path("supervision.toml"), help="supervision.toml (default: %(default)s)"
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the SQLite state lives (default: %(default)s)")
+    parser.add_argument(
+        "--control-socket", type=Path, default=None, help="serve the control socket (actors, kill, stats) at this path"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                         return
 
             nursery.start_soon(stop_on_signal)
-            await run_bot(settings, agents, supervision, args.data_dir, stop, mask=mask)
+            await run_bot(settings, agents, supervision, args.data_dir, stop, mask=mask, control_socket=args.control_socket)
             nursery.cancel_scope.cancel()
 
     try:

@@ -64,7 +64,7 @@ class LoopbackStack:
 
     # -- the bot in this process ----------------------------------------------------
 
-    async def start_bot(self) -> Any:
+    async def start_bot(self, *, control_socket: Path | None = None) -> Any:
         """Run the bot in this process (in the stack's nursery); return its root supervisor."""
         agents = parse_agents_config(self.config_path.read_text(), source=str(self.config_path), base_dir=self.config_path.parent)
         self._stop, self._stopped = trio.Event(), trio.Event()
@@ -73,7 +73,14 @@ class LoopbackStack:
         async def serve(task_status: trio.TaskStatus[Any]) -> None:
             try:
                 await run_bot(
-                    self.settings(), agents, self.supervision, self.data_dir, stop, timing=self.timing, task_status=task_status
+                    self.settings(),
+                    agents,
+                    self.supervision,
+                    self.data_dir,
+                    stop,
+                    timing=self.timing,
+                    control_socket=control_socket,
+                    task_status=task_status,
                 )
             finally:
                 stopped.set()
@@ -90,7 +97,9 @@ class LoopbackStack:
 
     # -- the bot as a child process ---------------------------------------------------
 
-    def start_bot_process(self, supervision_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    def start_bot_process(
+        self, supervision_path: Path, log_path: Path, *, control_socket: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``lambda-actors run`` as a child process (its log goes to ``log_path``)."""
         env = {
             **os.environ,
@@ -102,7 +111,8 @@ class LoopbackStack:
         log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
-             "--supervision", str(supervision_path), "--data-dir", str(self.data_dir)],
+             "--supervision", str(supervision_path), "--data-dir", str(self.data_dir),
+             *(["--control-socket", str(control_socket)] if control_socket else [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
