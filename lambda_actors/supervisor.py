@@ -623,6 +623,11 @@ class Supervisor:
         self._window.clear()
         self._served = trio.Event()
         self._ensure_static_children()
+        # A new incarnation starts its children afresh, as OTP does: no
+        # backoff or intensity history carries over from the last one.
+        for c in self._children.values():
+            c.attempt = 0
+            c.window = None
         escalation: IntensityExceeded | None = None
         try:
             async with trio.open_nursery() as nursery:

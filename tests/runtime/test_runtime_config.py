@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,8 @@ def test_the_shipped_file_loads_and_describes_the_bots_tree():
     config = la.load_supervision_config(SHIPPED)
     agents = config.policy_for("node/agents")
     assert agents.on_exhausted is la.OnExhausted.PARK
-    conn_holder = config.policy_for("node/agents/agent-0")
-    assert conn_holder.on_exhausted is la.OnExhausted.PARK
+    agent = config.policy_for("node/agents/agent-0")
+    assert agent.on_exhausted is la.OnExhausted.ESCALATE  # node/agents parks the agent
     conn = config.policy_for("node/agents/agent-0/chat-17")
     assert conn.restart is la.Restart.TRANSIENT and conn.backoff.min == 0.5
     room = config.policy_for("node/rooms/!abc:example.org")
@@ -174,3 +175,31 @@ async def test_a_combination_made_impossible_by_code_and_file_together_fails_at_
     with pytest.raises(la.ChildSpecError, match=r"t/sub: on_exhausted.*sup\.toml"):
         async with la.open_supervisor("t", [la.SupervisorSpec("sub", strategy="one_for_all")], config=config):
             pass  # pragma: no cover
+
+
+async def test_the_shipped_policy_parks_an_agent_whose_connections_keep_failing(autojump_clock):
+    journal = Journal()
+
+    async def agent_down(ctx: la.ActorContext) -> None:
+        journal.add("start", ctx.path)
+        raise ConnectionRefusedError("agent is down")
+
+    def agent(name: str, conn: la.ChildSpec) -> la.SupervisorSpec:
+        return la.SupervisorSpec(name, [conn])
+
+    tree = [la.SupervisorSpec("agents", [
+        agent("agent-0", la.ChildSpec("chat-1", agent_down)),
+        agent("agent-1", spec("chat-2", journal)),
+    ])]
+    async with la.open_supervisor("node", tree, config=SHIPPED, rng=random.Random(3)) as sup:
+        agents = sup.registry.supervisor("node/agents")
+        with sup.subscribe() as events:
+            parked = await events.wait_for(la.Parked, path="node/agents/agent-0")
+        state = agents.child_state("agent-0")
+        assert state.status is la.Status.PARKED and state.retry_in == pytest.approx(60)
+        assert parked.retry_at - parked.time == pytest.approx(60)
+        assert 60 < parked.time < 120  # four quick escalations, not minutes of retries
+        assert agents.child_state("agent-1").status is la.Status.RUNNING
+        assert journal.count("stop", "chat-2") == 0
+        chat2 = sup.registry.lookup("node/agents/agent-1/chat-2")
+        assert await chat2.call("still served") == "still served"

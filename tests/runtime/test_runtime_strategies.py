@@ -147,3 +147,21 @@ async def test_a_nested_supervisor_restarts_its_static_children_with_their_addre
         assert sup.registry.lookup("t/inner/x") is x
         assert await x.call("alive") == "alive"
         assert journal.count("start", "sibling") == 1
+
+
+async def test_a_restarted_supervisor_starts_its_children_with_a_fresh_backoff(autojump_clock):
+    journal = Journal()
+    inner = la.SupervisorSpec("inner", [spec("x", journal, backoff=la.Backoff(min=1, max=100))],
+                              intensity=2, period=1000)
+    async with la.open_supervisor("t", [inner], intensity=10) as sup:
+        with sup.subscribe() as events:
+            for expected in (1, 2):
+                sup.kill("t/inner/x")
+                assert (await events.wait_for(la.BackingOff, path="t/inner/x")).delay == expected
+                await events.wait_for(la.Restarted, path="t/inner/x")
+            sup.kill("t/inner/x")  # the third restart is one too many: inner escalates
+            await events.wait_for(la.Escalated, path="t/inner")
+            await events.wait_for(la.Restarted, path="t/inner/x")
+            sup.kill("t/inner/x")
+            fresh = await events.wait_for(la.BackingOff, path="t/inner/x")
+        assert fresh.delay == 1
