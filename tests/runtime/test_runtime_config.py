@@ -33,7 +33,7 @@ def test_the_shipped_file_loads_and_describes_the_bots_tree():
     room = config.policy_for("node/rooms/!abc:example.org")
     assert room.restart is la.Restart.TRANSIENT and room.mailbox_capacity == 500
     assert config.policy_for("node/sync").shutdown == 0
-    for path in ("node/store", "node/outbox", "node/http", "node/dag", "node/approvals"):
+    for path in ("node/outbox", "node/agents", "node/rooms", "node/sync"):
         assert config.for_path(path), f"{path} has no entry"
 
 
@@ -198,7 +198,7 @@ async def test_the_shipped_policy_parks_an_agent_whose_connections_keep_failing(
         state = agents.child_state("agent-0")
         assert state.status is la.Status.PARKED and state.retry_in == pytest.approx(60)
         assert parked.retry_at - parked.time == pytest.approx(60)
-        assert 60 < parked.time < 120  # four quick escalations, not minutes of retries
+        assert parked.time < 60  # the first escalation parks it: seconds, not minutes of retries
         assert agents.child_state("agent-1").status is la.Status.RUNNING
         assert journal.count("stop", "chat-2") == 0
         chat2 = sup.registry.lookup("node/agents/agent-1/chat-2")
