@@ -40,8 +40,8 @@ from ..bot.streaming import AnswerStream, EditPart, PostPart
 from ..matrix import content as contents
 from ..matrix.errors import MatrixError
 from ..spec import ChildSpec
-from .outbox import Queued
-from .services import AGENTS_PATH, DONE_KEY, OUTBOX_PATH, SOURCE_KEY, BotServices, notice, txn_id
+from .outbox import tell_outbox
+from .services import AGENTS_PATH, DONE_KEY, SOURCE_KEY, BotServices, notice, txn_id
 
 
 @dataclass(frozen=True)
@@ -289,11 +289,7 @@ class _Connection:
     async def _post(self, turn: Deliver, actions: list[Any]) -> None:
         if actions:
             self.last_action = actions[-1]
-            await self._tell_outbox(self.bot.store.enqueue(self._items(turn, actions)))
-
-    async def _tell_outbox(self, queued: list[OutboxItem]) -> None:
-        if queued:
-            await self.ctx.registry.lookup(OUTBOX_PATH).send(Queued(tuple(queued)))
+            await tell_outbox(self.ctx, self.bot.store.enqueue(self._items(turn, actions)))
 
     async def _finish(self, turn: Deliver, actions: list[Any]) -> None:
         """End the turn: final sends and "handled" in one transaction, then tell the room."""
@@ -307,7 +303,7 @@ class _Connection:
         for pending in self.bot.store.confirmations(turn.room_id):
             if pending.chat_id == self.chat_id:
                 self.bot.store.resolve_confirmation(pending.request_id)
-        await self._tell_outbox(queued)
+        await tell_outbox(self.ctx, queued)
         await turn.room.send(_turn_done(turn.event_id))
 
     async def fail_turn(self, turn: Deliver, message: str) -> None:
@@ -356,14 +352,14 @@ class _Connection:
                 time.time() + self.timing.confirmation_timeout,
             )
         )
-        await self._tell_outbox(self.bot.store.enqueue([prompt]))
+        await tell_outbox(self.ctx, self.bot.store.enqueue([prompt]))
         nursery.start_soon(self._expire, turn, confirm)
 
     async def _expire(self, turn: Deliver, confirm: p.ConfirmRequest) -> None:
         await trio.sleep(self.timing.confirmation_timeout)
         if self.bot.store.resolve_confirmation(confirm.request_id):
             self.ctx.log.info("connection.confirmation_expired", request_id=confirm.request_id)
-            await self._tell_outbox(
+            await tell_outbox(self.ctx, 
                 self.bot.store.enqueue(
                     [notice(turn.room_id, "expired", (turn.event_id, confirm.request_id), f"⌛ No answer in time, so no: {confirm.action}")]
                 )
@@ -391,7 +387,7 @@ class _Connection:
                 SOURCE_KEY: turn.event_id,
             }
             item = OutboxItem(0, txn_id("file", turn.event_id, str(number)), turn.room_id, "m.room.message", content)
-        await self._tell_outbox(self.bot.store.enqueue([item]))
+        await tell_outbox(self.ctx, self.bot.store.enqueue([item]))
 
 
 _INTERRUPTED = (

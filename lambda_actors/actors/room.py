@@ -13,21 +13,21 @@ are posted once (their transaction ids come from the event id).
 **One turn at a time.** A user message goes to the agent as a turn; the room
 delivers the next one only when the connection reports :class:`TurnDone`.
 So no message waits inside an actor's memory, where a crash would lose it:
-messages not yet delivered are simply unhandled events in the inbox.
-Confirmation answers (``!yes``, ``!no``, ✅/❌) are the exception: they answer
-the turn in flight, so they are handled even while later messages wait.
+messages not yet delivered are simply unhandled events in the inbox. Events
+before the next user message (commands, files) are handled at once;
+confirmation answers (``!yes``, ``!no``, ✅/❌) even pass a waiting message,
+since the turn in flight may be waiting for them.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import trio
 
-from ..agent.protocol import UserMessage  # noqa: F401  (documents what a turn becomes)
 from ..bot import commands as cmd
 from ..bot.config import AgentConfig
 from ..bot.files import UnsafeAgentFile, save_incoming
@@ -36,15 +36,8 @@ from ..matrix import events as ev
 from ..matrix.errors import MatrixError
 from ..state import Status
 from .connection import ConfirmAnswer, Deliver, connection_address
-from .outbox import Queued
-from .services import (
-    AGENTS_PATH,
-    BINDING_STATE,
-    OUTBOX_PATH,
-    SPACE_STATE,
-    BotServices,
-    notice,
-)
+from .outbox import tell_outbox
+from .services import AGENTS_PATH, BINDING_STATE, SPACE_STATE, BotServices, notice
 
 #: Marks an invitation in the inbox (invites have no timeline event of their own).
 INVITE_TYPE = "org.lambda.invite"
@@ -165,12 +158,7 @@ class _Room:
         return notice(room_id or self.room_id, kind, (item.event_id,), body, source=item.event_id)
 
     async def _finish(self, event_id: str, sends: list[OutboxItem] | tuple = ()) -> None:
-        queued = self.store.finish(event_id, sends)
-        await self._tell_outbox(queued)
-
-    async def _tell_outbox(self, queued: list[OutboxItem]) -> None:
-        if queued:
-            await self.ctx.registry.lookup(OUTBOX_PATH).send(Queued(tuple(queued)))
+        await tell_outbox(self.ctx, self.store.finish(event_id, sends))
 
     def _agent(self, binding: RoomBinding) -> AgentConfig:
         return self.bot.agents.agent(binding.agent_id)
@@ -209,12 +197,16 @@ class _Room:
                 "Sorry, I only work for the people my operator has configured, and you are not one of them. "
                 "Ask the operator to add your Matrix id if you think you should be.",
             )
-            self.store.finish(item.event_id, [refusal])
             # The refusal must go out before we leave, so it is sent here and
             # not through the outbox (which would race the leave).
-            await _ignore_matrix_error(client.send(self.room_id, "m.room.message", refusal.content, refusal.txn_id))
-            self.store.mark_sent(refusal.txn_id, "")
+            try:
+                sent = await client.send(self.room_id, "m.room.message", refusal.content, refusal.txn_id)
+            except MatrixError as exc:
+                self.ctx.log.warning("room.refusal_not_sent", error=str(exc))
+            else:
+                self.ctx.log.debug("room.refusal_sent", event_id=sent)
             await _ignore_matrix_error(client.leave(self.room_id))
+            await self._finish(item.event_id)
             self.ctx.log.info("room.invite_refused", inviter=invite.sender)
             return
         await client.join(self.room_id)
@@ -222,7 +214,7 @@ class _Room:
         space_id = await self._ensure_space(owner)
         sends: list[OutboxItem] = []
         created: str | None = None
-        if self.store.user_rooms(owner) == [] or not any(b.space_id for b in self.store.user_rooms(owner)):
+        if not any(b.space_id for b in self.store.user_rooms(owner)):
             created = await self._create_chat(owner, agent, space_id, name=None)
         if invite.encrypted:
             sends.append(self._notice(item, "welcome", _ENCRYPTED))
@@ -263,7 +255,7 @@ class _Room:
             (room_id,),
             f"This is \"{name}\", a new conversation with {agent.label}. Write here to talk to it.\n\n{cmd.HELP_TEXT}",
         )
-        await self._tell_outbox(self.store.enqueue([welcome]))
+        await tell_outbox(self.ctx, self.store.enqueue([welcome]))
         return room_id
 
     async def _bind(self, binding: RoomBinding) -> None:
@@ -401,14 +393,14 @@ class _Room:
                 return "Your chats:\n" + "\n".join(lines)
             case cmd.RenameChat(name=name):
                 await self.bot.client.put_state(self.room_id, "m.room.name", {"name": name})
-                await self._bind(_replace(binding, name=name))
+                await self._bind(replace(binding, name=name))
                 return f"Renamed this chat to \"{name}\"."
             case cmd.ArchiveChat():
-                await self._bind(_replace(binding, archived=True))
+                await self._bind(replace(binding, archived=True))
                 return "This chat is archived; messages here no longer go to the agent. Use !new for a new chat."
             case cmd.ClearContext():
                 chat_id = store.new_chat_id(self.room_id)
-                await self._bind(_replace(binding, chat_id=chat_id))
+                await self._bind(replace(binding, chat_id=chat_id))
                 return f"Started over: {agent.label} now sees a fresh conversation here (chat {chat_id})."
             case cmd.Yes() | cmd.No():
                 pending = store.confirmations(self.room_id)
@@ -445,12 +437,6 @@ class _Room:
                     ]
                 )
         return cmd.UnknownCommand(type(command).__name__).reply()
-
-
-def _replace(binding: RoomBinding, **changes: Any) -> RoomBinding:
-    from dataclasses import replace
-
-    return replace(binding, **changes)
 
 
 def _body(event: Any) -> str:
