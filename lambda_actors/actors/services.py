@@ -54,6 +54,10 @@ class Timing:
     #: Answer streaming: at most one edit per this many seconds.
     edit_interval: float = 1.0
     sync_timeout_ms: int = 30_000
+    #: Events per room in one sync; more than that since the last sync is a
+    #: gap, filled from the room's history (up to ``backfill_pages`` pages).
+    sync_timeline_limit: int = 100
+    backfill_pages: int = 50
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,11 @@ async def sync_actor(ctx: Any, bot: BotServices) -> None:
     # (empty) answer. A filter unique to this boot makes the request new. The
     # account-data type named in it does not exist, so nothing changes.
     filter_id = await client.create_filter(
-        {**BOT_SYNC_FILTER, "account_data": {"types": [f"org.lambda.unused.{store.boot_id}"]}}
+        {
+            **BOT_SYNC_FILTER,
+            "account_data": {"types": [f"org.lambda.unused.{store.boot_id}"]},
+            "room": {**BOT_SYNC_FILTER["room"], "timeline": {"limit": bot.timing.sync_timeline_limit}},
+        }
     )
     token = store.sync_token()
     if token is None:
@@ -41,9 +45,39 @@ async def sync_actor(ctx: Any, bot: BotServices) -> None:
     while True:
         body = await client.sync_json(token, timeout_ms=bot.timing.sync_timeout_ms, filter_id=filter_id)
         entries = list(inbox_entries(body, bot.user_id, first_sync=token is None))
+        if token is not None:
+            entries = [*await fill_gaps(ctx, bot, body), *entries]
         token = body["next_batch"]
         for room_id in store.ingest(entries, token):
             await wake_room(ctx, bot, room_id)
+
+
+async def fill_gaps(ctx: Any, bot: BotServices, body: dict[str, Any]) -> list[tuple[str, str, dict, bool]]:
+    """Events a sync left out: a room whose timeline is ``limited`` had more
+    events since the last sync than one sync carries. Page back through its
+    history to the first event already in the inbox, so none is lost."""
+    missing: list[tuple[str, str, dict, bool]] = []
+    for room_id, room in (body.get("rooms") or {}).get("join", {}).items():
+        timeline = room.get("timeline") or {}
+        if not timeline.get("limited") or not isinstance(timeline.get("prev_batch"), str):
+            continue
+        older: list[dict[str, Any]] = []
+        start, pages = timeline["prev_batch"], 0
+        while start and pages < bot.timing.backfill_pages:
+            page = await bot.client.messages_json(room_id, start=start, direction="b", limit=100)
+            pages += 1
+            chunk = [e for e in page.get("chunk", []) if isinstance(e, dict) and isinstance(e.get("event_id"), str)]
+            known = next((i for i, e in enumerate(chunk) if bot.store.has_event(e["event_id"])), None)
+            older.extend(chunk if known is None else chunk[:known])
+            if known is not None or not chunk:
+                break
+            start = page.get("end")
+        else:
+            if start:
+                ctx.log.warning("sync.gap_too_large", room_id=room_id, pages=pages, events=len(older))
+        ctx.log.info("sync.gap_filled", room_id=room_id, events=len(older))
+        missing.extend((e["event_id"], room_id, e, False) for e in reversed(older))
+    return missing
 
 
 async def wake_room(ctx: Any, bot: BotServices, room_id: str) -> None:

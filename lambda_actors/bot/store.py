@@ -224,6 +224,9 @@ class Store:
         ).fetchall()
         return [room_id for (room_id,) in rows]
 
+    def has_event(self, event_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM inbox WHERE event_id = ?", (event_id,)).fetchone() is not None
+
     def is_handled(self, event_id: str) -> bool:
         row = self._db.execute("SELECT handled FROM inbox WHERE event_id = ?", (event_id,)).fetchone()
         return bool(row and row[0])

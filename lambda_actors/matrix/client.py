@@ -348,6 +348,20 @@ class MatrixClient:
     ) -> HistoryPage:
         """One page of room history from *start* (None: the latest event when
         paging back). ``direction`` is ``"b"`` (back) or ``"f"`` (forward)."""
+        body = await self.messages_json(room_id, start=start, direction=direction, limit=limit, event_filter=event_filter)
+        end = body.get("end")
+        return HistoryPage(parse_events(room_id, body.get("chunk")), body["start"], end if isinstance(end, str) else None)
+
+    async def messages_json(
+        self,
+        room_id: str,
+        *,
+        start: str | None = None,
+        direction: str = "b",
+        limit: int = 10,
+        event_filter: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`messages`, but the raw JSON body (``chunk``, ``start``, ``end``)."""
         request = _nio.authenticated(
             nio.Api.room_messages,
             room_id,
@@ -359,8 +373,7 @@ class MatrixClient:
         body = await self._transport.request(*request, idempotent=True, what="GET messages")
         if not isinstance(body, dict) or not isinstance(body.get("start"), str):
             raise MatrixError(200, "M_BAD_JSON", "the homeserver's /messages answer has no start token")
-        end = body.get("end")
-        return HistoryPage(parse_events(room_id, body.get("chunk")), body["start"], end if isinstance(end, str) else None)
+        return body
 
     # -- media -------------------------------------------------------------------
 

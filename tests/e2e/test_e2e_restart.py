@@ -1,6 +1,7 @@
 """End to end: the bot dies (SIGKILL) or loses its database, and nothing is lost or doubled."""
 
 import shutil
+from dataclasses import replace
 
 from harness.bot import TEST_SUPERVISION
 from harness.chat import chat_ids, onboard
@@ -47,3 +48,17 @@ async def test_a_lost_database_is_rebuilt_from_the_rooms_state(bot_stack):
     assert bot_stack.agents[0].received_messages() == ["before", "after"]
     # The direct chat (whose state we may not write) is adopted again on use.
     assert "echo: hi again" in (await alice.answer(await alice.say(dm, "hi again"))).text
+
+
+async def test_messages_sent_while_the_bot_was_down_are_all_answered_even_past_one_sync(bot_stack):
+    alice = await bot_stack.scripted_user("alice")
+    _, chat1 = await onboard(bot_stack, alice)
+    await bot_stack.stop_bot()
+    # One sync carries 3 events per room now, so 7 messages leave a gap that
+    # the bot must fill from the room's history.
+    bot_stack.timing = replace(bot_stack.timing, sync_timeline_limit=3)
+    sent = [await alice.say(chat1, f"while down {n}") for n in range(7)]
+    await bot_stack.start_bot()
+    for n, event_id in enumerate(sent):
+        assert f"echo: while down {n}" in (await alice.answer(event_id, timeout=60)).text
+    assert bot_stack.agents[0].received_messages() == [f"while down {n}" for n in range(7)]
