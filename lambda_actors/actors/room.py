@@ -21,6 +21,7 @@ since the turn in flight may be waiting for them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from typing import Any
 import trio
 
 from ..bot import commands as cmd
+from ..errors import ActorError
 from ..bot.config import AgentConfig
 from ..bot.files import UnsafeAgentFile, save_incoming
 from ..bot.store import InboxEvent, OutboxItem, RoomBinding
@@ -64,10 +66,19 @@ class TurnDone:
 async def room_actor(ctx, bot: BotServices, room_id: str) -> None:
     room = _Room(ctx, bot, room_id)
     await room.process()
-    async for msg in ctx.mailbox:
+    while True:
+        msg = None
+        with trio.move_on_after(bot.timing.turn_check_interval if room.in_flight else math.inf):
+            try:
+                msg = await ctx.mailbox.receive()
+            except trio.EndOfChannel:
+                return  # we are being stopped
+        if msg is None:
+            await room.check_in_flight()
+            continue
         if isinstance(msg, TurnDone):
             if room.in_flight == msg.event_id:
-                room.in_flight = None
+                room.in_flight = room.in_flight_to = None
         elif not isinstance(msg, Wake):
             ctx.log.warning("room.unknown_message", message=type(msg).__name__)
         await room.process()
@@ -79,8 +90,9 @@ class _Room:
         self.bot = bot
         self.store = bot.store
         self.room_id = room_id
-        #: The user message whose turn is with the agent now.
+        #: The user message whose turn is with the agent now, and where it went.
         self.in_flight: str | None = None
+        self.in_flight_to: Any = None
 
     # -- the event loop over the inbox ------------------------------------------
 
@@ -321,11 +333,44 @@ class _Room:
         attachments = self.store.start_turn(item.event_id, self.room_id)
         self.in_flight = item.event_id
         if attachments is None:
-            # Delivered by this run of the bot already; its answer is coming.
+            # Delivered by this run of the bot already (this room actor
+            # restarted); its answer is coming, unless its connection is gone,
+            # which check_in_flight finds out.
+            self.in_flight_to = self.ctx.registry.get(("chat", agent.id, binding.chat_id))
             return None
-        address = connection_address(self.ctx, agent.id, binding.chat_id, self.bot)
-        await address.send(Deliver(item.event_id, self.room_id, text, tuple(attachments), self.ctx.address))
+        deliver = Deliver(item.event_id, self.room_id, text, tuple(attachments), self.ctx.address)
+        for _ in range(2):
+            # A connection that just closed for being idle refuses the
+            # message; a fresh one is started the second time round.
+            try:
+                address = connection_address(self.ctx, agent.id, binding.chat_id, self.bot)
+                await address.send(deliver)
+            except ActorError:
+                continue
+            self.in_flight_to = address
+            return None
+        self.in_flight = None
+        await self._finish(item.event_id, [self._notice(item, "undeliverable", _UNDELIVERABLE.format(agent.label))])
         return None
+
+    async def check_in_flight(self) -> None:
+        """Fail the turn in flight if its connection is gone for good.
+
+        A connection stopped for good (its agent was parked, say) drops the
+        messages it held; its turn would never end, and this room would wait
+        for ever. Checked every ``turn_check_interval`` while a turn is out.
+        """
+        target = self.in_flight_to
+        if self.in_flight is None or (target is not None and not target.stopped):
+            return
+        event_id, self.in_flight, self.in_flight_to = self.in_flight, None, None
+        if not self.store.is_handled(event_id):
+            self.ctx.log.warning("room.turn_lost_its_connection", event_id=event_id)
+            await self._finish(
+                event_id,
+                [notice(self.room_id, "undeliverable", (event_id,), _UNDELIVERABLE.format("The agent"), source=event_id)],
+            )
+        await self.process()
 
     async def _on_file(self, item: InboxEvent, event: ev.FileMessage, binding: RoomBinding) -> None:
         agent = self._agent(binding)
@@ -459,4 +504,5 @@ _ENCRYPTED = (
     "⚠ This room is end-to-end encrypted, and I cannot read encrypted messages. "
     "Please talk to me in an unencrypted room: use !new in an unencrypted chat, or invite me to one."
 )
+_UNDELIVERABLE = "⚠ {} became unavailable before answering this. Please send your message again."
 _ARCHIVED = "This chat is archived, so I did not send that to the agent. Use !new to start a new chat."
