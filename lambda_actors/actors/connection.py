@@ -36,7 +36,7 @@ from ..agent.client import AgentConnection, AgentConnectionError, Late, open_age
 from ..bot.config import AgentConfig
 from ..bot.files import UnsafeAgentFile, read_agent_file, resolve_agent_file
 from ..bot.store import OutboxItem, PendingConfirmation
-from ..bot.streaming import AnswerStream, EditPart, PostPart
+from ..bot.streaming import INTERRUPTED, AnswerStream, EditPart, PostPart
 from ..matrix import content as contents
 from ..matrix.errors import MatrixError
 from ..spec import ChildSpec
@@ -135,7 +135,7 @@ class _Connection:
             except BaseException:
                 # Stopped (shutdown) or killed mid-answer: the user hears about it.
                 if self.current is not None:
-                    await self.fail_turn(self.current, _INTERRUPTED)
+                    await self.fail_turn(self.current, INTERRUPTED)
                 raise
             if failure is not None:
                 self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(failure))
@@ -388,12 +388,6 @@ class _Connection:
             }
             item = OutboxItem(0, txn_id("file", turn.event_id, str(number)), turn.room_id, "m.room.message", content)
         await tell_outbox(self.ctx, self.bot.store.enqueue([item]))
-
-
-_INTERRUPTED = (
-    "⏹ This answer was interrupted: the bot, or its connection to the agent, restarted. "
-    "Please send your message again."
-)
 
 
 async def _read_frames(conn: AgentConnection, frames_in: trio.MemorySendChannel[Any]) -> None:

@@ -40,8 +40,12 @@ __all__ = [
     "StreamAction",
 ]
 
-#: Marker for an answer cut short because the bot is shutting down.
-INTERRUPTED = "⏹ Interrupted: the bot stopped before the answer was complete."
+#: Marker for an answer cut short because the bot, or its connection to the
+#: agent, stopped or restarted in the middle of it.
+INTERRUPTED = (
+    "⏹ This answer was interrupted: the bot, or its connection to the agent, restarted. "
+    "Please send your message again."
+)
 
 _EMPTY_ANSWER = "(The agent finished without writing an answer.)"
 _MAX_TOOL_NAME = 64
