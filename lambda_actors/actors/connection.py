@@ -97,6 +97,8 @@ class _Connection:
         self.ended_at = -math.inf
         #: The turn being answered; failed with a message if anything ends it early.
         self.current: Deliver | None = None
+        #: The open socket's nursery, for work that outlives a turn (typing).
+        self.background: trio.Nursery
 
     async def next_turn(self) -> Deliver | None:
         """Wait for the next Deliver; None when idle long enough to close."""
@@ -162,6 +164,7 @@ class _Connection:
         """
         frames_in, frames = trio.open_memory_channel[Any](math.inf)
         async with trio.open_nursery() as nursery:
+            self.background = nursery
             nursery.start_soon(_read_frames, conn, frames_in)
             try:
                 while self.current is not None:
@@ -201,8 +204,9 @@ class _Connection:
         await conn.send_user_message(turn.text, turn.attachments)
         self.ctx.log.info("connection.delivered", event_id=turn.event_id, chat_id=self.chat_id)
         failure: AgentConnectionError | None = None
+        answered = trio.Event()
+        self.background.start_soon(self._show_typing, turn.room_id, answered)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._show_typing, turn.room_id)
             nursery.start_soon(self._answer_confirmations, conn, turn)
             try:
                 await self._stream_answer(frames, turn, nursery)
@@ -211,9 +215,8 @@ class _Connection:
                 # would wrap it in an exception group.
                 failure = exc
             finally:
+                answered.set()
                 nursery.cancel_scope.cancel()
-        with trio.move_on_after(2, shield=True):
-            await _quietly(self.bot.client.typing(turn.room_id, False))
         if failure is not None:
             raise failure
 
@@ -314,10 +317,23 @@ class _Connection:
 
     # -- typing, confirmations, files ------------------------------------------------
 
-    async def _show_typing(self, room_id: str) -> None:
-        while True:
+    async def _show_typing(self, room_id: str, answered: trio.Event) -> None:
+        """Show the bot typing while an answer takes a while.
+
+        Runs beside the turn, not in it: a quick answer sends no typing at
+        all (each typing change wakes every member's sync, which costs the
+        homeserver more than the answer), a request in flight is never cut
+        off, and "stopped typing" is not on the way to the next message.
+        """
+        with trio.move_on_after(self.timing.typing_delay):
+            await answered.wait()
+        if answered.is_set():
+            return
+        while not answered.is_set():
             await _quietly(self.bot.client.typing(room_id, True, timeout_ms=30_000))
-            await trio.sleep(20)
+            with trio.move_on_after(20):
+                await answered.wait()
+        await _quietly(self.bot.client.typing(room_id, False))
 
     async def _answer_confirmations(self, conn: AgentConnection, turn: Deliver) -> None:
         while True:

@@ -53,6 +53,8 @@ class Timing:
     #: Frames arriving this soon after an answer's END still belong to it
     #: (a second END, text after END): the next message waits them out.
     late_frame_grace: float = 0.1
+    #: Show typing only for answers that take longer than this.
+    typing_delay: float = 1.0
     #: Answer streaming: at most one edit per this many seconds.
     edit_interval: float = 1.0
     sync_timeout_ms: int = 30_000

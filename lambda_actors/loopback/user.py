@@ -75,6 +75,8 @@ class ScriptedUser:
         self.client = client
         self.seen: list[Seen] = []
         self.invites: list[Invitation] = []
+        #: Who was typing, per room, each time that changed: (room_id, user ids).
+        self.typing: list[tuple[str, tuple[str, ...]]] = []
         self._changed = trio.Event()
         self._sync_timeout_ms = sync_timeout_ms
         self._txn = itertools.count()
@@ -100,6 +102,9 @@ class ScriptedUser:
         for room_id, room in rooms.get("join", {}).items():
             for event in room.get("timeline", {}).get("events", []):
                 self.seen.append(Seen(room_id, event))
+            for event in room.get("ephemeral", {}).get("events", []):
+                if event.get("type") == "m.typing":
+                    self.typing.append((room_id, tuple(event.get("content", {}).get("user_ids", []))))
         for room_id, room in rooms.get("invite", {}).items():
             inviter, name, kind = "", "", None
             for event in room.get("invite_state", {}).get("events", []):

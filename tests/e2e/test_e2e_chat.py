@@ -98,3 +98,21 @@ async def test_each_user_reaches_only_their_own_agent(bot_stack):
     await bob.answer(await bob.say(bob_chat, "from bob"))
     assert bot_stack.agents[0].received_messages() == ["from alice"]
     assert bot_stack.agents[1].received_messages() == ["from bob"]
+
+
+async def test_typing_shows_while_a_slow_answer_is_written_and_not_for_a_quick_one(bot_stack):
+    alice = await bot_stack.scripted_user("alice")
+    _, chat1 = await onboard(bot_stack, alice)
+    await alice.answer(await alice.say(chat1, "quick"))
+    bot_stack.agents[0].chunks, bot_stack.agents[0].slow_interval = 4, 0.6
+    await alice.answer(await alice.say(chat1, "slow one [[slow]]"))
+
+    def bot_typing() -> list[bool]:
+        return [bot_stack.bot_id in users for room, users in alice.typing if room == chat1]
+
+    # It stops typing once the answer is written ...
+    await alice.wait_until(lambda: bot_typing() and not bot_typing()[-1])
+    # ... and it started typing once: for the slow answer, not the quick one.
+    states = bot_typing()
+    starts = sum(1 for before, now in zip([False, *states], states) if now and not before)
+    assert starts == 1
