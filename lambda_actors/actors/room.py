@@ -194,14 +194,20 @@ class _Room:
     async def _on_invite(self, item: InboxEvent, invite: ev.Invite) -> None:
         client = self.bot.client
         agent = self.bot.agents.agent_for(invite.sender)
-        group = bool(invite.member_count and invite.member_count > 2) or not invite.is_direct
+        if not (agent is None and _is_group(invite)):
+            try:
+                await client.join(self.room_id)
+            except MatrixError as exc:
+                # Withdrawn, or the room is gone: nothing to onboard.
+                self.ctx.log.warning("room.join_failed", inviter=invite.sender, error=str(exc))
+                await self._finish(item.event_id)
+                return
         if agent is None:
-            if group:
+            if _is_group(invite):
                 self.ctx.log.info("room.invite_declined", inviter=invite.sender, reason="group room, unknown user")
                 await _ignore_matrix_error(client.leave(self.room_id))
                 await self._finish(item.event_id)
                 return
-            await client.join(self.room_id)
             refusal = notice(
                 self.room_id,
                 "refusal",
@@ -221,7 +227,6 @@ class _Room:
             await self._finish(item.event_id)
             self.ctx.log.info("room.invite_refused", inviter=invite.sender)
             return
-        await client.join(self.room_id)
         owner = invite.sender
         space_id = await self._ensure_space(owner)
         sends: list[OutboxItem] = []
@@ -235,12 +240,13 @@ class _Room:
             binding = RoomBinding(self.room_id, owner, agent.id, chat_id, invite.room_name or "Direct chat")
             await self._bind(binding)
         where = f" I made a first chat for you in your Space \"{_space_name(owner)}\"." if created else ""
+        here = "" if invite.encrypted else " You can also talk to it right here."
         sends.append(
             self._notice(
                 item,
                 "welcome",
                 f"Hello! I connect you to {agent.label}.{where} Every chat room is its own conversation "
-                f"with the agent; you can also talk to it right here.\n\n{cmd.HELP_TEXT}",
+                f"with the agent.{here}\n\n{cmd.HELP_TEXT}",
             )
         )
         await self._finish(item.event_id, sends)
@@ -482,6 +488,10 @@ class _Room:
                     ]
                 )
         return cmd.UnknownCommand(type(command).__name__).reply()
+
+
+def _is_group(invite: ev.Invite) -> bool:
+    return bool(invite.member_count and invite.member_count > 2) or not invite.is_direct
 
 
 def _body(event: Any) -> str:

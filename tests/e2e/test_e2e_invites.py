@@ -60,3 +60,14 @@ async def test_a_repeated_invite_does_not_create_a_second_space_or_chat(bot_stac
     assert chats.text.count("Chat 1") == 1
     assert sum(1 for i in alice.invites if i.is_space) == 1
     assert sum(1 for i in alice.invites if i.name == "Chat 1") == 1
+
+
+async def test_an_encrypted_room_gets_a_notice_instead_of_silence(bot_stack):
+    alice = await bot_stack.scripted_user("alice")
+    encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+    room = await alice.client.create_room(invite=[bot_stack.bot_id], is_direct=True, initial_state=[encryption])
+    warning = await alice.notice(room, "end-to-end encrypted")
+    assert "unencrypted" in warning.content["body"]
+    # Onboarding still made the Space and Chat 1 (unencrypted) to talk in.
+    chat1 = await alice.accept_invite("Chat 1")
+    assert "echo: here then" in (await alice.answer(await alice.say(chat1, "here then"))).text
