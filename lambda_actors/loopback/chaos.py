@@ -95,7 +95,8 @@ __all__ = ["CHAOS_SUPERVISION", "ChaosOptions", "ChaosReport", "add_arguments", 
 #: production limits every touched agent would simply stay parked (and no
 #: connection would be left running to kill). Intensity is still low
 #: enough that a burst (an agent restart while its connections are being
-#: killed) escalates and parks an agent now and then.
+#: killed) makes an agent's supervisor escalate now and then; ``node/agents``
+#: then restarts that agent, and parks it if that happens 4 times a minute.
 CHAOS_SUPERVISION = """\
 # Written by lambda-actors chaos: the run's supervision policy.
 [node]
@@ -614,7 +615,7 @@ class ChaosRun:
             back = trio.current_time()
             self.outages.append((killed_at, back))
             self.report.bot_kills += 1
-            self.report.bot_restart_max_s = max(self.report.bot_restart_max_s, back - killed_at)
+            self.report.bot_restart_max_s = round(max(self.report.bot_restart_max_s, back - killed_at), 2)
 
     async def stop_bot(self) -> None:
         """SIGTERM, as a service manager would; how long the clean stop takes is reported."""
