@@ -273,19 +273,27 @@ class _Connection:
     # -- posting ------------------------------------------------------------------
 
     def _items(self, turn: Deliver, actions: list[Any], *, done: bool = False) -> list[OutboxItem]:
+        """Outbox rows for stream actions.
+
+        A part's first post has a transaction id of the message and part
+        alone, so the homeserver posts it once however often it is retried.
+        Everything after it is an edit with an id scoped to this boot: after
+        a restart the answer is written again, and its edits must not be
+        taken for the earlier run's edits of the same number. For the same
+        reason a part that an earlier run already posted is not posted again
+        (that row exists, and would be ignored): it is edited.
+        """
         items = []
+        boot = self.bot.store.boot_id
         for action in actions:
             post_txn = txn_id("answer", turn.event_id, str(action.part_no))
             content = {**contents.text(action.body), SOURCE_KEY: turn.event_id}
             if done:
                 content[DONE_KEY] = True
-            if isinstance(action, PostPart):
+            if isinstance(action, PostPart) and not self.bot.store.has_send(post_txn):
                 items.append(OutboxItem(0, post_txn, turn.room_id, "m.room.message", content))
-            elif isinstance(action, EditPart):
-                # Edits are scoped to this boot: after a restart the answer is
-                # written again, and its edits must not be mistaken for the
-                # earlier run's edits of the same number.
-                edit_txn = txn_id("edit", turn.event_id, self.bot.store.boot_id, str(action.part_no), str(action.edit_no))
+            else:
+                edit_txn = txn_id("edit", turn.event_id, boot, str(action.part_no), str(action.edit_no))
                 items.append(OutboxItem(0, edit_txn, turn.room_id, "m.room.message", content, replaces_txn=post_txn))
         return items
 
@@ -311,6 +319,11 @@ class _Connection:
 
     async def fail_turn(self, turn: Deliver, message: str) -> None:
         with trio.move_on_after(5, shield=True):
+            if self.bot.store.is_handled(turn.event_id):
+                # Stopped between recording the answer and telling the room:
+                # the answer stands; only the room has yet to hear.
+                await turn.room.send(_turn_done(turn.event_id))
+                return
             if self.stream is None or self.stream.finished:
                 self.stream, self.last_action = AnswerStream(), None
             await self._finish(turn, self.stream.fail(message, trio.current_time()))

@@ -364,10 +364,18 @@ class _Room:
 
         A connection stopped for good (its agent was parked, say) drops the
         messages it held; its turn would never end, and this room would wait
-        for ever. Checked every ``turn_check_interval`` while a turn is out.
+        for ever. Likewise a turn answered by a connection killed before it
+        said so. Checked every ``turn_check_interval`` while a turn is out.
         """
         target = self.in_flight_to
-        if self.in_flight is None or (target is not None and not target.stopped):
+        if self.in_flight is None:
+            return
+        if self.store.is_handled(self.in_flight):
+            # Answered, but the TurnDone never came (its sender was killed).
+            self.in_flight = self.in_flight_to = None
+            await self.process()
+            return
+        if target is not None and not target.stopped:
             return
         event_id, self.in_flight, self.in_flight_to = self.in_flight, None, None
         if not self.store.is_handled(event_id):

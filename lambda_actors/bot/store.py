@@ -298,6 +298,10 @@ class Store:
         with self._transaction() as db:
             db.execute("UPDATE outbox SET event_id = ? WHERE txn_id = ?", (event_id, txn_id))
 
+    def has_send(self, txn_id: str) -> bool:
+        """True if a send with this transaction id was ever queued."""
+        return self._db.execute("SELECT 1 FROM outbox WHERE txn_id = ?", (txn_id,)).fetchone() is not None
+
     def sent_event_id(self, txn_id: str) -> str | None:
         row = self._db.execute("SELECT event_id FROM outbox WHERE txn_id = ?", (txn_id,)).fetchone()
         return row[0] if row else None

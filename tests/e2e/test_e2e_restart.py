@@ -3,11 +3,14 @@
 import shutil
 from dataclasses import replace
 
+import pytest
+
 from harness.bot import TEST_SUPERVISION
 from harness.chat import chat_ids, onboard
 
 
-async def test_a_bot_killed_mid_answer_answers_exactly_once_after_restart(bot_stack, tmp_path):
+@pytest.mark.parametrize("interval_after_restart", [0.5, 0.0], ids=["slow-again", "quick-after-restart"])
+async def test_a_bot_killed_mid_answer_answers_exactly_once_after_restart(bot_stack, tmp_path, interval_after_restart):
     alice = await bot_stack.scripted_user("alice")
     _, chat1 = await onboard(bot_stack, alice)
     # The same bot, now as a real process that can be SIGKILLed.
@@ -22,6 +25,9 @@ async def test_a_bot_killed_mid_answer_answers_exactly_once_after_restart(bot_st
     await alice.wait_until(lambda: alice.answer_so_far(event_id).parts)
     assert not alice.answer_so_far(event_id).done
     bot_stack.kill_bot_process()
+    # Answered quickly the second time, the answer is one final post, which
+    # must land on the message the first run already posted.
+    agent.slow_interval = interval_after_restart
     bot_stack.start_bot_process(supervision, tmp_path / "bot.log")
     answer = await alice.answer(event_id, timeout=60)
     assert "echo: a long answer please" in answer.text
