@@ -127,13 +127,20 @@ class LoopbackStack:
             self.process.wait()
         self.process = None
 
-    def terminate_bot_process(self, timeout: float = 30.0) -> int | None:
-        if self.process is None:
+    async def terminate_bot_process(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the bot process and wait (without blocking Trio) for its exit status."""
+        process, self.process = self.process, None
+        if process is None:
             return None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.process = None
-        return code
+        process.send_signal(signal.SIGTERM)
+        # Waiting in a thread: the fake agents in this process must keep
+        # answering while the bot finishes its answers and stops.
+        try:
+            return await trio.to_thread.run_sync(process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
 
     # -- users --------------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class LoopbackStack:
             scope.cancel()
         await self.stop_bot()
         if self.process is not None:
-            self.terminate_bot_process()
+            await self.terminate_bot_process()
 
 
 def agents_yaml(agents: Sequence[FakeAgent], user_agents: dict[str, str]) -> str:

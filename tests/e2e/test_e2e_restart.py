@@ -36,7 +36,7 @@ async def test_a_bot_killed_mid_answer_answers_exactly_once_after_restart(bot_st
     assert agent.received_messages() == ["a long answer please [[slow]]"] * 2
     later = await alice.answer(await alice.say(chat1, "and now?"))
     assert "echo: and now?" in later.text
-    assert bot_stack.terminate_bot_process() == 0
+    assert await bot_stack.terminate_bot_process() == 0
 
 
 async def test_a_lost_database_is_rebuilt_from_the_rooms_state(bot_stack):
