@@ -32,7 +32,18 @@ import trio
 
 from ..address import Address
 from ..agent import protocol as p
-from ..agent.client import AgentConnection, AgentConnectionError, Late, open_agent_connection
+from ..agent.client import (
+    AgentBusy,
+    AgentClosed,
+    AgentConnection,
+    AgentConnectionError,
+    AgentStalled,
+    AgentUnreachable,
+    FrameTooLarge,
+    Late,
+    NoStatus,
+    open_agent_connection,
+)
 from ..bot.config import AgentConfig
 from ..bot.files import UnsafeAgentFile, read_agent_file, resolve_agent_file
 from ..bot.store import OutboxItem, PendingConfirmation
@@ -143,7 +154,8 @@ class _Connection:
                 self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(failure))
                 if self.current is not None:
                     await self.fail_turn(
-                        self.current, f"⚠ {self.agent.label} could not answer: {failure}. Please send your message again."
+                        self.current,
+                        f"⚠ {self.agent.label} could not answer: {_for_users(failure)}. Please send your message again.",
                     )
                 # A crash on purpose: the supervisor's backoff and intensity
                 # decide when (and whether) this agent is tried again.
@@ -417,6 +429,24 @@ class _Connection:
             }
             item = OutboxItem(0, txn_id("file", turn.event_id, str(number)), turn.room_id, "m.room.message", content)
         await tell_outbox(self.ctx, self.bot.store.enqueue([item]))
+
+
+def _for_users(failure: AgentConnectionError) -> str:
+    """What went wrong, for the user: no URLs, codes or advice meant for operators (the log has those)."""
+    match failure:
+        case AgentBusy():
+            return "another client holds this chat"
+        case AgentUnreachable():
+            return "it cannot be reached right now"
+        case NoStatus():
+            return "it did not get ready in time"
+        case AgentStalled():
+            return "it stopped responding in the middle of the answer"
+        case FrameTooLarge():
+            return "it sent a message too large to handle"
+        case AgentClosed():
+            return "it closed the connection in the middle of the answer"
+    return "the connection to it failed"
 
 
 async def _read_frames(conn: AgentConnection, frames_in: trio.MemorySendChannel[Any]) -> None:
