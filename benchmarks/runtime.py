@@ -152,7 +152,6 @@ async def raw_respawn() -> list[float]:
     stamps: list[float] = []
 
     async def child() -> None:
-        nonlocal exited
         try:
             async for msg in rx:
                 if msg == "crash":

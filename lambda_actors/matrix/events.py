@@ -23,7 +23,7 @@ schema validation costs about 80 µs per event; see ``benchmarks/matrix.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any

@@ -1,6 +1,5 @@
 """End to end: agents that misbehave (SPEC section 4) and what the user sees."""
 
-import trio
 from harness.chat import onboard
 
 from lambda_actors.state import Status
