@@ -75,8 +75,8 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lambda_actors.actors.services import DONE_KEY, SOURCE_KEY  # noqa: E402
-from lambda_actors.homeserver import register_user  # noqa: E402
+from lambda_actors.bot.actors.services import DONE_KEY, SOURCE_KEY  # noqa: E402
+from lambda_actors.loopback.homeserver import register_user  # noqa: E402
 from lambda_actors.loopback.stack import agents_yaml, open_loopback_stack  # noqa: E402
 from lambda_actors.loopback.user import ScriptedUser  # noqa: E402
 from lambda_actors.matrix import content as contents  # noqa: E402

@@ -9,7 +9,7 @@
 - Parse cost: ``parse_sync`` on a real sync answer from that room, per event,
   next to nio's ``SyncResponse.from_dict`` on the same body for reference.
 
-It starts (and stops) its own Synapse through ``lambda_actors.homeserver``.
+It starts (and stops) its own Synapse through ``lambda_actors.loopback.homeserver``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import httpx
 import nio
 import trio
 
-from lambda_actors.homeserver import register_user, start_synapse, stop_synapse
+from lambda_actors.loopback.homeserver import register_user, start_synapse, stop_synapse
 from lambda_actors.matrix import MatrixClient, content, parse_sync
 
 

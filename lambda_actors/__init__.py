@@ -8,10 +8,10 @@ The runtime (this package's top level) is a library in its own right:
 See docs/runtime.md for the concepts and every supervision.toml key.
 """
 
-from .address import Address
-from .backoff import Backoff
-from .context import ActorContext, MailboxReader
-from .errors import (
+from .runtime.address import Address
+from .runtime.backoff import Backoff
+from .runtime.context import ActorContext, MailboxReader
+from .runtime.errors import (
     ActorError,
     ActorKilled,
     ActorStopped,
@@ -23,7 +23,7 @@ from .errors import (
     MailboxFull,
     NoSuchActor,
 )
-from .events import (
+from .runtime.events import (
     BackingOff,
     Escalated,
     EventStream,
@@ -35,20 +35,20 @@ from .events import (
     SupervisionEvent,
     Unparked,
 )
-from .log import add_actor_path, current_actor_path
-from .mailbox import MailboxStatistics, Overflow
-from .policy import OnExhausted, Policy, Restart, Strategy
-from .registry import Registry
-from .request import Request
-from .spec import ChildSpec, SupervisorSpec
-from .state import ChildState, Status
-from .supervision_config import (
+from .runtime.log import add_actor_path, current_actor_path
+from .runtime.mailbox import MailboxStatistics, Overflow
+from .runtime.policy import OnExhausted, Policy, Restart, Strategy
+from .runtime.registry import Registry
+from .runtime.request import Request
+from .runtime.spec import ChildSpec, SupervisorSpec
+from .runtime.state import ChildState, Status
+from .runtime.supervision_config import (
     SupervisionConfig,
     SupervisionConfigError,
     load_supervision_config,
     parse_supervision_config,
 )
-from .supervisor import (
+from .runtime.supervisor import (
     ChildCounts,
     Supervisor,
     SupervisorStatistics,

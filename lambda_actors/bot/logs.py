@@ -16,7 +16,7 @@ from typing import Any, Iterable, MutableMapping, TextIO
 
 import structlog
 
-from ..log import add_actor_path
+from ..runtime.log import add_actor_path
 
 MASK = "***"
 

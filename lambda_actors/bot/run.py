@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from ..matrix.errors import InvalidToken
-from ..supervision_config import SupervisionConfigError, load_supervision_config
+from ..runtime.supervision_config import SupervisionConfigError, load_supervision_config
 from .config import ConfigError, MatrixSettings, load_agents_config
 from .logs import SecretMask, configure_logging
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..actors.node import run_bot
+    from .actors.node import run_bot
 
     try:
         agents = load_agents_config(args.config)

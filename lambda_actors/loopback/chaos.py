@@ -76,12 +76,12 @@ from typing import Any, Callable
 
 import trio
 
-from ..actors.control import control_request
-from ..actors.services import DONE_KEY, SOURCE_KEY, txn_id
+from ..bot.actors.control import control_request
+from ..bot.actors.services import DONE_KEY, SOURCE_KEY, txn_id
 from ..agent.fake import FakeAgent
 from ..agent.protocol import UserMessage
 from ..bot.logs import SecretMask, configure_logging
-from ..homeserver import Homeserver, start_synapse, stop_synapse
+from .homeserver import Homeserver, start_synapse, stop_synapse
 from .stack import LoopbackStack, agents_yaml, open_loopback_stack
 from .user import ScriptedUser
 

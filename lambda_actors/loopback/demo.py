@@ -38,12 +38,12 @@ from typing import Any, Awaitable, Callable, TextIO
 
 import trio
 
-from ..actors.services import Timing
+from ..bot.actors.services import Timing
 from ..agent.fake import FakeAgent
 from ..agent.protocol import UserMessage
 from ..bot.logs import SecretMask, configure_logging
-from ..homeserver import Homeserver
-from ..supervision_config import parse_supervision_config
+from .homeserver import Homeserver
+from ..runtime.supervision_config import parse_supervision_config
 from .stack import LoopbackStack, open_loopback_stack
 from .user import Answer, ScriptedUser, Seen
 

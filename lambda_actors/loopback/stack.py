@@ -28,13 +28,13 @@ from typing import Any, AsyncIterator, Sequence
 
 import trio
 
-from ..actors.node import run_bot
-from ..actors.services import Timing
+from ..bot.actors.node import run_bot
+from ..bot.actors.services import Timing
 from ..agent.fake import FakeAgent
 from ..bot.config import MatrixSettings, Secret, parse_agents_config
-from ..homeserver import Homeserver, RegisteredUser, register_user, start_synapse, stop_synapse
+from .homeserver import Homeserver, RegisteredUser, register_user, start_synapse, stop_synapse
 from ..matrix.client import MatrixClient
-from ..supervision_config import SupervisionConfig
+from ..runtime.supervision_config import SupervisionConfig
 from .user import ScriptedUser
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import trio
 
-from ..actors.services import DONE_KEY, SOURCE_KEY
+from ..bot.actors.services import DONE_KEY, SOURCE_KEY
 from ..matrix import content as contents
 from ..matrix.client import MatrixClient
 

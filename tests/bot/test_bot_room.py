@@ -1,9 +1,9 @@
 """The room actor's watchdog over a turn in flight, on the real runtime (no Matrix needed)."""
 
 import lambda_actors as la
-from lambda_actors.actors.outbox import Queued
-from lambda_actors.actors.room import _Room
-from lambda_actors.actors.services import DONE_KEY, SOURCE_KEY, BotServices
+from lambda_actors.bot.actors.outbox import Queued
+from lambda_actors.bot.actors.room import _Room
+from lambda_actors.bot.actors.services import DONE_KEY, SOURCE_KEY, BotServices
 from lambda_actors.bot.config import parse_agents_config
 from lambda_actors.bot.store import RoomBinding, Store
 

@@ -2,7 +2,7 @@
 
 from harness.chat import onboard
 
-from lambda_actors.state import Status
+from lambda_actors.runtime.state import Status
 
 
 async def test_an_agent_that_drops_mid_answer_gives_a_clear_error_and_the_next_message_works(bot_stack):

@@ -2,7 +2,7 @@
 
 from harness.chat import onboard
 
-from lambda_actors.actors.control import control_request
+from lambda_actors.bot.actors.control import control_request
 
 
 async def test_control_socket_lists_actors_and_kills_a_connection(bot_stack, tmp_path):

@@ -2,7 +2,7 @@
 
 from harness.chat import onboard
 
-from lambda_actors.homeserver import register_user
+from lambda_actors.loopback.homeserver import register_user
 from lambda_actors.loopback.user import ScriptedUser
 from lambda_actors.matrix import MatrixClient
 

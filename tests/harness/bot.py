@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_actors.actors.services import Timing
+from lambda_actors.bot.actors.services import Timing
 from lambda_actors.loopback.stack import open_loopback_stack
-from lambda_actors.supervision_config import parse_supervision_config
+from lambda_actors.runtime.supervision_config import parse_supervision_config
 
 #: Timeouts short enough for tests, long enough never to fire by accident.
 TEST_TIMING = Timing(

@@ -6,7 +6,7 @@
   tests of 429 handling.
 - ``matrix_user``: a factory registering a fresh user on ``synapse`` (or on
   the homeserver given as ``server=``); returns a
-  :class:`~lambda_actors.homeserver.RegisteredUser` (``user_id``,
+  :class:`~lambda_actors.loopback.homeserver.RegisteredUser` (``user_id``,
   ``access_token``, ``password``, ``device_id``).
 - ``matrix_client``: a factory of ``MatrixClient`` for such a user, closed
   after the test; :class:`SyncCursor` follows a client's sync stream and
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import trio
 
-from lambda_actors.homeserver import (
+from lambda_actors.loopback.homeserver import (
     Homeserver,
     RegisteredUser,
     register_user,

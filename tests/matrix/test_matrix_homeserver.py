@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lambda_actors.homeserver import HomeserverError, register_user, start_synapse, stop_synapse
+from lambda_actors.loopback.homeserver import HomeserverError, register_user, start_synapse, stop_synapse
 
 ROOT = Path(__file__).resolve().parents[2]
 

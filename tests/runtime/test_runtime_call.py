@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import lambda_actors as la
-from lambda_actors.deadlines import CallDeadlines
+from lambda_actors.runtime.deadlines import CallDeadlines
 from runtime_probes import Boom, Crash, Hang, Journal, spec
 
 

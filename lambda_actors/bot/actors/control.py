@@ -30,8 +30,8 @@ from typing import Any, Iterator
 import structlog
 import trio
 
-from ..errors import NoSuchActor
-from ..supervisor import Supervisor
+from ...runtime.errors import NoSuchActor
+from ...runtime.supervisor import Supervisor
 
 log = structlog.get_logger("lambda_actors.control")
 

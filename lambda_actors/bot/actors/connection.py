@@ -9,7 +9,7 @@ the agent sends and confirmations it asks for along the way.
 
 Every turn ends in exactly one of two ways, both recorded together with the
 event being marked handled (``Store.finish``), and both reported to the room
-with :class:`~lambda_actors.actors.room.TurnDone`:
+with :class:`~lambda_actors.bot.actors.room.TurnDone`:
 
 - the answer (the agent's ``END`` or ``ERROR``), or
 - an error message for the user: the connection failed, the agent stalled,
@@ -30,9 +30,9 @@ from typing import Any
 
 import trio
 
-from ..address import Address
-from ..agent import protocol as p
-from ..agent.client import (
+from ...runtime.address import Address
+from ...agent import protocol as p
+from ...agent.client import (
     AgentBusy,
     AgentClosed,
     AgentConnection,
@@ -44,13 +44,13 @@ from ..agent.client import (
     NoStatus,
     open_agent_connection,
 )
-from ..bot.config import AgentConfig
-from ..bot.files import UnsafeAgentFile, read_agent_file, resolve_agent_file
-from ..bot.store import OutboxItem, PendingConfirmation
-from ..bot.streaming import INTERRUPTED, AnswerStream, EditPart, PostPart
-from ..matrix import content as contents
-from ..matrix.errors import MatrixError
-from ..spec import ChildSpec
+from ..config import AgentConfig
+from ..files import UnsafeAgentFile, read_agent_file, resolve_agent_file
+from ..store import OutboxItem, PendingConfirmation
+from ..streaming import INTERRUPTED, AnswerStream, EditPart, PostPart
+from ...matrix import content as contents
+from ...matrix.errors import MatrixError
+from ...runtime.spec import ChildSpec
 from .outbox import tell_outbox
 from .services import AGENTS_PATH, DONE_KEY, SOURCE_KEY, BotServices, notice, txn_id
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from ..bot.store import OutboxItem, Store
-from ..matrix import content as contents
-from ..matrix.client import MatrixClient
-from ..matrix.errors import InvalidToken, MatrixError, RateLimited
+from ..store import OutboxItem, Store
+from ...matrix import content as contents
+from ...matrix.client import MatrixClient
+from ...matrix.errors import InvalidToken, MatrixError, RateLimited
 from .services import OUTBOX_PATH
 
 #: Stored as the "event id" of a send that will never happen, so edits of it

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..bot.store import RoomBinding
-from ..matrix.client import BOT_SYNC_FILTER
-from ..matrix.errors import MatrixError
-from ..spec import ChildSpec
+from ..store import RoomBinding
+from ...matrix.client import BOT_SYNC_FILTER
+from ...matrix.errors import MatrixError
+from ...runtime.spec import ChildSpec
 from .room import INVITE_TYPE, Wake, room_actor
 from .services import BINDING_STATE, ROOMS_PATH, SPACE_STATE, BotServices
 

@@ -15,10 +15,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..bot.config import AgentsConfig
-from ..bot.store import OutboxItem, Store
-from ..matrix import content as contents
-from ..matrix.client import MatrixClient
+from ..config import AgentsConfig
+from ..store import OutboxItem, Store
+from ...matrix import content as contents
+from ...matrix.client import MatrixClient
 
 #: State event type holding a chat room's binding, so a lost database can be
 #: rebuilt from the homeserver (SPEC section 6, "Restart").

@@ -23,13 +23,13 @@ from pathlib import Path
 import structlog
 import trio
 
-from ..bot.config import AgentsConfig, MatrixSettings
-from ..bot.logs import SecretMask
-from ..bot.store import Store
-from ..matrix.client import MatrixClient
-from ..spec import ChildSpec, SupervisorSpec
-from ..supervision_config import SupervisionConfig
-from ..supervisor import Supervisor, serve_supervisor
+from ..config import AgentsConfig, MatrixSettings
+from ..logs import SecretMask
+from ..store import Store
+from ...matrix.client import MatrixClient
+from ...runtime.spec import ChildSpec, SupervisorSpec
+from ...runtime.supervision_config import SupervisionConfig
+from ...runtime.supervisor import Supervisor, serve_supervisor
 from .control import serve_control
 from .outbox import outbox_actor
 from .services import BotServices, Timing

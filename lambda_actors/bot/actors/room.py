@@ -29,14 +29,14 @@ from typing import Any
 
 import trio
 
-from ..bot import commands as cmd
-from ..errors import ActorError
-from ..bot.config import AgentConfig
-from ..bot.files import UnsafeAgentFile, save_incoming
-from ..bot.store import InboxEvent, OutboxItem, RoomBinding
-from ..matrix import events as ev
-from ..matrix.errors import MatrixError
-from ..state import Status
+from .. import commands as cmd
+from ...runtime.errors import ActorError
+from ..config import AgentConfig
+from ..files import UnsafeAgentFile, save_incoming
+from ..store import InboxEvent, OutboxItem, RoomBinding
+from ...matrix import events as ev
+from ...matrix.errors import MatrixError
+from ...runtime.state import Status
 from .connection import ConfirmAnswer, Deliver, connection_address
 from .outbox import tell_outbox
 from .services import AGENTS_PATH, BINDING_STATE, SPACE_STATE, BotServices, notice
