@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .limits import Limits
+
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "AgentConfig",
@@ -136,6 +138,7 @@ class AgentsConfig:
     user_agents: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     default_agent: str | None = None
     source: str = "<agents config>"
+    limits: Limits = Limits()
 
     def agent(self, agent_id: str) -> AgentConfig:
         """The agent with this id; ``KeyError`` if there is none."""

@@ -8,7 +8,7 @@ for building requests and parsing answers, our own small values for events.
 """
 
 from .client import BOT_SYNC_FILTER, Download, HistoryPage, MatrixClient, Session
-from .errors import HomeserverUnavailable, InvalidToken, MatrixError, MediaTooLarge, RateLimited
+from .errors import HomeserverUnavailable, InvalidToken, MatrixError, MatrixFailure, MediaTooLarge, RateLimited
 from .events import (
     Command,
     Edit,
@@ -34,6 +34,7 @@ __all__ = [
     "FileMessage",
     "HistoryPage",
     "HomeserverUnavailable",
+    "MatrixFailure",
     "InvalidToken",
     "Invite",
     "MatrixClient",

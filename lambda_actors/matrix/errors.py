@@ -1,6 +1,8 @@
 """What can go wrong talking to a homeserver, as exceptions a caller can act on.
 
-Two families, because the caller's choices differ:
+Every exception of this layer is a :class:`MatrixFailure`, so a caller that
+means "the homeserver did not do it" catches one type and nothing slips past.
+Below it, two families, because the caller's choices differ:
 
 - :class:`MatrixError`: the homeserver answered and said no. It carries the
   HTTP status and the Matrix ``errcode``. Subclasses name the answers that
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "HomeserverUnavailable",
+    "MatrixFailure",
     "InvalidToken",
     "MatrixError",
     "MediaTooLarge",
@@ -29,7 +32,12 @@ __all__ = [
 ]
 
 
-class MatrixError(Exception):
+class MatrixFailure(Exception):
+    """Anything the Matrix layer raises: the homeserver said no
+    (:class:`MatrixError`) or gave no usable answer (:class:`HomeserverUnavailable`)."""
+
+
+class MatrixError(MatrixFailure):
     """The homeserver refused a request: HTTP *status*, Matrix *errcode*, its *message*."""
 
     def __init__(self, status: int, errcode: str, message: str) -> None:
@@ -74,7 +82,7 @@ class MediaTooLarge(MatrixError):
     caller's ``max_bytes`` (download)."""
 
 
-class HomeserverUnavailable(Exception):
+class HomeserverUnavailable(MatrixFailure):
     """No usable answer from the homeserver after the allowed retries.
 
     ``__cause__`` holds the last failure (an ``httpx`` transport error, or a

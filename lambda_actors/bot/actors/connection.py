@@ -52,29 +52,8 @@ from ...matrix import content as contents
 from ...matrix.errors import MatrixError
 from ...runtime.spec import ChildSpec
 from .outbox import tell_outbox
+from .turns import ConfirmAnswer, Deliver, TurnDone
 from .services import AGENTS_PATH, DONE_KEY, SOURCE_KEY, BotServices, notice, txn_id
-
-
-@dataclass(frozen=True)
-class Deliver:
-    """Send the user's message ``event_id`` to the agent and stream the answer.
-
-    ``room`` is the room actor's address, told :class:`TurnDone` at the end.
-    """
-
-    event_id: str
-    room_id: str
-    text: str
-    attachments: tuple[str, ...]
-    room: Address
-
-
-@dataclass(frozen=True)
-class ConfirmAnswer:
-    """The owner answered the agent's confirmation ``request_id``."""
-
-    request_id: str
-    approved: bool
 
 
 def connection_address(ctx: Any, agent_id: str, chat_id: int, bot: BotServices) -> Address:
@@ -459,7 +438,6 @@ async def _read_frames(conn: AgentConnection, frames_in: trio.MemorySendChannel[
 
 
 def _turn_done(event_id: str) -> Any:
-    from .room import TurnDone  # the room module imports this one
 
     return TurnDone(event_id)
 

@@ -37,8 +37,9 @@ from ..store import InboxEvent, OutboxItem, RoomBinding
 from ...matrix import events as ev
 from ...matrix.errors import MatrixError
 from ...runtime.state import Status
-from .connection import ConfirmAnswer, Deliver, connection_address
+from .connection import connection_address
 from .outbox import tell_outbox
+from .turns import ConfirmAnswer, Deliver, TurnDone
 from .services import AGENTS_PATH, BINDING_STATE, SPACE_STATE, BotServices, notice
 
 #: Marks an invitation in the inbox (invites have no timeline event of their own).
@@ -54,13 +55,6 @@ DENY_KEYS = frozenset({"❌", "✖️", "👎"})
 @dataclass(frozen=True)
 class Wake:
     """New events for this room are in the inbox."""
-
-
-@dataclass(frozen=True)
-class TurnDone:
-    """The connection finished the turn for ``event_id`` (answered or failed)."""
-
-    event_id: str
 
 
 async def room_actor(ctx, bot: BotServices, room_id: str) -> None:

@@ -1,0 +1,43 @@
+"""The conversation between a room actor and a connection actor.
+
+A room hands one user message at a time to the connection of its (agent,
+chat) as :class:`Deliver`; the connection streams the answer into the room
+and reports :class:`TurnDone` when the turn has ended, answered or failed.
+While a turn is out, the owner's answer to an agent's confirmation travels
+as :class:`ConfirmAnswer`. These three are the whole protocol between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...runtime.address import Address
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Send the user's message ``event_id`` to the agent and stream the answer.
+
+    ``room`` is the room actor's address, told :class:`TurnDone` at the end.
+    """
+
+    event_id: str
+    room_id: str
+    text: str
+    attachments: tuple[str, ...]
+    room: Address
+
+
+@dataclass(frozen=True)
+class ConfirmAnswer:
+    """The owner answered the agent's confirmation ``request_id``."""
+
+    request_id: str
+    approved: bool
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    """The connection finished the turn for ``event_id`` (answered or failed)."""
+
+    event_id: str
