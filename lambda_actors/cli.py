@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fake-agent": ("lambda_actors.agent.fake", "run a fake agent (a real WebSocket server) for demos and tests"),
     "demo": ("lambda_actors.loopback.demo", "a scripted conversation with the bot on loopback (starts and stops its own Synapse)"),
     "chaos": ("lambda_actors.loopback.chaos", "the measured reliability run: users, killed actors, agents and bot, on loopback; reports lost and duplicated messages"),
+    "token": ("lambda_actors.node.token", "print a new HTTP API token and the node.toml lines for it"),
 }
 
 
