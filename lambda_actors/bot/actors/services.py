@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable
 
 from ..config import AgentsConfig
 from ..store import OutboxItem, Store
 from ...matrix import content as contents
 from ...matrix.client import MatrixClient
+from ...matrix.errors import MatrixFailure
 
 #: State event type holding a chat room's binding, so a lost database can be
 #: rebuilt from the homeserver (SPEC section 6, "Restart").
@@ -35,6 +36,39 @@ SOURCE_KEY = "org.lambda.source"
 #: Content key set on the last send for a user message: its answer (or
 #: error) is complete. Scripted users, tests and the chaos run wait for it.
 DONE_KEY = "org.lambda.done"
+#: Content key of an error notice: what kind of error it reports (one of the
+#: ``ERROR_*`` kinds below), so scripted users, tests and the chaos run count
+#: failures from data rather than by reading the prose.
+ERROR_KEY = "org.lambda.error"
+
+#: The agent answered with an error, or its connection failed mid-answer.
+ERROR_AGENT_FAILED = "agent_failed"
+#: The bot, or the connection to the agent, stopped in the middle of an answer.
+ERROR_INTERRUPTED = "interrupted"
+#: The agent is parked (it failed repeatedly); try again later.
+ERROR_AGENT_UNAVAILABLE = "agent_unavailable"
+#: The message could not be handed to the agent (its connection is gone).
+ERROR_UNDELIVERABLE = "undeliverable"
+#: Handling the message crashed the room repeatedly: it was set aside.
+ERROR_SET_ASIDE = "set_aside"
+#: The room's agent is no longer in agents.yaml.
+ERROR_AGENT_REMOVED = "agent_removed"
+#: The homeserver refused or failed a call the message needed.
+ERROR_HOMESERVER = "homeserver"
+#: A file the user sent could not be taken (malformed, unfetchable, unsafe, too big).
+ERROR_FILE = "file"
+#: A limit of agents.yaml's ``limits:`` section was reached.
+ERROR_LIMIT = "limit"
+#: The room is end-to-end encrypted, which the bot cannot read.
+ERROR_ENCRYPTED = "encrypted"
+#: The room is archived; messages no longer go to the agent.
+ERROR_ARCHIVED = "archived"
+
+#: Fault injection for chaos runs and tests (``LAMBDA_ACTORS_FAULTS``): with
+#: this in ``BotServices.faults``, a room crashes on any text containing
+#: :data:`POISON_MARK`, every time, as a deterministic bug would.
+FAULT_POISON = "poison"
+POISON_MARK = "[[poison]]"
 
 
 @dataclass(frozen=True)
@@ -71,6 +105,8 @@ class BotServices:
     agents: AgentsConfig
     user_id: str
     timing: Timing = Timing()
+    #: Injected faults (chaos runs and tests only; empty in production).
+    faults: frozenset[str] = frozenset()
 
 
 def txn_id(kind: str, *cause: str) -> str:
@@ -85,16 +121,38 @@ def txn_id(kind: str, *cause: str) -> str:
 
 
 def notice(
-    room_id: str, kind: str, cause: Iterable[str], body: str, source: str | None = None, *, done: bool = True
+    room_id: str,
+    kind: str,
+    cause: Iterable[str],
+    body: str,
+    source: str | None = None,
+    *,
+    done: bool = True,
+    error: str | None = None,
 ) -> OutboxItem:
     """A bot notice (``m.notice``) as an outbox row, its txn id derived from ``cause``.
 
     ``source`` is the user message it answers; ``done=False`` for a notice
-    in the middle of an answer (a question, a refused file).
+    in the middle of an answer (a question, a refused file). ``error`` is
+    the error kind (an ``ERROR_*`` constant) when the notice reports one; it
+    travels in the content under :data:`ERROR_KEY`.
     """
     content: dict[str, Any] = contents.text(body, msgtype="m.notice")
     if source is not None:
         content[SOURCE_KEY] = source
         if done:
             content[DONE_KEY] = True
+    if error is not None:
+        content[ERROR_KEY] = error
     return OutboxItem(0, txn_id(kind, *cause), room_id, "m.room.message", content)
+
+
+async def quietly(awaitable: Awaitable[Any], log: Any = None, what: str = "matrix_call") -> None:
+    """Await a homeserver call whose failure changes nothing for anyone
+    (typing, leaving a room we are done with): a :class:`MatrixFailure` is
+    logged (when ``log`` is given) and swallowed, never charged to the caller."""
+    try:
+        await awaitable
+    except MatrixFailure as exc:
+        if log is not None:
+            log.info(f"{what}.failed", error=str(exc))
