@@ -8,10 +8,15 @@ whose ``repr`` and ``str`` never show the value, so a settings object can be
 logged without leaking anything.
 
 A broken configuration is found at start-up, not when the first user writes:
-every problem raises :class:`ConfigError`, whose message names the file, the
-entry (``agents[1].base_url``, ``user_agents."@bob:example.org"``), what is
-wrong and how to fix it. Nothing else escapes the loader, whatever the file
-holds.
+the loader reports every mistake in the file at once, in one
+:class:`ConfigError` with a line per mistake naming the file, the entry
+(``agents[1].base_url``, ``user_agents."@bob:example.org"``), what is wrong
+and how to fix it. Only a file that cannot be parsed at all (YAML syntax)
+stops at its first error. Nothing else escapes the loader, whatever the
+file holds.
+
+The optional ``limits:`` section sets fields of
+:class:`~lambda_actors.bot.limits.Limits` (positive whole numbers).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import re
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -37,6 +42,7 @@ __all__ = [
     "AgentsConfig",
     "ConfigError",
     "MatrixSettings",
+    "UnreadableConfig",
     "Secret",
     "is_matrix_user_id",
     "load_agents_config",
@@ -66,6 +72,7 @@ _SECRET_KEY = re.compile(r"(^|_)(password|passwd|token|access_token|secret|api_k
 
 _AGENT_REQUIRED = ("id", "base_url", "workspace_path")
 _AGENT_OPTIONAL = ("label", "max_file_bytes")
+_TOP_OPTIONAL = ("user_agents", "default_agent", "limits")
 
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -76,8 +83,24 @@ class ConfigError(Exception):
     """The configuration is unusable; the message says where and how to fix it.
 
     It is the only exception the loaders raise, so ``lambda-actors run`` can
-    print it as one line and exit 2 instead of showing a traceback.
+    print it and exit 2 instead of showing a traceback. ``problems`` holds
+    every mistake found, one line each (file, entry, what is wrong, the
+    fix); the message is those lines.
     """
+
+    def __init__(self, message: str, problems: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else (message,)
+
+    @classmethod
+    def of(cls, problems: list[str] | tuple[str, ...]) -> ConfigError:
+        return cls("\n".join(problems), tuple(problems))
+
+
+class UnreadableConfig(ConfigError):
+    """A file the configuration names cannot be read at all (missing, a
+    folder, no permission): a problem of the host, not of the file's
+    content, so ``lambda-actors run`` exits 5 for it rather than 2."""
 
 
 class Secret:
@@ -174,11 +197,11 @@ def load_agents_config(path: str | os.PathLike[str]) -> AgentsConfig:
         with open(path, "rb") as f:
             raw = f.read(_MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; pass the path of your agents.yaml with --config") from None
+        raise UnreadableConfig(f"{path}: file not found; pass the path of your agents.yaml with --config") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a file; pass the path of your agents.yaml") from None
+        raise UnreadableConfig(f"{path}: is a folder, not a file; pass the path of your agents.yaml") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+        raise UnreadableConfig(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
     if len(raw) > _MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {_MAX_CONFIG_BYTES} bytes; is this really agents.yaml?")
     try:
@@ -233,13 +256,20 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _load_yaml(text: str, source: str) -> Any:
     if not text.strip():
-        raise ConfigError(f"{source}: the file is empty; it needs at least an 'agents' list (see config/agents.yaml)")
+        raise ConfigError(f"{source}: the file is empty; it needs at least an 'agents' list (see 'agents.yaml' in the README)")
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = exc.problem or exc.context or "invalid YAML"
+        if "'@'" in problem:
+            # The usual cause: an unquoted Matrix id as a key or value ('@'
+            # is reserved in YAML and cannot start a plain value).
+            raise ConfigError(
+                f"{source}: {where}YAML syntax error: {problem}; a Matrix user id must be quoted, "
+                'e.g. "@alice:example.org": agent-0'
+            ) from None
         raise ConfigError(f"{source}: {where}YAML syntax error: {problem}; fix the YAML syntax there") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: YAML error: {exc}; fix the YAML syntax") from None
@@ -252,14 +282,22 @@ def _load_yaml(text: str, source: str) -> Any:
 
 
 class _Validator:
-    """Walks the loaded YAML, knowing where it is for the error messages."""
+    """Walks the loaded YAML, knowing where it is, and collects every problem.
+
+    Each check records what is wrong with its entry and goes on, so one run
+    reports every mistake in the file (an operator fixes them all at once).
+    A part that is wrong is left out of the result; checks that depend on
+    it (an agent id named in ``user_agents``) are skipped rather than
+    reported a second time.
+    """
 
     def __init__(self, source: str, base_dir: Path) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.problems: list[str] = []
 
-    def fail(self, where: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where}: {problem}")
+    def fail(self, where: str, problem: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {problem}")
 
     def config(self, data: Any) -> AgentsConfig:
         if data is None:
@@ -270,25 +308,24 @@ class _Validator:
                 f"'default_agent', not {_kind(data)}"
             )
         self.refuse_secrets(data, "")
-        self.check_keys(data, "", required=("agents",), optional=("user_agents", "default_agent"))
-        agents = self.agents(data["agents"])
-        ids = {agent.id for agent in agents}
+        self.check_keys(data, "", required=("agents",), optional=_TOP_OPTIONAL)
+        # None when the agents list itself is unusable: then no agent id can
+        # be checked, and saying "unknown agent" for each would be noise.
+        ids: set[str] | None = None
+        agents: tuple[AgentConfig, ...] = ()
+        if "agents" in data:
+            agents, ids = self.agents(data["agents"])
         user_agents = self.user_agents(data.get("user_agents"), ids)
-        default_agent = data.get("default_agent")
-        if default_agent is not None:
-            if not isinstance(default_agent, str):
-                raise self.fail(
-                    "default_agent", f"must be an agent id or null, not {_kind(default_agent)}; null refuses unknown users"
-                )
-            if default_agent not in ids:
-                raise self.fail(
-                    "default_agent", f"{default_agent!r} is not one of the agents ({_listing(ids)}); use one of them or null"
-                )
+        default_agent = self.default_agent(data.get("default_agent"), ids)
+        limits = self.limits(data.get("limits"))
+        if self.problems:
+            raise ConfigError.of(self.problems)
         return AgentsConfig(
             agents=agents,
             user_agents=MappingProxyType(user_agents),
             default_agent=default_agent,
             source=self.source,
+            limits=limits,
         )
 
     def refuse_secrets(self, node: Any, where: str) -> None:
@@ -298,6 +335,7 @@ class _Validator:
         # the set of visited nodes.
         seen: set[int] = set()
         stack = [(node, where)]
+        found: list[str] = []
         while stack:
             item, path = stack.pop()
             if id(item) in seen:
@@ -306,120 +344,167 @@ class _Validator:
             if isinstance(item, dict):
                 for key, value in item.items():
                     entry = _entry(path, key)
-                    if isinstance(key, str) and _SECRET_KEY.search(key.lower().replace("-", "_")):
-                        raise self.fail(
-                            entry,
-                            "looks like a secret; secrets come from the environment "
-                            "(MATRIX_PASSWORD or MATRIX_ACCESS_TOKEN, or their _FILE variants), "
-                            "never from this file: remove it",
-                        )
+                    if _looks_secret(key):
+                        found.append(entry)
                     stack.append((value, entry))
             elif isinstance(item, list):
                 stack.extend((value, f"{path}[{i}]") for i, value in enumerate(item))
+        for entry in sorted(found):
+            self.fail(
+                entry,
+                "looks like a secret; secrets come from the environment "
+                "(MATRIX_PASSWORD or MATRIX_ACCESS_TOKEN, or their _FILE variants), "
+                "never from this file: remove it",
+            )
 
     def check_keys(self, data: dict[Any, Any], where: str, *, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
-        """Refuse unknown keys (usually typos) and missing ones; ``where`` is "" at the top."""
+        """Report unknown keys (usually typos) and missing ones; ``where`` is "" at the top."""
         allowed = set(required) | set(optional)
         for key in data:
-            if key not in allowed:
-                raise self.fail(_entry(where, key), f"unknown key; allowed keys are {_listing(allowed)}")
+            # A secret-looking key is already reported as such.
+            if key not in allowed and not _looks_secret(key):
+                self.fail(_entry(where, key), f"unknown key; allowed keys are {_listing(allowed)}")
         for key in required:
             if key not in data:
-                raise self.fail(where or "top level", f"missing key {key!r}; add it")
+                self.fail(where or "top level", f"missing key {key!r}; add it")
 
-    def agents(self, data: Any) -> tuple[AgentConfig, ...]:
+    def agents(self, data: Any) -> tuple[tuple[AgentConfig, ...], set[str] | None]:
+        """The valid agents, and every well-formed id (also of agents with other mistakes)."""
         if not isinstance(data, list) or not data:
-            raise self.fail("agents", f"must be a non-empty list of agents, not {_kind(data)}; see config/agents.yaml")
+            self.fail("agents", f"must be a non-empty list of agents, not {_kind(data)}; see 'agents.yaml' in the README")
+            return (), None
         agents: list[AgentConfig] = []
         first_seen: dict[str, int] = {}
         for i, item in enumerate(data):
-            agent = self.agent(item, f"agents[{i}]")
-            if agent.id in first_seen:
-                raise self.fail(
+            agent_id, agent = self.agent(item, f"agents[{i}]")
+            if agent_id is None:
+                continue
+            if agent_id in first_seen:
+                self.fail(
                     f"agents[{i}].id",
-                    f"duplicate agent id {agent.id!r} (also agents[{first_seen[agent.id]}]); give every agent its own id",
+                    f"duplicate agent id {agent_id!r} (also agents[{first_seen[agent_id]}]); give every agent its own id",
                 )
-            first_seen[agent.id] = i
-            agents.append(agent)
-        return tuple(agents)
+                continue
+            first_seen[agent_id] = i
+            if agent is not None:
+                agents.append(agent)
+        return tuple(agents), set(first_seen)
 
-    def agent(self, data: Any, where: str) -> AgentConfig:
+    def agent(self, data: Any, where: str) -> tuple[str | None, AgentConfig | None]:
         if not isinstance(data, dict):
-            raise self.fail(where, f"must be a mapping with {_listing(_AGENT_REQUIRED)}, not {_kind(data)}")
+            self.fail(where, f"must be a mapping with {_listing(_AGENT_REQUIRED)}, not {_kind(data)}")
+            return None, None
+        before = len(self.problems)
         self.check_keys(data, where, required=_AGENT_REQUIRED, optional=_AGENT_OPTIONAL)
-        agent_id = data["id"]
-        if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
-            raise self.fail(
+        agent_id = data.get("id")
+        if "id" in data and (not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id)):
+            self.fail(
                 f"{where}.id",
                 f"{_short.repr(agent_id)} is not a valid agent id; use letters, digits, '.', '_', '-' or ':' "
                 "(starting with a letter or digit, at most 128 characters), e.g. agent-0",
             )
+            agent_id = None
         label = data.get("label", agent_id)
-        if not isinstance(label, str) or not label.strip() or len(label) > 200:
-            raise self.fail(f"{where}.label", f"must be a non-empty string of at most 200 characters, not {_kind(label)}")
-        return AgentConfig(
-            id=agent_id,
-            label=label.strip(),
-            base_url=self.base_url(data["base_url"], f"{where}.base_url"),
-            workspace_path=self.workspace_path(data["workspace_path"], f"{where}.workspace_path"),
-            max_file_bytes=self.max_file_bytes(data.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES), f"{where}.max_file_bytes"),
+        if "label" in data and (not isinstance(label, str) or not label.strip() or len(label) > 200):
+            self.fail(f"{where}.label", f"must be a non-empty string of at most 200 characters, not {_kind(label)}")
+        base_url = self.base_url(data["base_url"], f"{where}.base_url") if "base_url" in data else None
+        workspace = self.workspace_path(data["workspace_path"], f"{where}.workspace_path") if "workspace_path" in data else None
+        max_file_bytes = self.max_file_bytes(data.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES), f"{where}.max_file_bytes")
+        if len(self.problems) > before or agent_id is None or base_url is None or workspace is None or max_file_bytes is None:
+            return agent_id, None
+        return agent_id, AgentConfig(
+            id=agent_id, label=str(label).strip(), base_url=base_url, workspace_path=workspace, max_file_bytes=max_file_bytes
         )
 
-    def base_url(self, value: Any, where: str) -> str:
+    def base_url(self, value: Any, where: str) -> str | None:
         example = "e.g. http://agents.internal:7000/agent_0/"
         if not isinstance(value, str):
-            raise self.fail(where, f"must be a URL string, not {_kind(value)}; {example}")
+            self.fail(where, f"must be a URL string, not {_kind(value)}; {example}")
+            return None
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises ValueError for a bad port
         except ValueError as exc:
-            raise self.fail(where, f"{_short.repr(value)} is not a valid URL ({exc}); {example}") from None
+            self.fail(where, f"{_short.repr(value)} is not a valid URL ({exc}); {example}")
+            return None
         if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
-            raise self.fail(
-                where, f"{_short.repr(value)} must be an http, https, ws or wss URL with a host; {example}"
-            )
+            self.fail(where, f"{_short.repr(value)} must be an http, https, ws or wss URL with a host; {example}")
+            return None
         if parts.query or parts.fragment or any(c.isspace() for c in value) or parts.username or parts.password:
-            raise self.fail(
-                where, f"{_short.repr(value)} must not carry spaces, a query, a fragment or credentials; {example}"
-            )
+            self.fail(where, f"{_short.repr(value)} must not carry spaces, a query, a fragment or credentials; {example}")
+            return None
         return value
 
-    def workspace_path(self, value: Any, where: str) -> Path:
+    def workspace_path(self, value: Any, where: str) -> Path | None:
         hint = "give the agent's /workspace folder as the bot sees it, e.g. /agents/0"
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(where, f"must be a non-empty path string, not {_kind(value)}; {hint}")
-        if "\x00" in value:
-            raise self.fail(where, f"contains a NUL character; {hint}")
-        if value.startswith("~"):
-            raise self.fail(where, f"'~' is not expanded; write the full path; {hint}")
-        return Path(os.path.abspath(self.base_dir / value))
+            self.fail(where, f"must be a non-empty path string, not {_kind(value)}; {hint}")
+        elif "\x00" in value:
+            self.fail(where, f"contains a NUL character; {hint}")
+        elif value.startswith("~"):
+            self.fail(where, f"'~' is not expanded; write the full path; {hint}")
+        else:
+            return Path(os.path.abspath(self.base_dir / value))
+        return None
 
-    def max_file_bytes(self, value: Any, where: str) -> int:
+    def max_file_bytes(self, value: Any, where: str) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail(where, f"must be a positive whole number of bytes, not {_short.repr(value)}; e.g. 52428800")
+            self.fail(where, f"must be a positive whole number of bytes, not {_short.repr(value)}; e.g. 52428800")
+            return None
         return value
 
-    def user_agents(self, data: Any, ids: set[str]) -> dict[str, str]:
+    def user_agents(self, data: Any, ids: set[str] | None) -> dict[str, str]:
         if data is None:
             return {}
         if not isinstance(data, dict):
-            raise self.fail(
+            self.fail(
                 "user_agents", f"must be a mapping of Matrix user id to agent id, not {_kind(data)}; "
-                '"@alice:example.org": agent-0'
+                'e.g. "@alice:example.org": agent-0'
             )
+            return {}
         result: dict[str, str] = {}
         for user_id, agent_id in data.items():
             where = f"user_agents.{_quote(user_id)}"
             if not is_matrix_user_id(user_id):
-                raise self.fail(
-                    where, "is not a Matrix user id; write it in full and quoted, e.g. \"@alice:example.org\""
-                )
-            if not isinstance(agent_id, str):
-                raise self.fail(where, f"must name an agent id, not {_kind(agent_id)}")
-            if agent_id not in ids:
-                raise self.fail(where, f"{agent_id!r} is not one of the agents ({_listing(ids)}); use one of them")
-            result[user_id] = agent_id
+                self.fail(where, "is not a Matrix user id; write it in full and quoted, e.g. \"@alice:example.org\"")
+            elif not isinstance(agent_id, str):
+                self.fail(where, f"must name an agent id, not {_kind(agent_id)}")
+            elif ids is not None and agent_id not in ids:
+                self.fail(where, f"{agent_id!r} is not one of the agents ({_listing(ids)}); use one of them")
+            else:
+                result[user_id] = agent_id
         return result
+
+    def default_agent(self, value: Any, ids: set[str] | None) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail("default_agent", f"must be an agent id or null, not {_kind(value)}; null refuses unknown users")
+            return None
+        if ids is not None and value not in ids:
+            self.fail("default_agent", f"{value!r} is not one of the agents ({_listing(ids)}); use one of them or null")
+            return None
+        return value
+
+    def limits(self, data: Any) -> Limits:
+        if data is None:
+            return Limits()
+        names = tuple(f.name for f in fields(Limits))
+        if not isinstance(data, dict):
+            self.fail("limits", f"must be a mapping of limit names to numbers, not {_kind(data)}; e.g. answer_parts: 8")
+            return Limits()
+        self.check_keys(data, "limits", required=(), optional=names)
+        values: dict[str, int] = {}
+        for key in names:
+            if key not in data:
+                continue
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                default = getattr(Limits(), key)
+                self.fail(f"limits.{key}", f"must be a positive whole number, not {_short.repr(value)}; the default is {default}")
+            else:
+                values[key] = value
+        return Limits(**values)
 
 
 @dataclass(frozen=True)
@@ -445,47 +530,61 @@ class MatrixSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MatrixSettings:
-        """Read the settings; :class:`ConfigError` names the variable at fault."""
+        """Read the settings; :class:`ConfigError` names every variable at fault.
+
+        A secret file that cannot be read is :class:`UnreadableConfig` when
+        it is the only problem (a host problem, exit status 5).
+        """
         env = os.environ if environ is None else environ
-        homeserver = _env(env, "MATRIX_HOMESERVER", "the homeserver's base URL, e.g. https://matrix.example.org")
-        parts = urlsplit(homeserver)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-            raise ConfigError(
-                f"MATRIX_HOMESERVER: {_short.repr(homeserver)} is not an http(s) URL; "
-                "set it to the homeserver's base URL, e.g. https://matrix.example.org"
-            )
-        user_id = _env(env, "MATRIX_USER_ID", "the bot's full Matrix user id, e.g. @lambda:example.org")
-        if not is_matrix_user_id(user_id):
-            raise ConfigError(
+        problems: list[str] = []
+        unreadable: list[str] = []
+        homeserver = _env(env, "MATRIX_HOMESERVER", "the homeserver's base URL, e.g. https://matrix.example.org", problems)
+        if homeserver is not None:
+            parts = urlsplit(homeserver)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                problems.append(
+                    f"MATRIX_HOMESERVER: {_short.repr(homeserver)} is not an http(s) URL; "
+                    "set it to the homeserver's base URL, e.g. https://matrix.example.org"
+                )
+        user_id = _env(env, "MATRIX_USER_ID", "the bot's full Matrix user id, e.g. @lambda:example.org", problems)
+        if user_id is not None and not is_matrix_user_id(user_id):
+            problems.append(
                 f"MATRIX_USER_ID: {_short.repr(user_id)} is not a Matrix user id; "
                 "give it in full, e.g. @lambda:example.org"
             )
-        token = _secret(env, "MATRIX_ACCESS_TOKEN")
-        password = _secret(env, "MATRIX_PASSWORD")
+        token = _secret(env, "MATRIX_ACCESS_TOKEN", problems, unreadable)
+        password = _secret(env, "MATRIX_PASSWORD", problems, unreadable)
         if token is not None and password is not None:
-            raise ConfigError(
-                "MATRIX_ACCESS_TOKEN and MATRIX_PASSWORD are both set; set only one of them"
-            )
-        if token is None and password is None:
-            raise ConfigError(
+            problems.append("MATRIX_ACCESS_TOKEN and MATRIX_PASSWORD are both set; set only one of them")
+        configured = any(env.get(name) for name in ("MATRIX_ACCESS_TOKEN", "MATRIX_PASSWORD"))
+        configured = configured or any(env.get(f"{name}_FILE", "").strip() for name in ("MATRIX_ACCESS_TOKEN", "MATRIX_PASSWORD"))
+        if not configured:
+            problems.append(
                 "MATRIX_ACCESS_TOKEN: not set; set MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD "
                 "(or MATRIX_ACCESS_TOKEN_FILE / MATRIX_PASSWORD_FILE naming a file that holds it)"
             )
+        if unreadable and not problems:
+            raise UnreadableConfig.of(unreadable)
+        if problems or unreadable:
+            raise ConfigError.of([*problems, *unreadable])
+        assert homeserver is not None and user_id is not None
         return cls(homeserver=homeserver.rstrip("/"), user_id=user_id, password=password, access_token=token)
 
 
-def _env(env: Mapping[str, str], name: str, what: str) -> str:
+def _env(env: Mapping[str, str], name: str, what: str, problems: list[str]) -> str | None:
     value = env.get(name, "").strip()
     if not value:
-        raise ConfigError(f"{name}: not set; set it to {what}")
+        problems.append(f"{name}: not set; set it to {what}")
+        return None
     return value
 
 
-def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+def _secret(env: Mapping[str, str], name: str, problems: list[str], unreadable: list[str]) -> Secret | None:
     direct = env.get(name, "")
     file_name = env.get(f"{name}_FILE", "").strip()
     if direct and file_name:
-        raise ConfigError(f"{name} and {name}_FILE are both set; set only one of them")
+        problems.append(f"{name} and {name}_FILE are both set; set only one of them")
+        return None
     if direct:
         return Secret(direct)
     if not file_name:
@@ -494,15 +593,22 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
         with open(file_name, encoding="utf-8") as f:
             value = f.read(64 * 1024)
     except OSError as exc:
-        raise ConfigError(f"{name}_FILE: cannot read {file_name!r} ({exc.strerror}); check the path and permissions") from None
+        unreadable.append(f"{name}_FILE: cannot read {file_name!r} ({exc.strerror}); check the path and permissions")
+        return None
     except UnicodeDecodeError:
-        raise ConfigError(f"{name}_FILE: {file_name!r} is not UTF-8 text") from None
+        problems.append(f"{name}_FILE: {file_name!r} is not UTF-8 text; put the secret in it as plain text")
+        return None
     # Files written by editors or `echo` end with a newline that is not part
     # of the secret.
     value = value.rstrip("\r\n")
     if not value:
-        raise ConfigError(f"{name}_FILE: {file_name!r} is empty; put the secret in it")
+        problems.append(f"{name}_FILE: {file_name!r} is empty; put the secret in it")
+        return None
     return Secret(value)
+
+
+def _looks_secret(key: Any) -> bool:
+    return isinstance(key, str) and _SECRET_KEY.search(key.lower().replace("-", "_")) is not None
 
 
 def _kind(value: Any) -> str:

@@ -508,3 +508,119 @@ def test_secret_compares_by_value_and_refuses_pickling() -> None:
     assert Secret("a") != Secret("b")
     with pytest.raises(TypeError):
         pickle.dumps(Secret("a"))
+
+
+# --- every mistake at once ----------------------------------------------------------
+
+
+def test_every_mistake_is_reported_at_once_each_with_its_entry() -> None:
+    text = """\
+    user_agents:
+      "@alice:example.org": agent-9
+      bob: agent-0
+    default_agent: 3
+    agents:
+      - id: agent-0
+        base_url: "ftp://a/"
+        workspace_path: "~/w"
+        colour: blue
+      - id: agent-0
+        base_url: "http://b/"
+        workspace_path: /b
+      - base_url: "http://c/"
+        workspace_path: /c
+    limits:
+      answer_parts: 0
+      answer_filez: 3
+    """
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    problems = info.value.problems
+    assert str(info.value) == "\n".join(problems)
+    expected = [
+        'user_agents."@alice:example.org": \'agent-9\' is not one of the agents',
+        'user_agents."bob": is not a Matrix user id',
+        "default_agent: must be an agent id or null",
+        "agents[0].base_url: 'ftp://a/' must be an http",
+        "agents[0].workspace_path: '~' is not expanded",
+        "agents[0].colour: unknown key",
+        "agents[1].id: duplicate agent id 'agent-0' (also agents[0])",
+        "agents[2]: missing key 'id'; add it",
+        "limits.answer_parts: must be a positive whole number, not 0; the default is 8",
+        "limits.answer_filez: unknown key; allowed keys are 'answer_files', 'answer_parts'",
+    ]
+    for fragment in expected:
+        assert sum(fragment in p for p in problems) == 1, (fragment, problems)
+    assert len(problems) == len(expected)
+    assert all(p.startswith("agents.yaml: ") for p in problems)
+
+
+def test_an_agent_with_a_mistake_still_counts_for_user_agents() -> None:
+    # Only the real mistake is reported, not a follow-on "unknown agent".
+    problems = refused('user_agents:\n  "@a:x": agent-0\n' + with_agent_field(base_url="ftp://x/")).splitlines()
+    assert len(problems) == 1 and "agents[0].base_url" in problems[0]
+
+
+def test_every_secret_looking_key_is_reported_once() -> None:
+    problems = refused("password: a\nagents:\n  - id: a\n    api_token: b\n").splitlines()
+    assert [p.split(": ")[1] for p in problems if "looks like a secret" in p] == ["agents[0].api_token", "password"]
+    assert not any("api_token: unknown key" in p or "password: unknown key" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["user_agents:\n  @alice:example.org: agent-0\n", "default_agent: @alice\n", "user_agents: {@a:x: b}\n"],
+)
+def test_an_unquoted_matrix_id_is_a_syntax_error_that_says_to_quote_it(text: str) -> None:
+    message = refused(text + with_agent_field())
+    assert "YAML syntax error" in message and "line " in message
+    assert 'a Matrix user id must be quoted, e.g. "@alice:example.org": agent-0' in message
+
+
+def test_env_reports_every_mistake_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        MatrixSettings.from_env({"MATRIX_HOMESERVER": "matrix.example.org", "MATRIX_USER_ID": "lambda"})
+    assert [p.split(":")[0] for p in info.value.problems] == ["MATRIX_HOMESERVER", "MATRIX_USER_ID", "MATRIX_ACCESS_TOKEN"]
+
+
+def test_an_unreadable_secret_file_alone_is_an_unreadable_config(tmp_path: Path) -> None:
+    from lambda_actors.bot.config import UnreadableConfig
+
+    with pytest.raises(UnreadableConfig, match="MATRIX_PASSWORD_FILE: cannot read"):
+        MatrixSettings.from_env({**BASE_ENV, "MATRIX_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
+def test_an_unreadable_config_file_is_an_unreadable_config(tmp_path: Path) -> None:
+    from lambda_actors.bot.config import UnreadableConfig
+
+    with pytest.raises(UnreadableConfig, match="file not found"):
+        load_agents_config(tmp_path / "nope.yaml")
+    with pytest.raises(UnreadableConfig, match="is a folder"):
+        load_agents_config(tmp_path)
+
+
+# --- limits ---------------------------------------------------------------------------
+
+
+def test_limits_default_when_the_section_is_absent() -> None:
+    from lambda_actors.bot.limits import Limits
+
+    assert parse(with_agent_field()).limits == Limits()
+
+
+def test_limits_section_sets_the_named_fields_only() -> None:
+    from lambda_actors.bot.limits import Limits
+
+    config = parse("limits:\n  answer_parts: 3\n  rooms_per_user_per_hour: 5\n" + with_agent_field())
+    assert config.limits == Limits(answer_parts=3, rooms_per_user_per_hour=5)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1.5", "true", "lots", "null", "[1]"])
+def test_a_limit_must_be_a_positive_whole_number(value: str) -> None:
+    message = refused(f"limits:\n  answer_files: {value}\n" + with_agent_field())
+    assert "limits.answer_files: must be a positive whole number" in message and "the default is 10" in message
+
+
+@pytest.mark.parametrize("value", ["[]", "3", "yes"])
+def test_limits_must_be_a_mapping(value: str) -> None:
+    assert "limits: must be a mapping" in refused(f"limits: {value}\n" + with_agent_field())
