@@ -185,7 +185,7 @@ def serve_bot(args: argparse.Namespace) -> int:
     run_parser = argparse.ArgumentParser()
     bot_run.add_arguments(run_parser)
     run_args = run_parser.parse_args(
-        ["--config", args.config, "--supervision", str(ROOT / "supervision.toml"), "--data-dir", args.data_dir,
+        ["--config", args.config, "--supervision", str(ROOT / "lambda_actors" / "bot" / "supervision.toml"), "--data-dir", args.data_dir,
          "--log-level", args.log_level]
     )
     try:

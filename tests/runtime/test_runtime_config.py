@@ -12,7 +12,7 @@ import trio
 import lambda_actors as la
 from runtime_probes import Hang, Journal, spec
 
-SHIPPED = Path(__file__).resolve().parents[2] / "supervision.toml"
+SHIPPED = Path(__file__).resolve().parents[2] / "lambda_actors" / "bot" / "supervision.toml"
 
 
 def problems_of(text: str) -> list[tuple[str, str]]:
