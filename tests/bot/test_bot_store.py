@@ -1,10 +1,19 @@
 """The bot's SQLite store: replay without duplicates, atomic hand-offs."""
 
 import sqlite3
+import stat
 
 import pytest
 
-from lambda_actors.bot.store import OutboxItem, PendingConfirmation, RoomBinding, Store
+from lambda_actors.bot.store import (
+    SCHEMA_VERSION,
+    OutboxItem,
+    PendingConfirmation,
+    RoomBinding,
+    StagedFile,
+    Store,
+    StoreError,
+)
 
 
 @pytest.fixture
@@ -112,3 +121,125 @@ def test_store_uses_wal(tmp_path):
     Store.open(tmp_path / "db").close()
     mode = sqlite3.connect(tmp_path / "db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_failures_are_counted_per_event_and_survive_a_restart(tmp_path):
+    s = Store.open(tmp_path / "db")
+    s.ingest([_event("$p")], "b")
+    assert s.failures("$p") == 0
+    assert s.record_failure("$p", "!r:x", "KeyError: 'agent-0'", "Traceback 1") == 1
+    assert s.record_failure("$p", "!r:x", "KeyError: 'agent-0'", "Traceback 2") == 2
+    s.close()
+    s = Store.open(tmp_path / "db")
+    assert s.failures("$p") == 2
+    assert s.record_failure("$p", "!r:x", "KeyError: 'agent-0'", "Traceback 3") == 3
+    assert s.failures("$other") == 0
+    s.close()
+
+
+def test_set_aside_marks_handled_records_a_dead_letter_and_queues_the_notice_at_once(store):
+    event = ("$p", "!r:x", {"event_id": "$p", "sender": "@u:x", "content": {"body": "boom"}}, False)
+    store.ingest([event, _event("$next")], "b")
+    store.record_failure("$p", "!r:x", "ValueError: first", "trace one")
+    store.record_failure("$p", "!r:x", "ValueError: last", "trace two")
+    note = OutboxItem(0, "aside:$p", "!r:x", "m.room.message", {"body": "set aside"})
+    queued = store.set_aside("$p", [note])
+    assert [q.txn_id for q in queued] == ["aside:$p"]
+    assert store.is_handled("$p")
+    assert [e.event_id for e in store.unhandled("!r:x")] == ["$next"]
+    (letter,) = store.dead_letters()
+    assert (letter.event_id, letter.room_id, letter.sender) == ("$p", "!r:x", "@u:x")
+    assert (letter.error, letter.trace, letter.failures) == ("ValueError: last", "trace two", 2)
+    assert letter.set_aside_at > 0
+    # A replay of the same decision adds nothing.
+    assert store.set_aside("$p", [note]) == []
+    assert len(store.dead_letters()) == 1
+
+
+def test_dead_letters_are_listed_newest_first_up_to_the_limit(store):
+    for n in range(5):
+        store.ingest([_event(f"${n}")], f"b{n}")
+        store.record_failure(f"${n}", "!r:x", f"E{n}", "t")
+        store.set_aside(f"${n}")
+    assert [d.event_id for d in store.dead_letters(limit=3)] == ["$4", "$3", "$2"]
+
+
+def test_unstage_returns_the_rows_it_removed_once(store):
+    store.stage("!r:x", "incoming/1-a.txt", "a.txt", size=10)
+    store.stage("!r:x", "incoming/2-b.txt", "b.txt", size=32)
+    store.stage("!s:x", "incoming/3-c.txt", "c.txt", size=5)
+    assert store.staged_bytes("!r:x") == 42
+    first, second = store.staged("!r:x")
+    assert store.unstage("!r:x", [second.seq]) == [StagedFile(second.seq, "incoming/2-b.txt", "b.txt", 32)]
+    assert store.unstage("!r:x", [second.seq]) == []
+    # Another room's file is not removed by naming its seq here.
+    (other,) = store.staged("!s:x")
+    assert store.unstage("!r:x", [other.seq]) == []
+    assert store.unstage("!r:x") == [first]
+    assert store.staged("!r:x") == [] and store.staged_bytes("!r:x") == 0
+    assert store.staged("!s:x") == [other]
+
+
+def test_rooms_created_since_counts_only_rooms_the_bot_created_in_the_window(store):
+    store.bind_room(RoomBinding("!a:x", "@u:x", "agent-0", 1), created_at=1000.0)
+    store.bind_room(RoomBinding("!b:x", "@u:x", "agent-0", 2), created_at=2000.0)
+    store.bind_room(RoomBinding("!dm:x", "@u:x", "agent-0", 3))  # invited, not created
+    store.bind_room(RoomBinding("!c:x", "@v:x", "agent-0", 4), created_at=2500.0)
+    assert store.rooms_created_since("@u:x", 1500.0) == 1
+    assert store.rooms_created_since("@u:x", 0.0) == 2
+    # Updating a binding (archiving it) keeps its creation time.
+    store.bind_room(RoomBinding("!b:x", "@u:x", "agent-0", 2, archived=True))
+    assert store.rooms_created_since("@u:x", 1500.0) == 1
+    assert store.binding("!b:x").archived
+
+
+def test_a_confirmation_with_a_taken_key_never_replaces_the_pending_one(store):
+    mine = PendingConfirmation("q1", "!r:x", 7, "rm", "mine", "txn-mine", 99.0)
+    theirs = PendingConfirmation("q1", "!s:x", 8, "rm", "theirs", "txn-theirs", 99.0)
+    assert store.add_confirmation(mine) is True
+    assert store.add_confirmation(theirs) is False
+    assert store.confirmations("!r:x") == [mine]
+    assert store.confirmations("!s:x") == []
+
+
+def test_data_dir_and_database_files_are_private(tmp_path):
+    data = tmp_path / "data"
+    s = Store.open(data / "bot.sqlite3")
+    s.ingest([_event("$1")], "b")  # so the -wal and -shm files exist
+    for path in (data / "bot.sqlite3", data / "bot.sqlite3-wal", data / "bot.sqlite3-shm"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    s.close()
+
+
+def test_files_left_readable_by_an_older_run_are_tightened(tmp_path):
+    Store.open(tmp_path / "bot.sqlite3").close()
+    (tmp_path / "bot.sqlite3").chmod(0o644)
+    Store.open(tmp_path / "bot.sqlite3").close()
+    assert stat.S_IMODE((tmp_path / "bot.sqlite3").stat().st_mode) == 0o600
+
+
+def test_new_database_has_the_current_schema_version(store):
+    assert store.schema_version() == SCHEMA_VERSION >= 1
+
+
+def test_a_database_from_a_newer_release_is_refused_with_what_to_do(tmp_path):
+    Store.open(tmp_path / "db").close()
+    db = sqlite3.connect(tmp_path / "db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer release.*--data-dir"):
+        Store.open(tmp_path / "db")
+
+
+def test_chat_id_high_water_and_reservation(store):
+    assert store.chat_id_high_water() == 0 and store.chat_ids_reserved() == 0
+    store.new_chat_id("!a:x")
+    store.ensure_chat_id_above(40)
+    assert store.chat_id_high_water() == 40
+    store.ensure_chat_id_above(-5)  # a forged id never moves the sequence
+    assert store.new_chat_id("!b:x") == 41
+    store.set_chat_ids_reserved(1041)
+    assert store.chat_ids_reserved() == 1041
+    store.bind_room(RoomBinding("!b:x", "@u:x", "agent-0", 41))
+    assert store.chat_id_used(41) and not store.chat_id_used(40)
