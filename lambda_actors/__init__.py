@@ -37,6 +37,7 @@ from .runtime.events import (
 )
 from .runtime.log import add_actor_path, current_actor_path
 from .runtime.mailbox import MailboxStatistics, Overflow
+from .runtime.monitors import Down
 from .runtime.policy import OnExhausted, Policy, Restart, Strategy
 from .runtime.registry import Registry
 from .runtime.request import Request
@@ -69,6 +70,7 @@ __all__ = [
     "Address",
     "Request",
     "Registry",
+    "Down",
     # policy
     "Policy",
     "Restart",

@@ -6,12 +6,17 @@ messages sent while the child is restarting, backing off or parked are held
 (up to the mailbox capacity, then the overflow policy decides) and handed to
 the next incarnation in order. Only when the child is stopped for good does
 the address refuse messages, with ``ActorStopped``.
+
+Internal interface: ``Address._handle`` is the supervisor's record of the
+child, seen through ``ChildHandle`` (its state, and monitors). It is read by
+``context.py`` for ``ctx.monitor``; nothing else reaches into the supervisor.
+``Mailbox.offer`` is the mailbox's internal interface used by ``call``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -23,25 +28,43 @@ from .request import Request
 if TYPE_CHECKING:
     from .state import ChildState
 
-__all__ = ["Address"]
+__all__ = ["Address", "ChildHandle"]
+
+
+class ChildHandle(Protocol):
+    """What an address needs from its supervisor's record of the child (internal)."""
+
+    def state(self, now: float) -> ChildState:
+        """A snapshot of the child at Trio time ``now``."""
+        ...
+
+    def watch(self, watcher: Mailbox) -> bool:
+        """Post ``Down`` to ``watcher`` when the watched incarnation ends.
+
+        False if the child is stopped: ``Down(path, "noproc")`` was posted at once.
+        """
+        ...
+
+    def unwatch(self, watcher: Mailbox) -> None:
+        """Remove ``watcher``'s monitor, if any."""
+        ...
 
 
 class Address:
     """Send to (``send``), or ask (``call``), the actor at ``path``."""
 
-    __slots__ = ("path", "_mailbox", "_call_timeout", "_deadlines", "_supervisor", "_record")
+    __slots__ = ("path", "_mailbox", "_call_timeout", "_deadlines", "_handle")
 
     def __init__(
         self, path: str, mailbox: Mailbox, call_timeout: float, deadlines: CallDeadlines,
-        supervisor: Any, record: Any,
+        handle: ChildHandle,
     ) -> None:
         self.path = path
         self._mailbox = mailbox
         self._call_timeout = call_timeout
         self._deadlines = deadlines
-        # The owning supervisor and its record of this child, for ``state``.
-        self._supervisor = supervisor
-        self._record = record
+        # The supervisor's record of this child, for ``state`` and monitors.
+        self._handle = handle
 
     def __repr__(self) -> str:
         return f"<Address {self.path}>"
@@ -81,7 +104,7 @@ class Address:
             # Fast path: the request fits, so only the wait for the reply
             # needs a deadline, and the tree's deadline task keeps it.
             await trio.lowlevel.checkpoint_if_cancelled()
-            if mailbox._offer(req):
+            if mailbox.offer(req):
                 deadlines.add(req, timeout, self.path)
                 return await req._wait()
         # The sender may have to wait for room too: one cancel scope covers both.
@@ -93,7 +116,7 @@ class Address:
     @property
     def state(self) -> ChildState:
         """Where the actor is now: running, backing off, parked (with ``retry_at``) or stopped."""
-        return self._supervisor._state_of(self._record, trio.current_time())
+        return self._handle.state(trio.current_time())
 
     @property
     def stopped(self) -> bool:

@@ -88,7 +88,7 @@ class MailboxReader:
 class ActorContext:
     """Everything one incarnation of an actor may use."""
 
-    __slots__ = ("address", "name", "path", "mailbox", "supervisor", "attempt", "_log")
+    __slots__ = ("address", "name", "path", "mailbox", "supervisor", "attempt", "_log", "_box", "_watching")
 
     def __init__(
         self, address: Address, name: str, mailbox: Mailbox, supervisor: Supervisor, attempt: int
@@ -104,6 +104,9 @@ class ActorContext:
         #: Restarts in a row before this incarnation (0 on a fresh start).
         self.attempt = attempt
         self._log: Any = None
+        self._box = mailbox
+        # Addresses this incarnation monitors; made on first use (most never do).
+        self._watching: dict[Address, None] | None = None
 
     @property
     def log(self) -> Any:
@@ -116,6 +119,30 @@ class ActorContext:
     def registry(self) -> Registry:
         """The tree's registry (names to addresses, get-or-start)."""
         return self.supervisor.registry
+
+    def monitor(self, address: Address) -> None:
+        """Get ``Down(path, reason)`` in this mailbox when ``address``'s incarnation ends.
+
+        See ``lambda_actors.runtime.monitors`` for what is watched and the
+        reasons. Monitoring a stopped address posts ``Down(path, "noproc")``
+        at once. Synchronous and never blocks.
+        """
+        watching = self._watching
+        if watching is None:
+            watching = self._watching = {}
+        if address._handle.watch(self._box):
+            watching[address] = None
+
+    def demonitor(self, address: Address) -> None:
+        """Stop watching ``address`` (a ``Down`` already posted stays in the mailbox)."""
+        if self._watching is not None and self._watching.pop(address, 0) is None:
+            address._handle.unwatch(self._box)
+
+    def _release_monitors(self) -> None:
+        """The incarnation ended: its monitors go with it (called by the supervisor)."""
+        watching, self._watching = self._watching, None
+        for address in watching or ():
+            address._handle.unwatch(self._box)
 
     def __repr__(self) -> str:
         return f"<ActorContext {self.path} attempt={self.attempt}>"

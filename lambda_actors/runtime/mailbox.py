@@ -111,8 +111,11 @@ class Mailbox:
 
     # --- sending -----------------------------------------------------------
 
-    def _offer(self, msg: Any) -> bool:
-        """Deliver or hold ``msg`` if there is room; False if the mailbox is full."""
+    def offer(self, msg: Any) -> bool:
+        """Deliver or hold ``msg`` if there is room; False if the mailbox is full.
+
+        Internal: ``Address.call``'s fast path, which must not schedule.
+        """
         if self._closed:
             raise ActorStopped(self.path)
         reader = self._reader
@@ -130,17 +133,40 @@ class Mailbox:
             return True
         return False
 
+    def post(self, msg: Any) -> bool:
+        """Hand over or hold ``msg`` whatever the capacity; False (and nothing held) if closed.
+
+        For the runtime's own notices (``Down``): the supervisor posts them
+        from its exit path, which must never wait for a reader, and a notice
+        must not be lost to a full mailbox or an overflow policy. The buffer
+        may then hold a few more than ``capacity`` messages for a moment.
+        """
+        if self._closed:
+            return False
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            self._sent += 1
+            reschedule(reader, outcome.Value(msg))
+            return True
+        buf = self._buf
+        buf.append(msg)
+        self._sent += 1
+        if len(buf) > self._peak:
+            self._peak = len(buf)
+        return True
+
     async def put(self, msg: Any) -> None:
         """Send ``msg`` under the overflow policy (see ``Overflow``)."""
         await checkpoint_if_cancelled()
-        if self._offer(msg):
+        if self.offer(msg):
             await cancel_shielded_checkpoint()
             return
         await self._overflowed(msg)
 
     def put_nowait(self, msg: Any) -> None:
         """Send without waiting; under ``block`` a full mailbox raises ``MailboxFull``."""
-        if not self._offer(msg):
+        if not self.offer(msg):
             if self.overflow is Overflow.BLOCK:
                 raise MailboxFull(self.path, self.capacity, self.overflow)
             self._overflow_nowait(msg)
@@ -148,7 +174,7 @@ class Mailbox:
     async def put_request(self, req: Request[Any]) -> None:
         """Like ``put`` but without the trailing schedule point: the caller waits next."""
         await checkpoint_if_cancelled()
-        if not self._offer(req):
+        if not self.offer(req):
             await self._overflowed(req)
 
     async def _overflowed(self, msg: Any) -> None:

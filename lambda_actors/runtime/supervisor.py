@@ -55,6 +55,7 @@ from .events import (
 from .intensity import RestartWindow
 from .log import _set_actor_path
 from .mailbox import Mailbox
+from .monitors import NOPROC, SHUTDOWN, Down, Watchers, down_reason
 from .policy import OnExhausted, Policy, Restart, Strategy
 from .registry import Registry
 from .spec import ChildSpec, SupervisorSpec
@@ -77,6 +78,7 @@ class SupervisorStatistics:
     backing_off: int
     parked: int
     restarts: int  #: restarts done since this supervisor was created
+    parks: int  #: children parked since this supervisor was created
     restarts_in_window: int  #: restarts counted against the intensity right now (escalate mode)
     intensity: int
     period: float
@@ -136,7 +138,7 @@ class _Child:
     __slots__ = (
         "name", "path", "spec", "policy", "order", "dynamic", "address", "mailbox", "sup",
         "status", "scope", "running", "done", "reader", "terminating", "kill_reason",
-        "started_at", "attempt", "restarts", "retry_at", "timer_token", "window",
+        "started_at", "attempt", "restarts", "retry_at", "timer_token", "window", "watchers",
     )
 
     def __init__(self, name: str, path: str, spec: Any, policy: Policy, order: int, dynamic: bool) -> None:
@@ -162,6 +164,38 @@ class _Child:
         self.retry_at: float | None = None
         self.timer_token = 0
         self.window: RestartWindow | None = None
+        # Monitors on this child (made on first use: most children are never watched).
+        self.watchers: Watchers | None = None
+
+    # --- ChildHandle: what this child's Address may ask ----------------------
+
+    def state(self, now: float) -> ChildState:
+        retry_in = None if self.retry_at is None else max(0.0, self.retry_at - now)
+        return ChildState(
+            name=self.name, path=self.path, status=self.status, retry_at=self.retry_at,
+            retry_in=retry_in, restarts=self.restarts, attempt=self.attempt,
+            supervisor=self.sup is not None,
+        )
+
+    def watch(self, watcher: Mailbox) -> bool:
+        if self.status is Status.STOPPED:
+            watcher.post(Down(self.path, NOPROC))
+            return False
+        if self.watchers is None:
+            self.watchers = Watchers()
+        self.watchers.add(watcher)
+        return True
+
+    def unwatch(self, watcher: Mailbox) -> None:
+        if self.watchers is not None:
+            self.watchers.discard(watcher)
+
+    def notify_down(self, reason: str) -> None:
+        """The watched incarnation ended (or will never come): tell the watchers."""
+        watchers = self.watchers
+        if watchers is not None:
+            self.watchers = None
+            watchers.fire(self.path, reason)
 
 
 class Supervisor:
@@ -196,6 +230,7 @@ class Supervisor:
         self._escalation: IntensityExceeded | None = None
         self._served: trio.Event | None = None
         self._restarts_total = 0
+        self._parks_total = 0
         tree.registry._supervisors[path] = self
         self._ensure_static_children()
 
@@ -251,7 +286,7 @@ class Supervisor:
     def which_children(self) -> list[ChildState]:
         """Every child, in start order."""
         now = trio.current_time()
-        return [self._state_of(c, now) for c in self._children.values()]
+        return [c.state(now) for c in self._children.values()]
 
     def count_children(self) -> ChildCounts:
         sups = sum(1 for c in self._children.values() if c.sup is not None)
@@ -261,7 +296,7 @@ class Supervisor:
 
     def child_state(self, name: str) -> ChildState:
         """Running, backing off or parked (with ``retry_at``); ``NoSuchActor`` if unknown."""
-        return self._state_of(self._child(name), trio.current_time())
+        return self._child(name).state(trio.current_time())
 
     def address(self, name: str) -> Address:
         """The stable address of the worker child ``name``."""
@@ -309,10 +344,40 @@ class Supervisor:
             backing_off=statuses.count(Status.BACKING_OFF),
             parked=statuses.count(Status.PARKED),
             restarts=self._restarts_total,
+            parks=self._parks_total,
             restarts_in_window=self._window.count(now),
             intensity=self.policy.intensity,
             period=self.policy.period,
         )
+
+    def tree_statistics(self) -> list[SupervisorStatistics]:
+        """``statistics()`` of this supervisor and every supervisor below it, parents first.
+
+        Called on the root, that is the whole tree: sum ``restarts`` and
+        ``parks`` for totals, or read each subtree's own.
+        """
+        return [sup.statistics() for sup in self._subtree()]
+
+    def walk(self) -> list[tuple[str, ChildState]]:
+        """Every child of this subtree, nested supervisors' children included.
+
+        ``(path, state)`` pairs, depth first: a nested supervisor is listed
+        just before its own children.
+        """
+        now = trio.current_time()
+        out: list[tuple[str, ChildState]] = []
+        for c in list(self._children.values()):
+            out.append((c.path, c.state(now)))
+            if c.sup is not None:
+                out.extend(c.sup.walk())
+        return out
+
+    def _subtree(self) -> list[Supervisor]:
+        out: list[Supervisor] = [self]
+        for c in list(self._children.values()):
+            if c.sup is not None:
+                out.extend(c.sup._subtree())
+        return out
 
     async def aclose(self) -> None:
         """Stop this supervisor for good: children stop in reverse start order.
@@ -368,7 +433,7 @@ class Supervisor:
             c.sup = Supervisor(spec, path, policy, self._tree, self)
         else:
             c.mailbox = Mailbox(path, policy.mailbox_capacity, policy.overflow, self._on_drop)
-            c.address = Address(path, c.mailbox, policy.call_timeout, self._tree.deadlines, self, c)
+            c.address = Address(path, c.mailbox, policy.call_timeout, self._tree.deadlines, c)
             self._tree.registry._add_path(c.address)
         self._children[spec.name] = c
         return c
@@ -384,13 +449,6 @@ class Supervisor:
         static = {s.name: self._children[s.name] for s in self._spec.children}
         rest = {n: c for n, c in self._children.items() if n not in static}
         self._children = {**static, **rest}
-
-    def _state_of(self, c: _Child, now: float) -> ChildState:
-        retry_in = None if c.retry_at is None else max(0.0, c.retry_at - now)
-        return ChildState(
-            name=c.name, path=c.path, status=c.status, retry_at=c.retry_at, retry_in=retry_in,
-            restarts=c.restarts, attempt=c.attempt, supervisor=c.sup is not None,
-        )
 
     def _on_drop(self, path: str, reason: str, msg: Any) -> None:
         self._tree.log.warning("message dropped", actor=path, reason=reason)
@@ -442,6 +500,7 @@ class Supervisor:
                 scope = c.scope
                 assert scope is not None
                 reason: BaseException | None = None
+                ctx: ActorContext | None = None
                 try:
                     with scope:
                         if c.sup is not None:
@@ -458,10 +517,12 @@ class Supervisor:
                     # Cancelled from outside the tree: no decision to make,
                     # but callers must not wait on a dead incarnation.
                     self._abort_requests(c, None)
+                    self._ended(c, ctx, SHUTDOWN)
                     raise
                 if reason is None and scope.cancelled_caught and not c.terminating:
                     reason = c.kill_reason or ActorKilled(c.path)
                 self._abort_requests(c, reason)
+                self._ended(c, ctx, down_reason(reason, c.terminating))
                 if not self._after_exit(c, reason):
                     return
         finally:
@@ -470,6 +531,14 @@ class Supervisor:
             if c.done is not None:
                 c.done.set()
                 c.done = None
+
+    @staticmethod
+    def _ended(c: _Child, ctx: ActorContext | None, why: str) -> None:
+        """An incarnation ended: its own monitors go, and its watchers hear of it."""
+        if ctx is not None and ctx._watching is not None:
+            ctx._release_monitors()
+        if c.watchers is not None:
+            c.notify_down(why)
 
     @staticmethod
     def _abort_requests(c: _Child, reason: BaseException | None) -> None:
@@ -544,6 +613,7 @@ class Supervisor:
         return c.policy.backoff.delay(c.attempt, tree.rng)
 
     def _park(self, c: _Child, now: float, reason: BaseException | None) -> None:
+        self._parks_total += 1
         retry_at = now + self.policy.cool_down
         self._schedule(c, retry_at, Status.PARKED)
         self._tree.log.warning("actor parked", actor=c.path, cool_down=self.policy.cool_down,
@@ -562,6 +632,8 @@ class Supervisor:
         c.status = Status.STOPPED
         c.retry_at = None
         c.timer_token += 1
+        # Watching a next incarnation that will now never run.
+        c.notify_down(NOPROC)
         if self._children.get(c.name) is c:
             del self._children[c.name]
         if c.sup is not None:
@@ -601,6 +673,7 @@ class Supervisor:
                 c.scope.cancel()
                 await self._wait_task(c)
         if for_good or c.policy.restart is Restart.TEMPORARY:
+            c.notify_down(SHUTDOWN)  # watchers of a next incarnation that will not come
             self._remove(c)
         else:
             c.status = Status.STOPPING
