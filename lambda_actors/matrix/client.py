@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 import nio
@@ -400,6 +401,30 @@ class MatrixClient:
         data, headers = await self._transport.download(path, max_bytes=max_bytes, what="GET media")
         return Download(data, headers.get("Content-Type"), _filename(headers.get("Content-Disposition")))
 
+    # -- account data ----------------------------------------------------------------
+
+    async def get_account_data(self, event_type: str) -> dict[str, Any] | None:
+        """Our global account data of ``event_type`` (a JSON object), or None if never set.
+
+        Account data lives on the homeserver, private to us: it survives the
+        loss of our own database (the bot keeps its chat-id high-water mark there).
+        """
+        path = _account_data_path(await self._me(), event_type)
+        try:
+            body = await self._transport.request("GET", path, idempotent=True, what=f"GET account_data {event_type}")
+        except MatrixError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        return body if isinstance(body, dict) else None
+
+    async def put_account_data(self, event_type: str, content: Mapping[str, Any]) -> None:
+        """Set our global account data of ``event_type`` (replacing what was there)."""
+        path = _account_data_path(await self._me(), event_type)
+        await self._transport.request(
+            "PUT", path, json.dumps(dict(content)), idempotent=True, what=f"PUT account_data {event_type}"
+        )
+
     # -- internals -----------------------------------------------------------------
 
     async def _me(self) -> str:
@@ -407,6 +432,10 @@ class MatrixClient:
             await self.whoami()
         assert self.user_id is not None
         return self.user_id
+
+
+def _account_data_path(user_id: str, event_type: str) -> str:
+    return f"/_matrix/client/v3/user/{quote(user_id, safe='')}/account_data/{quote(event_type, safe='')}"
 
 
 def _filter_kwargs(definition: Mapping[str, Any]) -> dict[str, Any]:
