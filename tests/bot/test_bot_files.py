@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import threading
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lambda_actors.bot.files import (
-    ResolvedFile,
+    AgentFile,
     UnsafeAgentFile,
     incoming_path,
+    load_agent_file,
     msgtype_for,
-    read_agent_file,
-    resolve_agent_file,
+    remove_incoming,
     safe_file_name,
     save_incoming,
 )
@@ -98,12 +100,15 @@ def test_corpus_has_at_least_fifty_distinct_paths(world: dict[str, Path]) -> Non
 def test_every_hostile_path_is_refused_and_nothing_outside_is_read(
     world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every descriptor the walk opens is checked for what it really names
+    # (the kernel's own view, /proc/self/fd), not for the name passed in.
     opened: list[str] = []
     real_open = os.open
 
     def recording_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        opened.append(os.fsdecode(path))
-        return real_open(path, *args, **kwargs)
+        fd = real_open(path, *args, **kwargs)
+        opened.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fd
 
     monkeypatch.setattr(os, "open", recording_open)
     workspace = world["workspace"]
@@ -111,8 +116,7 @@ def test_every_hostile_path_is_refused_and_nothing_outside_is_read(
     accepted = []
     for requested in corpus(world):
         try:
-            resolved = resolve_agent_file(workspace, requested, MAX_BYTES)
-            data = read_agent_file(resolved)
+            accepted.append((requested, load_agent_file(workspace, requested, MAX_BYTES)))
         except UnsafeAgentFile as exc:
             message = str(exc)
             assert message and len(message) < 300 and message.isprintable(), (requested, message)
@@ -123,11 +127,10 @@ def test_every_hostile_path_is_refused_and_nothing_outside_is_read(
                 assert str(world["outside"]) not in message, (requested, message)
             if str(world["root"]) not in requested:
                 assert str(world["root"]) not in message, (requested, message)
-        else:
-            accepted.append((requested, data))
     assert accepted == []
+    assert opened
     for path in opened:
-        assert os.path.realpath(path).startswith(root + os.sep), path
+        assert path == root or path.startswith(root + os.sep), path
 
 
 def test_refusal_reasons_say_what_is_wrong(world: dict[str, Path]) -> None:
@@ -148,12 +151,13 @@ def test_refusal_reasons_say_what_is_wrong(world: dict[str, Path]) -> None:
         ".": "whole workspace",
         "link_to_root": "whole workspace",
         "n" * 300: "too long",
-        "loop": "not a regular file",
+        "loop": "too many symlinks",
+        "chain_out": "points outside its workspace",
         "sub/report.pdf/x": "cannot be read",
     }
     for requested, reason in reasons.items():
         with pytest.raises(UnsafeAgentFile, match=reason.replace("(", r"\(").replace(".", r"\.")):
-            resolve_agent_file(workspace, requested, MAX_BYTES)
+            load_agent_file(workspace, requested, MAX_BYTES)
 
 
 @pytest.mark.parametrize(
@@ -168,6 +172,9 @@ def test_refusal_reasons_say_what_is_wrong(world: dict[str, Path]) -> None:
         ("link_in", "sub/report.pdf", "link_in"),
         ("link_to_root/ok.txt", "ok.txt", "ok.txt"),
         ("link_to_dir/../ok.txt", None, None),
+        ("link_to_dir", None, None),
+        ("up_and_back", "sub/report.pdf", "up_and_back"),
+        ("abs_link_in", "sub/report.pdf", "abs_link_in"),
         ("%2e%2e", "%2e%2e", "%2e%2e"),
         ("résumé.txt", "résumé.txt", "résumé.txt"),
         ("exact.bin", "exact.bin", "exact.bin"),
@@ -176,29 +183,33 @@ def test_refusal_reasons_say_what_is_wrong(world: dict[str, Path]) -> None:
 def test_legit_paths_are_accepted(world: dict[str, Path], requested: str, relative: str | None, name: str | None) -> None:
     workspace = world["workspace"]
     requested = requested.replace("{WS}", str(workspace))
+    # Symlinks that stay inside are followed: one climbing up and back down,
+    # one absolute in the agent's own view.
+    (workspace / "sub" / "up").symlink_to("../folder")
+    (workspace / "up_and_back").symlink_to("sub/up/../sub/report.pdf")
+    (workspace / "abs_link_in").symlink_to("/workspace/sub/report.pdf")
     if relative is None:
         with pytest.raises(UnsafeAgentFile):
-            resolve_agent_file(workspace, requested, MAX_BYTES)
+            load_agent_file(workspace, requested, MAX_BYTES)
         return
-    resolved = resolve_agent_file(workspace, requested, MAX_BYTES)
-    assert resolved.relative == relative
-    assert resolved.name == name
-    assert resolved.path == Path(os.path.realpath(workspace / relative))
-    assert read_agent_file(resolved) == (workspace / relative).read_bytes()
-    assert resolved.size == len(read_agent_file(resolved))
+    loaded = load_agent_file(workspace, requested, MAX_BYTES)
+    assert loaded.relative == relative
+    assert loaded.name == name
+    assert loaded.data == (workspace / relative).read_bytes()
+    assert loaded.size == len(loaded.data)
 
 
 def test_mimetype_decides_the_matrix_msgtype(world: dict[str, Path]) -> None:
     workspace = world["workspace"]
     names = ("photo.PNG", "song.mp3", "clip.mp4", "sub/report.pdf")
-    found = {name: resolve_agent_file(workspace, name, MAX_BYTES) for name in names}
+    found = {name: load_agent_file(workspace, name, MAX_BYTES) for name in names}
     assert found["photo.PNG"].mimetype == "image/png" and found["photo.PNG"].msgtype == "m.image"
     assert found["song.mp3"].msgtype == "m.audio"
     assert found["clip.mp4"].msgtype == "m.video"
     assert found["sub/report.pdf"].mimetype == "application/pdf" and found["sub/report.pdf"].msgtype == "m.file"
-    assert resolve_agent_file(workspace, "ok.txt", MAX_BYTES).msgtype == "m.file"
+    assert load_agent_file(workspace, "ok.txt", MAX_BYTES).msgtype == "m.file"
     (workspace / "noext").write_bytes(b"?")
-    assert resolve_agent_file(workspace, "noext", MAX_BYTES).mimetype == "application/octet-stream"
+    assert load_agent_file(workspace, "noext", MAX_BYTES).mimetype == "application/octet-stream"
 
 
 @pytest.mark.parametrize(
@@ -211,61 +222,192 @@ def test_msgtype_for(mimetype: str, msgtype: str) -> None:
 
 def test_missing_workspace_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeAgentFile, match="workspace is not available"):
-        resolve_agent_file(tmp_path / "gone", "ok.txt", MAX_BYTES)
+        load_agent_file(tmp_path / "gone", "ok.txt", MAX_BYTES)
 
 
-# --- the file changes between resolve and read -------------------------------------
+# --- races: the workspace changes while the walk runs ------------------------------
 
 
-def test_swap_for_a_symlink_after_resolving_is_refused(world: dict[str, Path]) -> None:
+def _race(attempt, swap, *, at_least: int = 3000) -> tuple[int, int]:
+    """Run *attempt* over and over while another thread runs *swap* in a loop.
+
+    Returns (accepted, refused). Runs until at least *at_least* attempts have
+    been made and both outcomes have been seen (so the race really happened),
+    within a bound on attempts.
+    """
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def swapper() -> None:
+        try:
+            while not stop.is_set():
+                swap()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    accepted = refused = 0
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so the swap lands mid-walk
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    try:
+        for attempts in range(1, 50 * at_least):
+            if attempt():
+                accepted += 1
+            else:
+                refused += 1
+            if attempts >= at_least and accepted and refused:
+                break
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old_interval)
+    assert errors == []
+    return accepted, refused
+
+
+def test_racing_a_directory_swapped_for_a_symlink_never_reads_outside(world: dict[str, Path]) -> None:
+    """The issue's attack: ``dir/secret.txt`` asked for while ``dir`` flips
+    between a real folder and a symlink to a folder outside (which holds a
+    ``secret.txt`` too). Thousands of tries; not one outside byte."""
     workspace = world["workspace"]
-    resolved = resolve_agent_file(workspace, "ok.txt", MAX_BYTES)
-    (workspace / "ok.txt").unlink()
-    (workspace / "ok.txt").symlink_to(world["outside"] / "secret.txt")
+    (workspace / "dir").mkdir()
+    (workspace / "dir" / "secret.txt").write_bytes(b"inside")
+    (workspace / "link").symlink_to(world["outside"])
+
+    def swap() -> None:
+        os.rename(workspace / "dir", workspace / "hold")
+        os.rename(workspace / "link", workspace / "dir")
+        os.rename(workspace / "dir", workspace / "link")
+        os.rename(workspace / "hold", workspace / "dir")
+
+    def attempt() -> bool:
+        try:
+            loaded = load_agent_file(workspace, "dir/secret.txt", MAX_BYTES)
+        except UnsafeAgentFile as exc:
+            assert SECRET.decode() not in str(exc)
+            return False
+        assert loaded.data == b"inside", loaded.data
+        return True
+
+    accepted, refused = _race(attempt, swap, at_least=10_000)
+    assert accepted and refused
+
+
+def test_racing_a_file_swapped_for_a_symlink_never_reads_outside(world: dict[str, Path]) -> None:
+    workspace = world["workspace"]
+    (workspace / "out").mkdir()
+    (workspace / "out" / "a.txt").write_bytes(b"inside")
+    (workspace / "out" / "b.txt").symlink_to(world["outside"] / "secret.txt")
+
+    def swap() -> None:
+        os.rename(workspace / "out" / "a.txt", workspace / "out" / "hold")
+        os.rename(workspace / "out" / "b.txt", workspace / "out" / "a.txt")
+        os.rename(workspace / "out" / "a.txt", workspace / "out" / "b.txt")
+        os.rename(workspace / "out" / "hold", workspace / "out" / "a.txt")
+
+    def attempt() -> bool:
+        try:
+            loaded = load_agent_file(workspace, "out/a.txt", MAX_BYTES)
+        except UnsafeAgentFile:
+            return False
+        assert loaded.data == b"inside", loaded.data
+        return True
+
+    accepted, refused = _race(attempt, swap, at_least=1000)
+    assert accepted and refused
+
+
+# The last step is two opens of one name below one directory descriptor: an
+# O_PATH open that is examined, then the open for reading. These tests put a
+# swap exactly between the two, by wrapping os.open.
+
+
+def _swap_before_reading(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
+    real_open = os.open
+
+    def open_then_swap(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if flags & os.O_ACCMODE == os.O_RDONLY and not flags & getattr(os, "O_PATH", 0) and path == "ok.txt":
+            swap()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_then_swap)
+
+
+def test_file_swapped_for_a_symlink_before_reading_is_refused(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = world["workspace"]
+
+    def swap() -> None:
+        (workspace / "ok.txt").unlink()
+        (workspace / "ok.txt").symlink_to(world["outside"] / "secret.txt")
+
+    _swap_before_reading(monkeypatch, swap)
     with pytest.raises(UnsafeAgentFile, match="replaced by a symlink"):
-        read_agent_file(resolved)
+        load_agent_file(workspace, "ok.txt", MAX_BYTES)
 
 
-def test_swap_for_another_file_after_resolving_is_refused(world: dict[str, Path]) -> None:
+def test_file_swapped_for_another_file_before_reading_is_refused(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = world["workspace"]
-    resolved = resolve_agent_file(workspace, "ok.txt", MAX_BYTES)
-    # Both files exist at once, so the new one cannot reuse the old inode.
-    (workspace / "new.txt").write_bytes(b"someone else")
-    os.replace(workspace / "new.txt", workspace / "ok.txt")
+
+    def swap() -> None:
+        # Both files exist at once, so the new one cannot reuse the old inode.
+        (workspace / "new.txt").write_bytes(b"someone else")
+        os.replace(workspace / "new.txt", workspace / "ok.txt")
+
+    _swap_before_reading(monkeypatch, swap)
     with pytest.raises(UnsafeAgentFile, match="replaced by another file"):
-        read_agent_file(resolved)
+        load_agent_file(workspace, "ok.txt", MAX_BYTES)
 
 
-def test_swap_for_a_fifo_after_resolving_is_refused_without_blocking(world: dict[str, Path]) -> None:
+def test_file_swapped_for_a_fifo_before_reading_is_refused_without_blocking(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     workspace = world["workspace"]
-    resolved = resolve_agent_file(workspace, "ok.txt", MAX_BYTES)
-    (workspace / "ok.txt").unlink()
-    os.mkfifo(workspace / "ok.txt")
-    with pytest.raises(UnsafeAgentFile):
-        read_agent_file(resolved)
+
+    def swap() -> None:
+        (workspace / "ok.txt").unlink()
+        os.mkfifo(workspace / "ok.txt")
+
+    _swap_before_reading(monkeypatch, swap)
+    with pytest.raises(UnsafeAgentFile, match="replaced by another file"):
+        load_agent_file(workspace, "ok.txt", MAX_BYTES)
 
 
-def test_file_growing_past_the_cap_after_resolving_is_refused(world: dict[str, Path]) -> None:
+def test_file_growing_past_the_cap_before_reading_is_refused(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = world["workspace"]
-    resolved = resolve_agent_file(workspace, "ok.txt", MAX_BYTES)
-    with open(workspace / "ok.txt", "ab") as f:
-        f.write(b"y" * MAX_BYTES)
+
+    def swap() -> None:
+        with open(workspace / "ok.txt", "ab") as f:
+            f.write(b"y" * MAX_BYTES)
+
+    _swap_before_reading(monkeypatch, swap)
     with pytest.raises(UnsafeAgentFile, match="over the 1000 bytes limit"):
-        read_agent_file(resolved)
+        load_agent_file(workspace, "ok.txt", MAX_BYTES)
 
 
-def test_file_deleted_after_resolving_is_refused(world: dict[str, Path]) -> None:
-    resolved = resolve_agent_file(world["workspace"], "ok.txt", MAX_BYTES)
-    (world["workspace"] / "ok.txt").unlink()
+def test_file_deleted_before_reading_is_refused(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = world["workspace"]
+    _swap_before_reading(monkeypatch, (workspace / "ok.txt").unlink)
     with pytest.raises(UnsafeAgentFile, match="disappeared"):
-        read_agent_file(resolved)
+        load_agent_file(workspace, "ok.txt", MAX_BYTES)
 
 
-def test_resolved_file_is_frozen(world: dict[str, Path]) -> None:
-    resolved = resolve_agent_file(world["workspace"], "ok.txt", MAX_BYTES)
-    assert isinstance(resolved, ResolvedFile)
+def test_symlinks_are_followed_only_a_bounded_number_of_times(world: dict[str, Path]) -> None:
+    workspace = world["workspace"]
+    (workspace / "l0").symlink_to("ok.txt")
+    for i in range(1, 45):
+        (workspace / f"l{i}").symlink_to(f"l{i - 1}")
+    assert load_agent_file(workspace, "l39", MAX_BYTES).data == b"hello"
+    with pytest.raises(UnsafeAgentFile, match="too many symlinks"):
+        load_agent_file(workspace, "l44", MAX_BYTES)
+
+
+def test_agent_file_is_frozen(world: dict[str, Path]) -> None:
+    loaded = load_agent_file(world["workspace"], "ok.txt", MAX_BYTES)
+    assert isinstance(loaded, AgentFile)
+    assert "hello" not in repr(loaded)  # the bytes stay out of logs
     with pytest.raises(AttributeError):
-        resolved.max_bytes = 10**9  # type: ignore[misc]
+        loaded.data = b"other"  # type: ignore[misc]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -281,12 +423,12 @@ def test_fuzz_no_path_reaches_outside_the_workspace(world: dict[str, Path], part
     requested = ("/" if absolute else "") + "/".join(parts)
     root = os.path.realpath(world["workspace"])
     try:
-        resolved = resolve_agent_file(world["workspace"], requested, MAX_BYTES)
+        loaded = load_agent_file(world["workspace"], requested, MAX_BYTES)
     except UnsafeAgentFile as exc:
         assert SECRET.decode() not in str(exc)
         return
-    assert str(resolved.path).startswith(root + os.sep)
-    assert SECRET not in read_agent_file(resolved)
+    assert os.path.realpath(world["workspace"] / loaded.relative).startswith(root + os.sep)
+    assert SECRET not in loaded.data
 
 
 # --- incoming: user -> agent -------------------------------------------------------
@@ -415,3 +557,35 @@ def test_fuzz_save_incoming_lands_directly_in_incoming(tmp_path_factory: pytest.
     assert file_name.startswith(f"{STAMP}-")
     assert (workspace / relative).read_bytes() == data
     assert sorted(p.name for p in workspace.rglob("*")) == sorted(["incoming", file_name])
+
+
+def test_remove_incoming_deletes_the_saved_file_once(tmp_path: Path) -> None:
+    relative = save_incoming(tmp_path, "a.txt", b"data", STAMP)
+    assert remove_incoming(tmp_path, relative) is True
+    assert not (tmp_path / relative).exists()
+    assert remove_incoming(tmp_path, relative) is False
+
+
+def test_remove_incoming_never_deletes_outside_the_workspace(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    elsewhere = tmp_path / "elsewhere"
+    (workspace / "incoming").mkdir(parents=True)
+    elsewhere.mkdir()
+    victim = elsewhere / f"{STAMP}-a.txt"
+    victim.write_bytes(b"untouched")
+    # A planted symlink is removed itself, never what it points to.
+    (workspace / "incoming" / f"{STAMP}-a.txt").symlink_to(victim)
+    assert remove_incoming(workspace, f"incoming/{STAMP}-a.txt") is True
+    assert victim.read_bytes() == b"untouched"
+    # The incoming folder swapped for a symlink to elsewhere: refused.
+    (workspace / "incoming").rmdir()
+    (workspace / "incoming").symlink_to(elsewhere)
+    with pytest.raises(UnsafeAgentFile, match="not a plain folder"):
+        remove_incoming(workspace, f"incoming/{STAMP}-a.txt")
+    assert victim.read_bytes() == b"untouched"
+
+
+@pytest.mark.parametrize("relative", ["a.txt", "incoming/", "incoming/..", "incoming/x/y", "../incoming/a", "outgoing/a"])
+def test_remove_incoming_takes_only_what_save_incoming_returns(tmp_path: Path, relative: str) -> None:
+    with pytest.raises(ValueError, match="incoming/<name>"):
+        remove_incoming(tmp_path, relative)

@@ -45,7 +45,7 @@ from ...agent.client import (
     open_agent_connection,
 )
 from ..config import AgentConfig
-from ..files import UnsafeAgentFile, read_agent_file, resolve_agent_file
+from ..files import UnsafeAgentFile, load_agent_file
 from ..store import OutboxItem, PendingConfirmation
 from ..streaming import INTERRUPTED, AnswerStream, EditPart, PostPart
 from ...matrix import content as contents
@@ -392,9 +392,11 @@ class _Connection:
         number = self.files_sent
         self.files_sent += 1
         try:
-            resolved = resolve_agent_file(self.agent.workspace_path, path, self.agent.max_file_bytes)
-            data = await trio.to_thread.run_sync(read_agent_file, resolved)
-            mxc = await self.bot.client.upload(data, resolved.mimetype, resolved.name)
+            # Walks, checks and reads the file (blocking I/O): in a worker thread.
+            resolved = await trio.to_thread.run_sync(
+                load_agent_file, self.agent.workspace_path, path, self.agent.max_file_bytes
+            )
+            mxc = await self.bot.client.upload(resolved.data, resolved.mimetype, resolved.name)
         except UnsafeAgentFile as exc:
             self.ctx.log.warning("connection.file_refused", agent=self.agent.id, reason=str(exc))
             item = notice(turn.room_id, "file", (turn.event_id, str(number)), f"⚠ The agent tried to send a file I refused: {exc}")
