@@ -96,6 +96,10 @@ class Timing:
     #: gap, filled from the room's history (up to ``backfill_pages`` pages).
     sync_timeline_limit: int = 100
     backfill_pages: int = 50
+    #: How often the sync actor compacts the store, and how long handled rows
+    #: are kept for duplicate detection (``Store.compact``; a soak shortens both).
+    compaction_interval: float = 600.0
+    compaction_horizon: float = 24 * 3600.0
 
 
 @dataclass(frozen=True)
