@@ -7,10 +7,17 @@ for building requests and parsing answers, our own small values for events.
 - ``errors``: what can go wrong, typed; ``retry``: the single retry policy.
 """
 
-from .client import BOT_SYNC_FILTER, Download, HistoryPage, MatrixClient, Session
-from .errors import HomeserverUnavailable, InvalidToken, MatrixError, MatrixFailure, MediaTooLarge, RateLimited
+from .client import BOT_SYNC_FILTER, Download, MatrixClient, Session
+from .errors import (
+    HomeserverUnavailable,
+    InvalidMediaUrl,
+    InvalidToken,
+    MatrixError,
+    MatrixFailure,
+    MediaTooLarge,
+    RateLimited,
+)
 from .events import (
-    Command,
     Edit,
     FileMessage,
     Invite,
@@ -28,13 +35,12 @@ from .retry import RetryPolicy
 
 __all__ = [
     "BOT_SYNC_FILTER",
-    "Command",
     "Download",
     "Edit",
     "FileMessage",
-    "HistoryPage",
     "HomeserverUnavailable",
     "MatrixFailure",
+    "InvalidMediaUrl",
     "InvalidToken",
     "Invite",
     "MatrixClient",

@@ -3,8 +3,8 @@
 A homeserver's ``/sync`` answer (or a page of room history) goes in; our own
 values come out, in the homeserver's order, room by room:
 
-- :class:`TextMessage` (``m.text``, ``m.notice``, ``m.emote``),
-- :class:`Command` (an ``m.text`` whose body starts with ``!``),
+- :class:`TextMessage` (``m.text``, ``m.notice``, ``m.emote``; a ``!command``
+  is a text too: what it means is the bot's to parse, in ``bot/commands.py``),
 - :class:`FileMessage` (``m.file``, ``m.image``, ``m.audio``, ``m.video``),
 - :class:`Edit` (an ``m.replace`` of an earlier message),
 - :class:`Reaction` (an ``m.annotation``),
@@ -23,7 +23,7 @@ schema validation costs about 80 µs per event; see ``benchmarks/matrix.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +31,6 @@ from typing import Any
 from .errors import MatrixError
 
 __all__ = [
-    "Command",
     "Edit",
     "FileMessage",
     "Invite",
@@ -42,13 +41,16 @@ __all__ = [
     "RoomEvent",
     "SyncBatch",
     "TextMessage",
+    "RawTimeline",
     "parse_events",
+    "parse_invite",
     "parse_sync",
+    "raw_timeline",
+    "sync_rooms",
 ]
 
 TEXT_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
 FILE_MSGTYPES = frozenset({"m.file", "m.image", "m.audio", "m.video"})
-COMMAND_PREFIX = "!"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +74,6 @@ class TextMessage(RoomEvent):
     msgtype: str
     body: str
     formatted_body: str | None = None
-    reply_to: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Command(RoomEvent):
-    """An ``m.text`` message starting with ``!``: ``!rename My chat`` gives
-    ``name="rename"``, ``argument="My chat"``. ``name`` is lower-cased; an
-    empty name (a lone ``!``) is still a command, for the bot to call unknown."""
-
-    name: str
-    argument: str
-    body: str
     reply_to: str | None = None
 
 
@@ -209,19 +199,64 @@ def parse_sync(body: Any, user_id: str | None = None) -> SyncBatch:
     """
     if not isinstance(body, dict) or not isinstance(body.get("next_batch"), str):
         raise MatrixError(200, "M_BAD_JSON", "the homeserver's /sync answer has no next_batch")
-    rooms_section = _dict(body.get("rooms"))
     counter = [0]
     rooms: list[RoomBatch] = []
-    for membership in ("join", "leave"):
+    invites: list[Invite] = []
+    for membership, room_id, room in sync_rooms(body):
+        if membership == "invite":
+            if (invite := _invite(room_id, room, user_id)) is not None:
+                invites.append(invite)
+        else:
+            rooms.append(_room_batch(room_id, membership, room, counter))
+    return SyncBatch(body["next_batch"], tuple(rooms), tuple(invites), counter[0])
+
+
+def sync_rooms(body: Any) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """The one walk over a ``/sync`` body's rooms: ``(membership, room_id,
+    section)`` for the ``join``, ``leave`` and ``invite`` sections, in that
+    order and the homeserver's order within each. Entries that are not a
+    room id with an object are skipped; nothing raises.
+
+    :func:`parse_sync` builds on it, and so does the bot's sync actor, which
+    stores the raw events (:func:`raw_timeline`) rather than parsed ones.
+    """
+    rooms_section = _dict(_dict(body).get("rooms"))
+    for membership in ("join", "leave", "invite"):
         for room_id, room in _dict(rooms_section.get(membership)).items():
             if isinstance(room_id, str) and isinstance(room, dict):
-                rooms.append(_room_batch(room_id, membership, room, counter))
-    invites = [
-        invite
-        for room_id, room in _dict(rooms_section.get("invite")).items()
-        if isinstance(room, dict) and (invite := _invite(room_id, room, user_id)) is not None
-    ]
-    return SyncBatch(body["next_batch"], tuple(rooms), tuple(invites), counter[0])
+                yield membership, room_id, room
+
+
+@dataclass(frozen=True, slots=True)
+class RawTimeline:
+    """A room section's timeline as the homeserver sent it: the events that
+    are events (string ``event_id``, ``sender`` and ``type``) in order, and
+    whether events were left out before them (page back from ``prev_batch``)."""
+
+    events: tuple[Mapping[str, Any], ...]
+    limited: bool = False
+    prev_batch: str | None = None
+    #: Entries skipped for lacking what every event has.
+    dropped: int = 0
+
+
+def raw_timeline(room: Mapping[str, Any]) -> RawTimeline:
+    """The timeline of one room section of :func:`sync_rooms`, unparsed."""
+    section = _dict(room.get("timeline"))
+    raw = section.get("events")
+    events = [e for e in raw if _is_event(e)] if isinstance(raw, list) else []
+    return RawTimeline(
+        tuple(events),
+        section.get("limited") is True,
+        _str(section, "prev_batch"),
+        (len(raw) - len(events)) if isinstance(raw, list) else 0,
+    )
+
+
+def parse_invite(room_id: str, invite_section: Any, user_id: str | None = None) -> Invite | None:
+    """The invitation in one ``invite`` room section of a sync (as stored by
+    the bot's inbox), or None when it holds no invitation for us."""
+    return _invite(room_id, invite_section, user_id) if isinstance(invite_section, dict) else None
 
 
 def parse_events(room_id: str, events: Any) -> tuple[RoomEvent, ...]:
@@ -246,10 +281,20 @@ def _str(mapping: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _is_event(raw: Any) -> bool:
+    return (
+        isinstance(raw, dict)
+        and isinstance(raw.get("event_id"), str)
+        and isinstance(raw.get("sender"), str)
+        and isinstance(raw.get("type"), str)
+    )
+
+
 def _room_batch(room_id: str, membership: str, room: Mapping[str, Any], counter: list[int]) -> RoomBatch:
-    timeline_section = _dict(room.get("timeline"))
+    raw = raw_timeline(room)
+    counter[0] += raw.dropped
     state = _events(room_id, _dict(room.get("state")).get("events"), counter)
-    timeline = _events(room_id, timeline_section.get("events"), counter)
+    timeline = _events(room_id, list(raw.events), counter)
     encrypted = any(
         isinstance(event, OtherEvent) and event.event_type == "m.room.encryption" for event in (*state, *timeline)
     )
@@ -258,8 +303,8 @@ def _room_batch(room_id: str, membership: str, room: Mapping[str, Any], counter:
         membership=membership,
         timeline=timeline,
         state=state,
-        limited=timeline_section.get("limited") is True,
-        prev_batch=_str(timeline_section, "prev_batch"),
+        limited=raw.limited,
+        prev_batch=raw.prev_batch,
         encrypted=encrypted,
     )
 
@@ -337,15 +382,6 @@ def _message(common: tuple[str, str, str, int], content: Mapping[str, Any]) -> R
     if msgtype in TEXT_MSGTYPES:
         if reply_to is not None:
             body = _strip_reply_fallback(body)
-        if msgtype == "m.text" and body.startswith(COMMAND_PREFIX):
-            words = body[len(COMMAND_PREFIX) :].split(None, 1)
-            return Command(
-                *common,
-                name=words[0].lower() if words else "",
-                argument=words[1].strip() if len(words) > 1 else "",
-                body=body,
-                reply_to=reply_to,
-            )
         return TextMessage(
             *common,
             msgtype=msgtype,

@@ -2,6 +2,7 @@
 
 from harness.chat import onboard
 
+from lambda_actors.bot.actors.services import ERROR_KEY
 from lambda_actors.loopback.homeserver import register_user
 from lambda_actors.loopback.user import ScriptedUser
 from lambda_actors.matrix import MatrixClient
@@ -67,7 +68,9 @@ async def test_an_encrypted_room_gets_a_notice_instead_of_silence(bot_stack):
     encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
     room = await alice.client.create_room(invite=[bot_stack.bot_id], is_direct=True, initial_state=[encryption])
     warning = await alice.notice(room, "end-to-end encrypted")
-    assert "unencrypted" in warning.content["body"]
+    # It names where to talk instead: the Space and the chat made for alice.
+    assert "“Chat 1” in your Space “Lambda — alice" in warning.content["body"]
+    assert warning.content[ERROR_KEY] == "encrypted"
     # Onboarding still made the Space and Chat 1 (unencrypted) to talk in.
     chat1 = await alice.accept_invite("Chat 1")
     assert "echo: here then" in (await alice.answer(await alice.say(chat1, "here then"))).text

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lambda_actors.matrix import (
-    Command,
     Edit,
     FileMessage,
     Invite,
@@ -53,8 +52,9 @@ def test_matrix_events_messages_commands_files_and_edits():
     text, command, bare, notice, image, file, edit, location = room.timeline
     assert isinstance(text, TextMessage) and (text.body, text.formatted_body, text.msgtype) == ("hello", "<b>hello</b>", "m.text")
     assert (text.room_id, text.sender, text.origin_server_ts) == (ROOM, "@alice:hs", 1700)
-    assert isinstance(command, Command) and (command.name, command.argument) == ("new", "Research notes")
-    assert isinstance(bare, Command) and (bare.name, bare.argument) == ("", "")
+    # Commands are texts: their meaning is parsed once, by bot/commands.py.
+    assert isinstance(command, TextMessage) and command.body == "!new  Research notes"
+    assert isinstance(bare, TextMessage) and bare.body == "!"
     assert isinstance(notice, TextMessage) and notice.msgtype == "m.notice"
     assert isinstance(image, FileMessage)
     assert (image.msgtype, image.url, image.filename, image.mimetype, image.size) == ("m.image", "mxc://hs/abc", "cat.png", "image/png", 12)
@@ -70,7 +70,7 @@ def test_matrix_events_replies_lose_their_quoted_fallback():
         "m.relates_to": {"m.in_reply_to": {"event_id": "$question"}},
     }
     [command] = parse_events(ROOM, [_event("m.room.message", reply)])
-    assert isinstance(command, Command) and command.name == "yes" and command.reply_to == "$question"
+    assert isinstance(command, TextMessage) and command.body == "!yes" and command.reply_to == "$question"
 
 
 def test_matrix_events_reactions_memberships_and_custom_events():
