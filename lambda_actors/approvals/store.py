@@ -147,6 +147,10 @@ class ApprovalStore:
         ).fetchall()
         return [_record(row) for row in rows]
 
+    def next_expiry(self) -> float | None:
+        """The earliest deadline of a pending record."""
+        return self._db.execute("SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'").fetchone()[0]
+
     def set_room(self, approval_id: str, room_id: str) -> None:
         with self._db:
             self._db.execute("UPDATE approvals SET room_id = ? WHERE id = ?", (room_id, approval_id))
@@ -183,6 +187,10 @@ class ApprovalStore:
     def next_callback_at(self) -> float | None:
         row = self._db.execute("SELECT MIN(next_at) FROM approval_callbacks WHERE next_at >= 0").fetchone()
         return row[0]
+
+    def lease_callback(self, delivery_id: str, until: float) -> None:
+        with self._db:
+            self._db.execute("UPDATE approval_callbacks SET next_at = ? WHERE delivery_id = ?", (until, delivery_id))
 
     def callback_done(self, delivery_id: str) -> None:
         """Delivered, or given up: the row (and its key) goes."""

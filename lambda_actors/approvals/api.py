@@ -1,0 +1,91 @@
+"""The approval routes of the HTTP API (SPEC 7.1, scope ``approvals``).
+
+Reads of the audit list go straight to the store (the record is the truth
+and reading it changes nothing); everything that may move a record, or
+waits for one to move, is a call to ``node/approvals``, its one owner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..node.api import ApiError, read_json, require
+from ..runtime.address import Address
+from ..runtime.errors import ActorError, CallError
+from .messages import Cancel, Conflict, NotFound, Read, Submit, Unservable
+from .record import Status
+from .request import parse
+from .store import ApprovalStore
+
+__all__ = ["approval_routes"]
+
+SCOPE = "approvals"
+BASE = "/api/v1/delivery"
+
+
+def approval_routes(approvals: Address, store: ApprovalStore) -> list[Route]:
+    async def create(request: Request) -> JSONResponse:
+        client = require(request, SCOPE)
+        parsed = parse(await read_json(request))
+        if isinstance(parsed, list):
+            raise ApiError(400, "; ".join(f"{p.field}: {p.message}" for p in parsed), field=parsed[0].field)
+        token = request.headers["authorization"].partition(" ")[2].strip()
+        record, created = await _ask(approvals, Submit(client.name, token, parsed))
+        return JSONResponse(record.to_json(), status_code=201 if created else 200)
+
+    async def read(request: Request) -> JSONResponse:
+        require(request, SCOPE)
+        wait = _number(request.query_params.get("wait", "0"), "wait", 0, 60)
+        record = await _ask(approvals, Read(request.path_params["id"], wait), timeout=wait + 10)
+        return JSONResponse(record.to_json())
+
+    async def cancel(request: Request) -> JSONResponse:
+        require(request, SCOPE)
+        return JSONResponse((await _ask(approvals, Cancel(request.path_params["id"]))).to_json())
+
+    async def listing(request: Request) -> JSONResponse:
+        require(request, SCOPE)
+        query = request.query_params
+        status = query.get("status")
+        if status is not None and status not in set(Status):
+            raise ApiError(400, f"status must be one of {', '.join(Status)}", field="status")
+        limit = int(_number(query.get("limit", "50"), "limit", 1, 500))
+        records = store.listing(
+            status=Status(status) if status else None, approver=query.get("approver"), limit=limit, before=query.get("before")
+        )
+        return JSONResponse({"approvals": [r.to_json() for r in records]})
+
+    return [
+        Route(f"{BASE}/approval-request", create, methods=["POST"]),
+        Route(f"{BASE}/approval-request/{{id}}", read, methods=["GET"]),
+        Route(f"{BASE}/approval-request/{{id}}/cancel", cancel, methods=["POST"]),
+        Route(f"{BASE}/approval-requests", listing, methods=["GET"]),
+    ]
+
+
+async def _ask(approvals: Address, msg: Any, timeout: float = 10.0) -> Any:
+    try:
+        return await approvals.call(msg, timeout=timeout)
+    except Conflict:
+        raise ApiError(409, "this request_id was used before with a different body; use a new request_id") from None
+    except Unservable as exc:
+        raise ApiError(422, str(exc), field=exc.field) from None
+    except NotFound:
+        raise ApiError(404, "no approval request has this id") from None
+    except (CallError, ActorError):
+        raise ApiError(503, "the approvals service is restarting; retry in a few seconds") from None
+
+
+def _number(text: str, name: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number from {low:g} to {high:g}", field=name) from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be from {low:g} to {high:g}", field=name)
+    return value
+
