@@ -80,8 +80,6 @@ class Timing:
     agent_idle_timeout: float = 60.0
     #: A connection with no message for this long closes (and its actor stops).
     connection_idle_close: float = 600.0
-    #: While a turn is out, how often a room checks that its connection still exists.
-    turn_check_interval: float = 10.0
     #: How long a confirmation waits for !yes / !no before it counts as no.
     confirmation_timeout: float = 600.0
     #: Frames arriving this soon after an answer's END still belong to it
