@@ -45,11 +45,11 @@ class Views(Protocol):
     def room_for(self, approver: str, agent_id: str) -> str | None:
         """Where to ask ``approver`` about ``agent_id``, or None if nowhere."""
 
-    async def show(self, record: Approval) -> None:
+    async def show(self, ctx: ActorContext, record: Approval) -> None:
         """Post the prompt (pending) or edit it to its final state. Idempotent:
         called again after a restart, it posts or edits once."""
 
-    async def ask_which(self, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
+    async def ask_which(self, ctx: ActorContext, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
         """Tell the approver that several requests wait and which they are."""
 
 
@@ -57,7 +57,7 @@ async def approvals_actor(
     ctx: ActorContext, store: ApprovalStore, views: Views, notify_callbacks: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    gate = _Gate(store, views, notify_callbacks, clock)
+    gate = _Gate(ctx, store, views, notify_callbacks, clock)
     await gate.catch_up()
     while True:
         msg = None
@@ -73,7 +73,11 @@ async def approvals_actor(
 
 
 class _Gate:
-    def __init__(self, store: ApprovalStore, views: Views, notify_callbacks: Callable[[], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self, ctx: ActorContext, store: ApprovalStore, views: Views, notify_callbacks: Callable[[], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.ctx = ctx
         self.store = store
         self.views = views
         self.notify_callbacks = notify_callbacks
@@ -87,7 +91,7 @@ class _Gate:
         posting its prompt must not leave it unseen)."""
         await self.expire_due()
         for record in self.store.pending():
-            await self.views.show(record)
+            await self.views.show(self.ctx, record)
 
     def seconds_to_next_deadline(self) -> float:
         now = self.clock()
@@ -154,7 +158,7 @@ class _Gate:
         )
         record, created = self.store.create(record, signing_key=submit.token if request.callback_url else None)
         if created:
-            await self.views.show(record)
+            await self.views.show(self.ctx, record)
         return record, created
 
     async def answered(self, answered: Answered) -> Decided | AskWhich | Ignored:
@@ -163,7 +167,7 @@ class _Gate:
         if isinstance(verdict, Decided):
             await self.move(verdict.record)
         elif isinstance(verdict, AskWhich):
-            await self.views.ask_which(answered.room_id, answered.event_id, verdict.candidates)
+            await self.views.ask_which(self.ctx, answered.room_id, answered.event_id, verdict.candidates)
         return verdict
 
     async def expire_due(self) -> None:
@@ -177,7 +181,7 @@ class _Gate:
             return self.get(decided.id)
         if decided.callback_url:
             self.notify_callbacks()
-        await self.views.show(decided)
+        await self.views.show(self.ctx, decided)
         return decided
 
     def answer_waiters(self) -> None:

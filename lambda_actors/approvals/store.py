@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by TEXT,
     decided_at REAL,
     decided_via TEXT,
+    shown TEXT,
     UNIQUE (client, request_id)
 );
 CREATE INDEX IF NOT EXISTS approvals_pending ON approvals (expires_at) WHERE status = 'pending';
@@ -151,9 +152,14 @@ class ApprovalStore:
         """The earliest deadline of a pending record."""
         return self._db.execute("SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'").fetchone()[0]
 
-    def set_room(self, approval_id: str, room_id: str) -> None:
+    def shown(self, approval_id: str) -> Status | None:
+        """The status last shown in Matrix (None: not shown yet)."""
+        row = self._db.execute("SELECT shown FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        return Status(row[0]) if row and row[0] else None
+
+    def mark_shown(self, approval_id: str, status: Status) -> None:
         with self._db:
-            self._db.execute("UPDATE approvals SET room_id = ? WHERE id = ?", (room_id, approval_id))
+            self._db.execute("UPDATE approvals SET shown = ? WHERE id = ?", (str(status), approval_id))
 
     def record_decision(self, decided: Approval, now: float) -> bool:
         """Write a final status over ``pending``; False if the record was

@@ -598,6 +598,18 @@ class Store:
         ).fetchone()
         return _binding(row) if row else None
 
+    def last_used_room(self, owner: str, agent_id: str) -> RoomBinding | None:
+        """The owner's chat room with ``agent_id`` that they wrote in last (by
+        the inbox), else their newest; archived rooms never."""
+        row = self._db.execute(
+            "SELECT r.room_id, r.owner, r.agent_id, r.chat_id, r.name, r.space_id, r.archived FROM rooms r"
+            " LEFT JOIN inbox i ON i.room_id = r.room_id"
+            " WHERE r.owner = ? AND r.agent_id = ? AND r.archived = 0"
+            " GROUP BY r.room_id ORDER BY MAX(i.seq) DESC NULLS LAST, r.chat_id DESC LIMIT 1",
+            (owner, agent_id),
+        ).fetchone()
+        return _binding(row) if row else None
+
     def user_rooms(self, user_id: str) -> list[RoomBinding]:
         rows = self._db.execute(
             "SELECT room_id, owner, agent_id, chat_id, name, space_id, archived FROM rooms WHERE owner = ? ORDER BY chat_id",
