@@ -506,3 +506,82 @@ def _stop_forgotten_children() -> None:
 
 
 atexit.register(_stop_forgotten_children)
+
+
+# -- the command line (scripts/synapse) ------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``scripts/synapse start|stop|register``: a throwaway homeserver for a first run.
+
+    ``start`` prints the URL on its first line (scripts read it), then the
+    server name and the commands to register accounts and to stop it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="scripts/synapse", description="A throwaway Synapse homeserver on 127.0.0.1 (SQLite, no TLS, no federation)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    start = commands.add_parser("start", help="start it in DIR and print its URL")
+    start.add_argument("directory", metavar="DIR", help="where its configuration, database and logs live")
+    start.add_argument("port", nargs="?", default="auto", metavar="PORT", help="a port on 127.0.0.1, or auto (default)")
+    stop = commands.add_parser("stop", help="stop the Synapse started from DIR")
+    stop.add_argument("directory", metavar="DIR")
+    register = commands.add_parser("register", help="create an account on the Synapse running from DIR")
+    register.add_argument("directory", metavar="DIR")
+    register.add_argument("name", metavar="NAME", help="the account's local part: NAME becomes @NAME:localhost")
+    register.add_argument("--password", help="its password (default: a new random one, printed)")
+    register.add_argument("--admin", action="store_true", help="make it a server admin")
+    args = parser.parse_args(argv)
+    directory = Path(args.directory).resolve()
+
+    if args.command == "start":
+        if args.port != "auto" and not args.port.isdigit():
+            parser.error(f"PORT must be a number or auto, not {args.port!r}")
+        try:
+            server = start_synapse(directory, "auto" if args.port == "auto" else int(args.port), detach=True)
+        except HomeserverError as exc:
+            print(f"synapse: {exc}", file=sys.stderr)
+            return 1
+        print(server.url)
+        print(f'Synapse is running; its server name is "{server.server_name}", so user ids look like @alice:{server.server_name}.')
+        print(f"Register an account:  scripts/synapse register {directory} NAME [--password PASSWORD]")
+        print(f"Stop it:              scripts/synapse stop {directory}")
+        return 0
+    if args.command == "stop":
+        if not stop_synapse(directory):
+            print(f"synapse: no Synapse started from {directory} is running", file=sys.stderr)
+        return 0
+    url = _running_url(directory)
+    if url is None:
+        print(f"synapse: no Synapse started from {directory} is running; start it with: scripts/synapse start {directory}", file=sys.stderr)
+        return 1
+    secret = yaml.safe_load((directory / _BASE_CONFIG).read_text())["registration_shared_secret"]
+    password = args.password or secrets.token_urlsafe(12)
+    try:
+        user = register_user(url, secret, args.name, password, admin=args.admin)
+    except HomeserverError as exc:
+        if "M_USER_IN_USE" in str(exc):
+            print(f"synapse: @{args.name}:{SERVER_NAME} already exists; choose another NAME", file=sys.stderr)
+        else:
+            print(f"synapse: {exc}", file=sys.stderr)
+        return 1
+    print(user.user_id)
+    print(f"Registered {user.user_id} on {url}" + ("" if args.password else f" with the password {password}"))
+    return 0
+
+
+def _running_url(directory: Path) -> str | None:
+    """The client URL of the Synapse running from ``directory``, or None."""
+    if _recorded_pid(directory) is None:
+        return None
+    try:
+        overrides = yaml.safe_load((directory / _OVERRIDES).read_text())
+        return str(overrides["public_baseurl"]).rstrip("/")
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
