@@ -15,7 +15,7 @@ read of it, and the users' own sync handling would delay the bot, so the
 harness would be measured along with the bot.
 
 **Added latency.** From the moment the bot's ``/sync`` long-poll returns the
-batch holding a user's message (``MatrixClient.sync_json`` returning, JSON
+batch holding a user's message (``MatrixClient.sync`` returning, JSON
 already parsed) to the moment the fake agent has read and parsed the
 USER_MESSAGE off its WebSocket. Both ends are stamped with
 ``time.monotonic()`` (one clock for every process on Linux) by wrappers
@@ -150,7 +150,7 @@ def serve_bot(args: argparse.Namespace) -> int:
     from lambda_actors.bot.store import Store
 
     probe = ProbeFile(args.probe_file)
-    sync_json, ingest, send_user_message = MatrixClient.sync_json, Store.ingest, AgentConnection.send_user_message
+    sync_json, ingest, send_user_message = MatrixClient.sync, Store.ingest, AgentConnection.send_user_message
 
     async def stamped_sync_json(self: MatrixClient, *a: Any, **kw: Any) -> dict[str, Any]:
         body = await sync_json(self, *a, **kw)
@@ -177,7 +177,7 @@ def serve_bot(args: argparse.Namespace) -> int:
     if args.no_typing:
         MatrixClient.typing = no_typing  # type: ignore[method-assign]
 
-    MatrixClient.sync_json = stamped_sync_json  # type: ignore[method-assign]
+    MatrixClient.sync = stamped_sync_json  # type: ignore[method-assign]
     Store.ingest = stamped_ingest  # type: ignore[method-assign]
     AgentConnection.send_user_message = stamped_send  # type: ignore[method-assign]
     count_requests(probe)
@@ -255,11 +255,11 @@ def serve_bare(args: argparse.Namespace) -> int:
     async def loop(client: MatrixClient) -> None:
         filter_id = await client.create_filter()
         # Start from now: what is already in the rooms is not ours to answer.
-        token = (await client.sync_json(None, timeout_ms=0, filter_id=filter_id))["next_batch"]
+        token = (await client.sync(None, timeout_ms=0, filter_id=filter_id))["next_batch"]
         Path(args.ready_file).write_text("ready")
         async with trio.open_nursery() as nursery:
             while True:
-                body = await client.sync_json(token, timeout_ms=30_000, filter_id=filter_id)
+                body = await client.sync(token, timeout_ms=30_000, filter_id=filter_id)
                 token = body["next_batch"]
                 for room_id, room in body.get("rooms", {}).get("join", {}).items():
                     for event in room.get("timeline", {}).get("events", []):

@@ -75,7 +75,7 @@ async def run(sends: int, rounds: int) -> dict[str, Any]:
                     layer_s += await _layer_sends(client, room_id, f"layer-{r}", sends)
                     bare_s += await _bare_sends(http, server.url, user.access_token, room_id, f"bare-{r}", sends)
 
-                body = await client.sync_json(timeout_ms=0, filter_id=await client.create_filter())
+                body = await client.sync(timeout_ms=0, filter_id=await client.create_filter())
         finally:
             stop_synapse(directory)
 

@@ -90,11 +90,11 @@ class ScriptedUser:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sync for ever, recording what arrives (start it in a nursery)."""
         token = None
-        body = await self.client.sync_json(None, timeout_ms=0)
+        body = await self.client.sync(None, timeout_ms=0)
         token = self._record(body)
         task_status.started()
         while True:
-            body = await self.client.sync_json(token, timeout_ms=self._sync_timeout_ms)
+            body = await self.client.sync(token, timeout_ms=self._sync_timeout_ms)
             token = self._record(body)
 
     def _record(self, body: dict[str, Any]) -> str:

@@ -2,14 +2,21 @@
 
 Requests are built by ``nio.Api`` (via :mod:`._nio`), sent by
 :class:`~lambda_actors.matrix.transport.Transport` (httpx, which runs on
-Trio), and answered with nio response objects turned into plain values, or
-with our own event values (:mod:`.events`) for syncs and history.
+Trio), and answered with nio response objects turned into plain values.
+Syncs and history pages are the exception: they come back as the
+homeserver's JSON, checked for the tokens that continue them, because the
+bot stores events as they came (a replay after a crash parses them again
+with the code of that day); :func:`~.events.parse_sync` and
+:func:`~.events.parse_events` turn them into our own event values.
 
-Every method may raise :class:`~lambda_actors.matrix.errors.MatrixError` (or a
-subclass: ``RateLimited`` when the wait asked for is beyond the retry policy,
-``InvalidToken``, ``MediaTooLarge``) or
-:class:`~lambda_actors.matrix.errors.HomeserverUnavailable`. Retries are
-already done by then.
+Every method may raise a :class:`~lambda_actors.matrix.errors.MatrixFailure`:
+a :class:`~lambda_actors.matrix.errors.MatrixError` (or a subclass:
+``RateLimited`` when the wait asked for is beyond the retry policy,
+``InvalidToken``, ``MediaTooLarge``),
+:class:`~lambda_actors.matrix.errors.HomeserverUnavailable`, or for
+:meth:`MatrixClient.download` of a malformed link
+:class:`~lambda_actors.matrix.errors.InvalidMediaUrl`. Retries are already
+done by then.
 
 The client holds no mutable state besides its identity; it is safe to use
 from many tasks at once (httpx pools the connections).
@@ -18,6 +25,7 @@ from many tasks at once (httpx pools the connections).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
@@ -30,12 +38,12 @@ import nio
 import nio.responses as responses
 
 from . import _nio, content as contents
-from .errors import MatrixError
-from .events import RoomEvent, SyncBatch, parse_events, parse_sync
+from .errors import InvalidMediaUrl, MatrixError
+from .events import RoomEvent, parse_events
 from .retry import RetryPolicy
 from .transport import LONG_POLL_MARGIN_S, Transport
 
-__all__ = ["BOT_SYNC_FILTER", "Download", "HistoryPage", "MatrixClient", "Session"]
+__all__ = ["BOT_SYNC_FILTER", "Download", "MatrixClient", "Session"]
 
 # A sync filter for a bot: room timelines and state, nothing it would ignore
 # anyway (presence, typing, receipts, account data), members loaded lazily.
@@ -59,17 +67,6 @@ class Session:
     user_id: str
     device_id: str
     access_token: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    """One page of room history: ``events`` in the direction asked (newest
-    first when paging back); pass ``end`` as the next ``start``; ``end`` is
-    None at the beginning (or end) of the room."""
-
-    events: tuple[RoomEvent, ...]
-    start: str
-    end: str | None
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ class MatrixClient:
         self.device_id = device_id
 
     def __repr__(self) -> str:
-        return f"MatrixClient({self.homeserver_url!r}, user_id={self.user_id!r}, device_id={self.device_id!r})"
+        return f"MatrixClient({self._transport.public_url!r}, user_id={self.user_id!r}, device_id={self.device_id!r})"
 
     @property
     def homeserver_url(self) -> str:
@@ -179,33 +176,27 @@ class MatrixClient:
         timeout_ms: int = 30_000,
         filter_id: str | None = None,
         full_state: bool = False,
-    ) -> SyncBatch:
-        """Long-poll for what happened since *since*; see :class:`~.events.SyncBatch`.
+    ) -> dict[str, Any]:
+        """Long-poll for what happened since *since*; return the homeserver's JSON body.
 
+        The body is checked to carry a ``next_batch`` token; everything else
+        is as the homeserver sent it. Parse it with
+        :func:`~.events.parse_sync` (``parse_sync(body, client.user_id)``).
         Always pass the previous ``next_batch``: Synapse answers a repeated
         identical request from a cache for a while.
         """
-        body = await self.sync_json(since, timeout_ms=timeout_ms, filter_id=filter_id, full_state=full_state)
-        return parse_sync(body, self.user_id)
-
-    async def sync_json(
-        self,
-        since: str | None = None,
-        *,
-        timeout_ms: int = 30_000,
-        filter_id: str | None = None,
-        full_state: bool = False,
-    ) -> dict[str, Any]:
-        """:meth:`sync`, but the raw JSON body (for sections we do not parse)."""
         request = _nio.authenticated(
             nio.Api.sync, since=since, timeout=timeout_ms, filter=filter_id, full_state=full_state or None
         )
-        return await self._transport.request(
+        body = await self._transport.request(
             *request,
             idempotent=True,
             read_timeout_s=timeout_ms / 1000 + LONG_POLL_MARGIN_S,
             what="GET sync",
         )
+        if not isinstance(body, dict) or not isinstance(body.get("next_batch"), str):
+            raise MatrixError(200, "M_BAD_JSON", "the homeserver's /sync answer has no next_batch token")
+        return body
 
     # -- sending -------------------------------------------------------------
 
@@ -346,23 +337,16 @@ class MatrixClient:
         direction: str = "b",
         limit: int = 10,
         event_filter: Mapping[str, Any] | None = None,
-    ) -> HistoryPage:
-        """One page of room history from *start* (None: the latest event when
-        paging back). ``direction`` is ``"b"`` (back) or ``"f"`` (forward)."""
-        body = await self.messages_json(room_id, start=start, direction=direction, limit=limit, event_filter=event_filter)
-        end = body.get("end")
-        return HistoryPage(parse_events(room_id, body.get("chunk")), body["start"], end if isinstance(end, str) else None)
-
-    async def messages_json(
-        self,
-        room_id: str,
-        *,
-        start: str | None = None,
-        direction: str = "b",
-        limit: int = 10,
-        event_filter: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """:meth:`messages`, but the raw JSON body (``chunk``, ``start``, ``end``)."""
+        """One page of room history from *start* (None: the latest event when
+        paging back); ``direction`` is ``"b"`` (back) or ``"f"`` (forward).
+
+        Returns the homeserver's JSON body, checked to have a ``start`` token
+        and a ``chunk`` list: ``chunk`` holds the events in the direction
+        asked (newest first when paging back), ``end`` (absent at the edge of
+        the room) is the next page's ``start``. Parse the events with
+        :func:`~.events.parse_events` (``parse_events(room_id, body["chunk"])``).
+        """
         request = _nio.authenticated(
             nio.Api.room_messages,
             room_id,
@@ -374,6 +358,8 @@ class MatrixClient:
         body = await self._transport.request(*request, idempotent=True, what="GET messages")
         if not isinstance(body, dict) or not isinstance(body.get("start"), str):
             raise MatrixError(200, "M_BAD_JSON", "the homeserver's /messages answer has no start token")
+        if not isinstance(body.setdefault("chunk", []), list):
+            raise MatrixError(200, "M_BAD_JSON", "the homeserver's /messages answer has no list of events")
         return body
 
     # -- media -------------------------------------------------------------------
@@ -394,8 +380,17 @@ class MatrixClient:
         return _nio.parse(responses.UploadResponse, body).content_uri
 
     async def download(self, mxc_uri: str, *, max_bytes: int) -> Download:
-        """Fetch a file through the authenticated media API, refusing more than
-        *max_bytes* (:class:`~lambda_actors.matrix.errors.MediaTooLarge`)."""
+        """Fetch a file through the authenticated media API.
+
+        Raises :class:`~lambda_actors.matrix.errors.InvalidMediaUrl` for a
+        link that is not ``mxc://<server>/<media id>`` (any sender can put
+        any string in a message's ``url``), without a request;
+        :class:`~lambda_actors.matrix.errors.MediaTooLarge` beyond
+        *max_bytes*; and, like every method, ``MatrixError`` when the
+        homeserver refuses (404: no such file) or ``HomeserverUnavailable``
+        when it cannot get the file (a remote server's media failing with 502
+        ends here after the retries).
+        """
         server, media_id = _split_mxc(mxc_uri)
         method, path, _ = _nio.build(nio.Api.download, server, media_id)
         data, headers = await self._transport.download(path, max_bytes=max_bytes, what="GET media")
@@ -450,11 +445,31 @@ def _filter_kwargs(definition: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _split_mxc(uri: str) -> tuple[str, str]:
-    server, _, media_id = uri.removeprefix("mxc://").partition("/")
-    if not uri.startswith("mxc://") or not server or not media_id or "/" in media_id:
-        raise ValueError(f"not an mxc:// URI: {uri!r}")
+# The spec's grammar: a server name is a DNS name, IPv4 or [IPv6] literal with
+# an optional port; a media id is opaque but made of [A-Za-z0-9_-]. Checked
+# strictly, because both become parts of a request path.
+_SERVER_NAME = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?")
+_MEDIA_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+def _split_mxc(uri: object) -> tuple[str, str]:
+    """``mxc://<server>/<media id>`` → (server, media id), or :class:`InvalidMediaUrl`."""
+    shown = _show_uri(uri)
+    if not isinstance(uri, str) or not uri.startswith("mxc://"):
+        raise InvalidMediaUrl(f"the file's link {shown} is not a Matrix media link (mxc://…), so it cannot be fetched")
+    server, slash, media_id = uri.removeprefix("mxc://").partition("/")
+    if not slash or not _SERVER_NAME.fullmatch(server) or not _MEDIA_ID.fullmatch(media_id):
+        raise InvalidMediaUrl(
+            f"the file's link {shown} is malformed (a media link is mxc://<server>/<media id>), so it cannot be fetched"
+        )
     return server, media_id
+
+
+def _show_uri(uri: object) -> str:
+    """A link as a user may see it: printable, quoted, at most 80 characters."""
+    text = uri if isinstance(uri, str) else type(uri).__name__
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return repr(text if len(text) <= 80 else text[:60] + "…" + text[-19:])
 
 
 def _filename(disposition: str | None) -> str | None:

@@ -12,6 +12,9 @@ Below it, two families, because the caller's choices differ:
   timeouts, 5xx) even after the bounded retries in
   :mod:`lambda_actors.matrix.retry`.
 
+And one refused before anything is sent: :class:`InvalidMediaUrl`, a media
+link (``mxc://``) that names no file, as a message from anyone may carry.
+
 Messages never contain access tokens or passwords.
 """
 
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "HomeserverUnavailable",
+    "InvalidMediaUrl",
     "MatrixFailure",
     "InvalidToken",
     "MatrixError",
@@ -86,7 +90,21 @@ class HomeserverUnavailable(MatrixFailure):
     """No usable answer from the homeserver after the allowed retries.
 
     ``__cause__`` holds the last failure (an ``httpx`` transport error, or a
-    :class:`MatrixError` with a 5xx status).
+    :class:`MatrixError` with a 5xx status). ``homeserver`` is the server's
+    URL for the operator's log (without credentials or query); the message
+    does not repeat it, since it may be shown to users.
+    """
+
+    def __init__(self, message: str, *, homeserver: str | None = None) -> None:
+        super().__init__(message)
+        self.homeserver = homeserver
+
+
+class InvalidMediaUrl(MatrixFailure, ValueError):
+    """A media link is not ``mxc://<server name>/<media id>``: refused before
+    any request. The message is written for the user who sent it.
+
+    Also a ``ValueError``: it is a bad argument, whoever chose it.
     """
 
 

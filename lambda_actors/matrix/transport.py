@@ -7,7 +7,8 @@ Every request of the Matrix layer passes through :meth:`Transport.request`
 - JSON bodies are sent as bytes with ``Content-Type: application/json``, and
   a POST or PUT without a body sends ``{}`` (Synapse refuses an empty body);
 - a non-2xx answer becomes a typed error (:func:`errors.error_from_response`);
-- retries follow :mod:`lambda_actors.matrix.retry`;
+- retries follow :mod:`lambda_actors.matrix.retry`, and their warnings name
+  the homeserver by :func:`public_url` (no credentials, no query string);
 - an invalid token is logged once, clearly, and every later request fails at
   once with the same error instead of hammering the homeserver.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import structlog
@@ -23,7 +25,7 @@ import structlog
 from .errors import InvalidToken, MatrixError, MediaTooLarge, error_from_response
 from .retry import RetryPolicy, call_with_retries
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "public_url"]
 
 log = structlog.get_logger("lambda_actors.matrix")
 
@@ -34,6 +36,14 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 LONG_POLL_MARGIN_S = 30.0
 
 _JSON = "application/json"
+
+
+def public_url(url: str) -> str:
+    """*url* as logs may show it: scheme, host, port and path; any
+    ``user:password@``, query string or fragment removed."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
 
 class Transport:
@@ -52,6 +62,8 @@ class Transport:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.homeserver_url = homeserver_url.rstrip("/")
+        #: The URL for logs and errors: what an operator needs to find the server, nothing secret.
+        self.public_url = public_url(homeserver_url)
         self.retry = retry
         self._token = access_token
         self._token_rejected: InvalidToken | None = None
@@ -63,7 +75,7 @@ class Transport:
 
     def __repr__(self) -> str:
         # Never show the token, not even in a traceback's locals.
-        return f"Transport({self.homeserver_url!r}, authenticated={self._token is not None})"
+        return f"Transport({self.public_url!r}, authenticated={self._token is not None})"
 
     @property
     def access_token(self) -> str | None:
@@ -116,7 +128,7 @@ class Transport:
                     response.status_code, "M_NOT_JSON", f"{what}: the homeserver's answer is not JSON"
                 ) from None
 
-        return await call_with_retries(self.retry, attempt, idempotent=idempotent, what=what)
+        return await call_with_retries(self.retry, attempt, idempotent=idempotent, what=what, homeserver=self.public_url)
 
     async def download(self, path: str, *, max_bytes: int, what: str) -> tuple[bytes, httpx.Headers]:
         """GET a media file of at most *max_bytes*; return its bytes and the response headers.
@@ -141,7 +153,7 @@ class Transport:
                     raise _too_large(None, max_bytes)
                 return data, response.headers
 
-        return await call_with_retries(self.retry, attempt, idempotent=True, what=what)
+        return await call_with_retries(self.retry, attempt, idempotent=True, what=what, homeserver=self.public_url)
 
     def _headers(self, authenticated: bool) -> dict[str, str]:
         if not authenticated:
@@ -163,7 +175,7 @@ class Transport:
             if self._token_rejected is None:
                 log.error(
                     "matrix.invalid_token",
-                    homeserver=self.homeserver_url,
+                    homeserver=self.public_url,
                     errcode=error.errcode,
                     soft_logout=error.soft_logout,
                     advice="the access token was rejected; every request will fail until the bot logs in again",

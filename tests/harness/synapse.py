@@ -34,7 +34,7 @@ from lambda_actors.loopback.homeserver import (
     start_synapse,
     stop_synapse,
 )
-from lambda_actors.matrix import MatrixClient, SyncBatch
+from lambda_actors.matrix import MatrixClient, SyncBatch, parse_sync
 
 MatrixUserFactory = Callable[..., RegisteredUser]
 
@@ -129,7 +129,8 @@ class SyncCursor:
         return cursor
 
     async def next(self, timeout_ms: int = 5_000) -> SyncBatch:
-        batch = await self.client.sync(self.since, timeout_ms=timeout_ms, filter_id=self.filter_id)
+        body = await self.client.sync(self.since, timeout_ms=timeout_ms, filter_id=self.filter_id)
+        batch = parse_sync(body, self.client.user_id)
         self.since = batch.next_batch
         return batch
 

@@ -16,6 +16,7 @@ import pytest
 import structlog
 
 from lambda_actors.matrix import HomeserverUnavailable, InvalidToken, MatrixClient, RetryPolicy, content
+from lambda_actors.runtime.backoff import Backoff
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ async def test_matrix_logging_no_token_or_password_in_any_log_line(all_logs, syn
     session = await bot.login(bot_user.user_id, bot_user.password, device_id="LEAKCHECK")
     await bot.whoami()
     filter_id = await bot.create_filter()
-    since = (await bot.sync(timeout_ms=0, filter_id=filter_id)).next_batch
+    since = (await bot.sync(timeout_ms=0, filter_id=filter_id))["next_batch"]
 
     space_id = await bot.create_space("Lambda — Alice", invite=[alice_user.user_id])
     room_id = await bot.create_room(name="Chat 1", invite=[alice_user.user_id])
@@ -74,8 +75,8 @@ async def test_matrix_logging_no_token_or_password_in_any_log_line(all_logs, syn
     await bot.typing(room_id, True)
     mxc = await alice.upload(b"secret-free bytes", "text/plain", "notes.txt")
     await alice.send(room_id, "m.room.message", content.file_message(mxc, "notes.txt", mimetype="text/plain"), "leak-3")
-    batch = await bot.sync(since, timeout_ms=2_000, filter_id=filter_id)
-    assert batch.rooms
+    body = await bot.sync(since, timeout_ms=2_000, filter_id=filter_id)
+    assert body["rooms"]["join"]
     assert (await bot.download(mxc, max_bytes=1_000)).data == b"secret-free bytes"
     await bot.messages(room_id, limit=5)
     await bot.joined_members(room_id)
@@ -90,7 +91,7 @@ async def test_matrix_logging_no_token_or_password_in_any_log_line(all_logs, syn
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    dead = MatrixClient(f"http://127.0.0.1:{dead_port}", access_token=alice_user.access_token, retry=RetryPolicy(attempts=2, backoff_initial_s=0.01))
+    dead = MatrixClient(f"http://127.0.0.1:{dead_port}", access_token=alice_user.access_token, retry=RetryPolicy(attempts=2, backoff=Backoff(min=0.01)))
     async with dead:
         with pytest.raises(HomeserverUnavailable):
             await dead.whoami()

@@ -7,6 +7,7 @@ which answer leads to which retry), plus one real refused connection.
 from __future__ import annotations
 
 import json
+import random
 import socket
 
 import httpx
@@ -14,18 +15,22 @@ import pytest
 import structlog
 import trio
 
+from lambda_actors import Backoff
 from lambda_actors.matrix import (
     HomeserverUnavailable,
+    InvalidMediaUrl,
     InvalidToken,
     MatrixClient,
     MatrixError,
+    MatrixFailure,
     MediaTooLarge,
     RateLimited,
     RetryPolicy,
     content,
 )
 from lambda_actors.matrix.errors import error_from_response
-from lambda_actors.matrix.retry import call_with_retries
+from lambda_actors.matrix.retry import DEFAULT_BACKOFF, call_with_retries
+from lambda_actors.matrix.transport import public_url
 
 TOKEN = "syt_secret_token_value"
 
@@ -57,12 +62,23 @@ def test_matrix_retry_errors_map_status_and_errcode_to_types():
     assert (odd.errcode, odd.message) == ("M_UNKNOWN", "")
 
 
-def test_matrix_retry_backoff_doubles_up_to_the_cap_with_jitter_taken_off():
-    policy = RetryPolicy(backoff_initial_s=0.5, backoff_max_s=4.0, jitter=0.5)
-    assert [policy.backoff_s(n, rand=lambda: 0.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
-    assert [policy.backoff_s(n, rand=lambda: 1.0) for n in range(1, 6)] == [0.25, 0.5, 1.0, 2.0, 2.0]
-    with pytest.raises(ValueError):
-        RetryPolicy(attempts=0)
+def test_matrix_retry_backoff_is_the_runtime_formula():
+    # One formula for waits between tries and between restarts: the runtime's Backoff.
+    assert RetryPolicy().backoff is DEFAULT_BACKOFF and isinstance(DEFAULT_BACKOFF, Backoff)
+    policy = RetryPolicy(backoff=Backoff(min=0.5, max=4.0, jitter=0.25))
+    assert [policy.delay_s(n, rng=None) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [policy.delay_s(n, rng=None) for n in range(1, 6)] == [policy.backoff.delay(n) for n in range(1, 6)]
+    rng = random.Random(7)
+    spread = [policy.delay_s(3, rng) for _ in range(200)]
+    assert all(1.5 <= d <= 2.5 for d in spread) and len(set(spread)) > 100
+
+
+def test_matrix_retry_policy_names_every_mistake_at_once():
+    with pytest.raises(ValueError) as invalid:
+        RetryPolicy(attempts=0, backoff=Backoff(min=-1.0, jitter=1.5), max_rate_limit_wait_s=-1)
+    message = str(invalid.value)
+    for part in ("attempts must be at least 1", "backoff.min", "backoff.jitter", "max_rate_limit_wait_s"):
+        assert part in message
 
 
 # -- the retry loop (virtual time) ---------------------------------------------------
@@ -79,7 +95,7 @@ async def test_matrix_retry_waits_exactly_what_a_429_asks(autojump_clock):
             raise answer
         return answer
 
-    assert await call_with_retries(RetryPolicy(attempts=1), attempt, idempotent=False, what="t") == "ok"
+    assert await call_with_retries(RetryPolicy(attempts=1), attempt, idempotent=False, what="t", homeserver="http://hs") == "ok"
     assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [3.0, 2.0]
 
 
@@ -90,9 +106,9 @@ async def test_matrix_retry_transient_failures_back_off_then_give_up(autojump_cl
         calls.append(trio.current_time())
         raise httpx.ReadTimeout("slow")
 
-    policy = RetryPolicy(attempts=4, backoff_initial_s=1.0, backoff_max_s=2.0, jitter=0.0)
+    policy = RetryPolicy(attempts=4, backoff=Backoff(min=1.0, max=2.0))
     with pytest.raises(HomeserverUnavailable, match="after 4 tries") as gave_up:
-        await call_with_retries(policy, attempt, idempotent=True, what="GET x")
+        await call_with_retries(policy, attempt, idempotent=True, what="GET x", homeserver="http://hs")
     assert isinstance(gave_up.value.__cause__, httpx.ReadTimeout)
     assert [round(b - a, 6) for a, b in zip(calls, calls[1:])] == [1.0, 2.0, 2.0]
 
@@ -106,7 +122,7 @@ async def test_matrix_retry_ambiguous_failures_of_unsafe_requests_are_not_retrie
         raise httpx.ReadError("connection reset")
 
     with pytest.raises(HomeserverUnavailable, match="not safe to repeat"):
-        await call_with_retries(RetryPolicy(), attempt, idempotent=False, what="POST createRoom")
+        await call_with_retries(RetryPolicy(), attempt, idempotent=False, what="POST createRoom", homeserver="http://hs")
     assert calls == 1
 
     async def refused():
@@ -117,7 +133,7 @@ async def test_matrix_retry_ambiguous_failures_of_unsafe_requests_are_not_retrie
         return "created"
 
     # A connection that was never made cannot have done anything: retried.
-    assert await call_with_retries(RetryPolicy(), refused, idempotent=False, what="POST createRoom") == "created"
+    assert await call_with_retries(RetryPolicy(), refused, idempotent=False, what="POST createRoom", homeserver="http://hs") == "created"
 
 
 # -- the transport on the wire --------------------------------------------------------------
@@ -192,3 +208,93 @@ async def test_matrix_retry_unreachable_homeserver_gives_up_with_a_clear_error(a
             with pytest.raises(HomeserverUnavailable, match="after 3 tries.*ConnectError"):
                 await client.whoami()
     assert [entry["event"] for entry in logs] == ["matrix.retrying", "matrix.retrying"]
+
+
+async def test_matrix_retry_warnings_name_the_homeserver_without_credentials_or_query(autojump_clock):
+    """An operator reading the log sees which homeserver is unreachable, and no secret."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configured = f"http://bob:hunter2@127.0.0.1:{port}/?access_token=zzz#frag"
+    client = MatrixClient(configured, access_token=TOKEN, retry=RetryPolicy(attempts=3))
+    async with client:
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(HomeserverUnavailable) as gave_up:
+                await client.whoami()
+    shown = f"http://127.0.0.1:{port}"
+    assert [entry["homeserver"] for entry in logs] == [shown, shown]
+    assert gave_up.value.homeserver == shown
+    assert shown in repr(client)
+    everything = repr(logs) + str(gave_up.value) + repr(client)
+    for secret in ("hunter2", "zzz", "frag", TOKEN):
+        assert secret not in everything
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://matrix.example.org", "https://matrix.example.org"),
+        ("https://matrix.example.org/", "https://matrix.example.org"),
+        ("https://u:p@matrix.example.org:8448/base/?x=1#y", "https://matrix.example.org:8448/base"),
+        ("http://[::1]:8008", "http://[::1]:8008"),
+    ],
+)
+def test_matrix_retry_public_url_keeps_only_what_finds_the_server(url: str, shown: str):
+    assert public_url(url) == shown
+
+
+# -- media links from messages: anyone can write one ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mxc://localhost",
+        "mxc:///abc",
+        "mxc://localhost/",
+        "https://example.org/cat.png",
+        "file:///etc/passwd",
+        "",
+        "mxc://localhost/a/b",
+        "mxc://localhost/..",
+        "mxc://localhost/abc?allow_remote=true",
+        "mxc://local host/abc",
+        "mxc://localhost/abc\n",
+        "mxc://user@localhost/abc",
+        "MXC://localhost/abc",
+        "mxc://" + "a" * 300 + "/abc",
+        None,
+        42,
+    ],
+)
+async def test_matrix_retry_a_malformed_media_link_is_refused_without_a_request(url):
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, content=b"data")
+
+    async with _client(handler) as client:
+        with pytest.raises(InvalidMediaUrl) as refused:
+            await client.download(url, max_bytes=100)
+    assert requests == []
+    assert isinstance(refused.value, MatrixFailure)
+    message = str(refused.value)
+    assert "cannot be fetched" in message and message.isprintable() and len(message) < 250
+
+
+async def test_matrix_retry_remote_media_failing_with_502_is_a_matrix_failure(autojump_clock):
+    """Synapse answers 502 when the server holding a file fails; after the
+    retries that is a HomeserverUnavailable, a MatrixFailure like the rest."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return _error(502, "M_UNKNOWN")
+
+    async with _client(handler, retry=RetryPolicy(attempts=3)) as client:
+        with pytest.raises(MatrixFailure) as failed:
+            await client.download("mxc://remote.example/abcDEF_12-3", max_bytes=100)
+    assert isinstance(failed.value, HomeserverUnavailable) and calls == 3
+    assert "GET media" in str(failed.value)

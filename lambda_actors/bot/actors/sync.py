@@ -43,7 +43,7 @@ async def sync_actor(ctx: Any, bot: BotServices) -> None:
     for room_id in store.rooms_with_unhandled():
         await wake_room(ctx, bot, room_id)
     while True:
-        body = await client.sync_json(token, timeout_ms=bot.timing.sync_timeout_ms, filter_id=filter_id)
+        body = await client.sync(token, timeout_ms=bot.timing.sync_timeout_ms, filter_id=filter_id)
         entries = list(inbox_entries(body, bot.user_id, first_sync=token is None))
         if token is not None:
             entries = [*await fill_gaps(ctx, bot, body), *entries]
@@ -64,7 +64,7 @@ async def fill_gaps(ctx: Any, bot: BotServices, body: dict[str, Any]) -> list[tu
         older: list[dict[str, Any]] = []
         start, pages = timeline["prev_batch"], 0
         while start and pages < bot.timing.backfill_pages:
-            page = await bot.client.messages_json(room_id, start=start, direction="b", limit=100)
+            page = await bot.client.messages(room_id, start=start, direction="b", limit=100)
             pages += 1
             chunk = [e for e in page.get("chunk", []) if isinstance(e, dict) and isinstance(e.get("event_id"), str)]
             known = next((i for i, e in enumerate(chunk) if bot.store.has_event(e["event_id"])), None)
