@@ -16,6 +16,7 @@ from .errors import (
     MatrixFailure,
     MediaTooLarge,
     RateLimited,
+    RemoteMediaUnavailable,
 )
 from .events import (
     Edit,
@@ -49,6 +50,7 @@ __all__ = [
     "Membership",
     "OtherEvent",
     "RateLimited",
+    "RemoteMediaUnavailable",
     "Reaction",
     "RetryPolicy",
     "RoomBatch",

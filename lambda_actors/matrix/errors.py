@@ -7,7 +7,8 @@ Below it, two families, because the caller's choices differ:
 - :class:`MatrixError`: the homeserver answered and said no. It carries the
   HTTP status and the Matrix ``errcode``. Subclasses name the answers that
   call for a specific reaction: :class:`RateLimited` (wait, then try again),
-  :class:`InvalidToken` (stop: no retry can fix it), :class:`MediaTooLarge`.
+  :class:`InvalidToken` (stop: no retry can fix it), :class:`MediaTooLarge`,
+  :class:`RemoteMediaUnavailable` (another server's file could not be had).
 - :class:`HomeserverUnavailable`: no usable answer at all (connection refused,
   timeouts, 5xx) even after the bounded retries in
   :mod:`lambda_actors.matrix.retry`.
@@ -32,6 +33,7 @@ __all__ = [
     "MatrixError",
     "MediaTooLarge",
     "RateLimited",
+    "RemoteMediaUnavailable",
     "error_from_response",
 ]
 
@@ -84,6 +86,12 @@ class InvalidToken(MatrixError):
 class MediaTooLarge(MatrixError):
     """A file is larger than allowed: by the homeserver (upload) or by the
     caller's ``max_bytes`` (download)."""
+
+
+class RemoteMediaUnavailable(MatrixError):
+    """The homeserver answered a download with a Matrix error and a 502 or
+    504: it is up, but the server that holds the file failed (Synapse has
+    already tried it). Not retried: another try would only wait again."""
 
 
 class HomeserverUnavailable(MatrixFailure):

@@ -18,7 +18,8 @@ Three kinds of failure, three answers:
   the first event id instead of posting twice), joins, leaves. A request that
   may have been applied and would not be idempotent (creating a room,
   inviting) is retried only when the connection was never made.
-- **Anything else** (4xx, an invalid token): raised at once; no retry can fix it.
+- **Anything else** (4xx, an invalid token, a remote file the homeserver
+  could not fetch): raised at once; no retry of ours can fix it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import structlog
 import trio
 
 from ..runtime.backoff import Backoff
-from .errors import HomeserverUnavailable, InvalidToken, MatrixError, RateLimited
+from .errors import HomeserverUnavailable, InvalidToken, MatrixError, RateLimited, RemoteMediaUnavailable
 
 __all__ = ["DEFAULT_BACKOFF", "NO_RETRY", "RetryPolicy", "call_with_retries"]
 
@@ -107,7 +108,7 @@ async def call_with_retries(
     while True:
         try:
             return await attempt()
-        except InvalidToken:
+        except (InvalidToken, RemoteMediaUnavailable):
             raise
         except RateLimited as exc:
             if exc.retry_after_s > policy.max_rate_limit_wait_s:

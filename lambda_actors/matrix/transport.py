@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import structlog
 
-from .errors import InvalidToken, MatrixError, MediaTooLarge, error_from_response
+from .errors import InvalidToken, MatrixError, MediaTooLarge, RemoteMediaUnavailable, error_from_response
 from .retry import RetryPolicy, call_with_retries
 
 __all__ = ["Transport", "public_url"]
@@ -135,7 +135,9 @@ class Transport:
 
         The body is streamed and abandoned as soon as it exceeds *max_bytes*
         (:class:`~lambda_actors.matrix.errors.MediaTooLarge`), so an
-        oversized file never sits in memory.
+        oversized file never sits in memory. A 502/504 that is a Matrix error
+        (the homeserver's own answer, not a proxy's page) is
+        :class:`~lambda_actors.matrix.errors.RemoteMediaUnavailable`, not retried.
         """
         headers = self._headers(authenticated=True)
         url = self.homeserver_url + path
@@ -144,7 +146,11 @@ class Transport:
             async with self._http.stream("GET", url, headers=headers, timeout=self._timeout(None)) as response:
                 if response.status_code >= 300:
                     # An error body is small; cap it anyway.
-                    raise self._error(response.status_code, response.headers, await _read_capped(response, 65536))
+                    body = await _read_capped(response, 65536)
+                    error = self._error(response.status_code, response.headers, body)
+                    if response.status_code in (502, 504) and _is_matrix_error(body):
+                        raise RemoteMediaUnavailable(error.status, error.errcode, error.message)
+                    raise error
                 declared = response.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                     raise _too_large(int(declared), max_bytes)
@@ -193,6 +199,15 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(chunks)
+
+
+def _is_matrix_error(body: bytes) -> bool:
+    """True if *body* is a Matrix error object (so the homeserver itself wrote it)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("errcode"), str)
 
 
 def _too_large(size: int | None, max_bytes: int) -> MediaTooLarge:

@@ -25,6 +25,7 @@ from lambda_actors.matrix import (
     MatrixFailure,
     MediaTooLarge,
     RateLimited,
+    RemoteMediaUnavailable,
     RetryPolicy,
     content,
 )
@@ -283,18 +284,34 @@ async def test_matrix_retry_a_malformed_media_link_is_refused_without_a_request(
     assert "cannot be fetched" in message and message.isprintable() and len(message) < 250
 
 
-async def test_matrix_retry_remote_media_failing_with_502_is_a_matrix_failure(autojump_clock):
-    """Synapse answers 502 when the server holding a file fails; after the
-    retries that is a HomeserverUnavailable, a MatrixFailure like the rest."""
+async def test_matrix_retry_remote_media_failing_is_a_matrix_failure_at_once():
+    """Synapse answers 502 (a Matrix error) when the server holding a file
+    fails, after trying it itself: no retry of ours, one MatrixFailure."""
     calls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
-        return _error(502, "M_UNKNOWN")
+        return httpx.Response(502, json={"errcode": "M_UNKNOWN", "error": "Failed to fetch remote media"})
+
+    async with _client(handler) as client:
+        with pytest.raises(RemoteMediaUnavailable) as failed:
+            await client.download("mxc://remote.example/abcDEF_12-3", max_bytes=100)
+    assert isinstance(failed.value, MatrixFailure) and calls == 1
+    assert failed.value.status == 502 and "Failed to fetch remote media" in str(failed.value)
+
+
+async def test_matrix_retry_a_proxys_502_on_a_download_is_retried_then_a_matrix_failure(autojump_clock):
+    """A 502 that is not a Matrix error is a proxy in front of a homeserver
+    that is down: retried like any transient failure."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(502, text="<html>Bad gateway</html>")
 
     async with _client(handler, retry=RetryPolicy(attempts=3)) as client:
-        with pytest.raises(MatrixFailure) as failed:
+        with pytest.raises(HomeserverUnavailable, match="GET media.*after 3 tries") as failed:
             await client.download("mxc://remote.example/abcDEF_12-3", max_bytes=100)
-    assert isinstance(failed.value, HomeserverUnavailable) and calls == 3
-    assert "GET media" in str(failed.value)
+    assert isinstance(failed.value, MatrixFailure) and calls == 3
