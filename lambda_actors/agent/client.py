@@ -49,6 +49,7 @@ import structlog
 import trio
 import trio_websocket
 
+from ..runtime.groups import leaves
 from . import protocol
 from .protocol import AgentError, AgentFrame, CustomUpdate, End, Status
 
@@ -63,6 +64,7 @@ __all__ = [
     "FrameTooLarge",
     "Late",
     "NoStatus",
+    "TooManyFrames",
     "open_agent_connection",
 ]
 
@@ -132,6 +134,11 @@ class FrameTooLarge(AgentConnectionError):
     """A frame over ``max_frame_size``; the socket was closed with code 1009."""
 
 
+class TooManyFrames(AgentConnectionError):
+    """The agent sent more frames while no answer was open than its budget
+    allows; the caller failed the socket with :meth:`AgentConnection.abort`."""
+
+
 # --- the connection ----------------------------------------------------------
 
 
@@ -159,8 +166,10 @@ class AgentConnection:
         *,
         idle_timeout: float,
         max_frame_size: int,
+        stream: trio.abc.AsyncResource | None = None,
     ) -> None:
         self.url = url
+        self._stream = stream
         self.chat_id = chat_id
         #: The STATUS frame the agent opened with.
         self.status = status
@@ -253,6 +262,18 @@ class AgentConnection:
 
     async def __anext__(self) -> AgentFrame | Late:
         return await self.receive()
+
+    async def abort(self, error: AgentConnectionError) -> None:
+        """Fail the connection with ``error`` and cut the TCP connection now,
+        with no closing handshake (an agent that floods would not read it).
+
+        Every later call raises ``error``; the agent sees its socket closed.
+        """
+        if self._failure is None:
+            self._failure = error
+            log.info("agent.connection_aborted", url=error.url, chat_id=self.chat_id, error=type(error).__name__)
+        if self._stream is not None:
+            await trio.aclose_forcefully(self._stream)
 
     # --- internals -----------------------------------------------------------
 
@@ -379,7 +400,7 @@ async def open_agent_connection(
                 ws = await _upgrade(nursery, stream, url, host_header, parts.path, deadline, max_frame_size)
                 status = await _await_status(ws, url, status_timeout, max_frame_size)
                 connection = AgentConnection(
-                    url, str(chat_id), ws, status, idle_timeout=idle_timeout, max_frame_size=max_frame_size
+                    url, str(chat_id), ws, status, idle_timeout=idle_timeout, max_frame_size=max_frame_size, stream=stream
                 )
                 log.info("agent.connected", url=_redact(url), chat_id=str(chat_id), status=status.state)
                 opened = True
@@ -449,13 +470,6 @@ async def _await_status(
     )
 
 
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
-
-
 def _reraise_from_group(
     group: BaseExceptionGroup, body_error: BaseException | None, url: str, opened: bool
 ) -> NoReturn:
@@ -465,14 +479,14 @@ def _reraise_from_group(
     exception of trio-websocket's reader task (which runs in the nursery)
     becomes one of ours.
     """
-    leaves = _leaves(group)
-    if body_error is not None and any(exc is body_error for exc in leaves):
+    found = leaves(group)
+    if body_error is not None and any(exc is body_error for exc in found):
         context = body_error.__context__
         try:
             raise body_error
         finally:
             body_error.__context__ = context
-    for exc in leaves:
+    for exc in found:
         if isinstance(exc, trio_websocket.ConnectionRejected):
             status = exc.status_code
             body = (exc.body or b"").decode("utf-8", "replace").strip()[:200]
@@ -484,7 +498,7 @@ def _reraise_from_group(
             raise AgentUnreachable(
                 url, f"the agent refused the WebSocket upgrade ({said}); check the agent's base_url", status
             ) from None
-    if all(isinstance(exc, trio.Cancelled) for exc in leaves):
+    if all(isinstance(exc, trio.Cancelled) for exc in found):
         raise group
     if opened:
         raise AgentDropped(url, f"the WebSocket failed: {group!r}") from group

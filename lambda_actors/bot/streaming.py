@@ -9,9 +9,15 @@ from the chunks and the clock alone, what to send and when:
   ``first_delay`` to grow (a quick answer then takes a single message, no
   edits); it is then edited (``m.replace``) no more often than every
   ``min_interval`` seconds and at most ``max_edits`` times;
-- a message never exceeds ``max_bytes`` of UTF-8: past that the answer
-  continues in a new message "part" (split after a newline when one is near,
-  never inside a character);
+- a message body never exceeds ``max_bytes`` as the homeserver counts it
+  (UTF-8 inside JSON, escapes included; see :func:`json_size`): past that the
+  answer continues in a new message "part" (split after a newline when one
+  is near, never inside a character). The default keeps every event under
+  Matrix's 64 KiB limit even for an edit, which carries the body twice
+  (``m.new_content`` and the ``* body`` fallback) plus the event's envelope;
+- an answer takes at most ``max_parts`` messages: past that it is cut, and
+  its last part ends with a note saying so (:data:`CUT_NOTE`), so a
+  runaway agent cannot fill a room;
 - a running tool shows as one status line at the bottom of the current part,
   replaced when the tool changes and removed when it finishes;
 - when the answer ends, each part's last action carries that part's whole
@@ -28,12 +34,15 @@ to call :meth:`AnswerStream.tick` if nothing else arrives.
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "CUT_NOTE",
     "INTERRUPTED",
+    "PART_BYTES",
     "AnswerStream",
     "EditPart",
     "PostPart",
@@ -46,6 +55,19 @@ INTERRUPTED = (
     "⏹ This answer was interrupted: the bot, or its connection to the agent, restarted. "
     "Please send your message again."
 )
+
+#: Appended to the last part of an answer cut at ``max_parts`` messages.
+CUT_NOTE = "(The answer was cut here: it went over {parts} messages, the most one answer may take.)"
+
+#: Default size of one part's body, in bytes of JSON (see :func:`json_size`).
+#: An edit carries the body twice, and Synapse refuses events over 65,536
+#: bytes in all (envelope, signatures and hashes included, about 2 KB): two
+#: bodies of 30,000 bytes leave room for that and the content's own keys.
+PART_BYTES = 30_000
+
+#: JSON bytes of the blank line ("\n\n") between the text and a status
+#: line, marker or note.
+_GAP = 4
 
 _EMPTY_ANSWER = "(The agent finished without writing an answer.)"
 _MAX_TOOL_NAME = 64
@@ -82,9 +104,10 @@ class AnswerStream:
 
     Limits, per part (message): at most ``max_edits`` edits including the
     last one; edits at least ``min_interval`` apart, except the last one,
-    which is never delayed; bodies of at most ``max_bytes`` UTF-8 bytes. A
-    small share of ``max_bytes`` is kept for the status line and the failure
-    marker, which are shortened to fit it.
+    which is never delayed; bodies of at most ``max_bytes`` bytes of JSON
+    (:func:`json_size`). A small share of ``max_bytes`` is kept for the
+    status line, the failure marker and the cut note, which are shortened
+    to fit it. Per answer: at most ``max_parts`` parts (None: no limit).
     """
 
     def __init__(
@@ -92,9 +115,10 @@ class AnswerStream:
         *,
         min_interval: float = 1.0,
         max_edits: int = 50,
-        max_bytes: int = 60_000,
+        max_bytes: int = PART_BYTES,
         first_delay: float = 1.0,
         empty_answer: str = _EMPTY_ANSWER,
+        max_parts: int | None = None,
     ) -> None:
         if min_interval < 0 or first_delay < 0:
             raise ValueError("min_interval and first_delay must not be negative")
@@ -102,6 +126,11 @@ class AnswerStream:
             raise ValueError("max_edits must be at least 1: the last edit is always allowed")
         if max_bytes < 64:
             raise ValueError("max_bytes must be at least 64")
+        if max_parts is not None and max_parts < 1:
+            raise ValueError("max_parts must be at least 1")
+        self.max_parts = max_parts
+        #: True once text was dropped because the answer reached ``max_parts``.
+        self.cut = False
         self.min_interval = min_interval
         self.max_edits = max_edits
         self.max_bytes = max_bytes
@@ -120,7 +149,7 @@ class AnswerStream:
 
     def _new_part(self, text: str) -> None:
         self._chunks = [text] if text else []
-        self._bytes = len(text.encode("utf-8"))
+        self._bytes = json_size(text)
         self._has_content = bool(text.strip())
         self._posted = False
         self._shown: str | None = None
@@ -135,7 +164,7 @@ class AnswerStream:
         return self._chunks[0] if self._chunks else ""
 
     def _body(self) -> str:
-        status = _fit(self._status or "", self._reserve - 2)
+        status = _fit(self._status or "", self._reserve - _GAP)
         if not status:
             return self._text()
         if not self._has_content:
@@ -168,7 +197,9 @@ class AnswerStream:
         if _has_surrogate(chunk):
             chunk = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in chunk)
         actions: list[StreamAction] = []
-        encoded = len(chunk.encode("utf-8"))
+        if self.cut:
+            return self._due()
+        encoded = json_size(chunk)
         if self._bytes + encoded <= self._capacity:
             self._chunks.append(chunk)
             self._bytes += encoded
@@ -232,6 +263,8 @@ class AnswerStream:
         self._done = True
         self._status = None
         text = self._text()
+        if self.cut:
+            return self._final(text + "\n\n" + self._cut_note())
         if self._has_content:
             return self._final(text)
         if self._part_no == 0:
@@ -250,12 +283,19 @@ class AnswerStream:
         self._clock(now)
         self._done = True
         self._status = None
-        marker = _fit(marker.strip() or "⚠ The answer broke off.", self._reserve - 2) or "!"
+        note = self._cut_note() if self.cut else ""
+        room = self._reserve - _GAP - (json_size(note) + _GAP if note else 0)
+        marker = _fit(marker.strip() or "⚠ The answer broke off.", room) or "!"
+        if note:
+            marker = note + "\n\n" + marker
         if self._has_content:
             return self._final(self._text() + "\n\n" + marker)
         return self._final(marker)
 
     # --- decisions ---------------------------------------------------------------
+
+    def _cut_note(self) -> str:
+        return _fit(CUT_NOTE.format(parts=self.max_parts), self._reserve // 2)
 
     def _clock(self, now: float) -> None:
         # Time never runs backwards here, whatever the caller passes.
@@ -299,13 +339,20 @@ class AnswerStream:
 
     def _overflow(self, text: str, actions: list[StreamAction]) -> None:
         """The current part cannot take all of ``text``: close full parts, start the next."""
-        while len(text.encode("utf-8")) > self._capacity:
+        while json_size(text) > self._capacity:
             head = _fit(text, self._capacity)
             newline = head.rfind("\n")
             # Prefer ending a part after a line, unless that leaves it
             # less than half full.
-            if newline >= 0 and len(head[: newline + 1].encode("utf-8")) >= self._capacity // 2:
+            if newline >= 0 and json_size(head[: newline + 1]) >= self._capacity // 2:
                 head = head[: newline + 1]
+            if self.max_parts is not None and self._part_no + 1 >= self.max_parts:
+                # The last part allowed: keep what fits, drop the rest, and
+                # say so at the end (the reserve has room for the note).
+                self._chunks, self._bytes, self.cut = [head], json_size(head), True
+                self._has_content = self._has_content or bool(head.strip())
+                self._dirty = True
+                return
             status, self._status = self._status, None
             actions.extend(self._final(head))
             self._status = status
@@ -314,14 +361,32 @@ class AnswerStream:
             self._new_part(text)
 
 
+def json_size(text: str) -> int:
+    """Bytes ``text`` takes inside a JSON string as the homeserver counts an
+    event (canonical JSON: UTF-8, with ``"``, ``\\`` and control characters
+    escaped). Additive: the size of a concatenation is the sum of the sizes."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")) - 2
+
+
 def _fit(text: str, limit: int) -> str:
-    """The longest prefix of ``text`` of at most ``limit`` UTF-8 bytes (whole characters only)."""
+    """A prefix of ``text`` of at most ``limit`` bytes of JSON (whole characters only)."""
     if limit <= 0:
         return ""
     encoded = text.encode("utf-8")
-    if len(encoded) <= limit:
+    if len(encoded) <= limit and json_size(text) <= limit:
         return text
-    return encoded[:limit].decode("utf-8", "ignore")
+    head = encoded[:limit].decode("utf-8", "ignore")
+    if json_size(head) <= limit:
+        return head
+    # Escapes make JSON longer than UTF-8: find the longest prefix that fits.
+    low, high = 0, len(head)  # head[:low] fits, head[:high] does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if json_size(head[:middle]) <= limit:
+            low = middle
+        else:
+            high = middle
+    return head[:low]
 
 
 def _has_surrogate(text: str) -> bool:

@@ -9,7 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lambda_actors.bot.streaming import INTERRUPTED, AnswerStream, EditPart, PostPart, StreamAction
+from lambda_actors.bot.streaming import (
+    CUT_NOTE,
+    INTERRUPTED,
+    PART_BYTES,
+    AnswerStream,
+    EditPart,
+    PostPart,
+    StreamAction,
+    _fit,
+    json_size,
+)
+from lambda_actors.matrix import content as contents
 
 EMPTY = "(The agent finished without writing an answer.)"
 
@@ -37,7 +48,7 @@ def check_shape(log: list[Sent], stream: AnswerStream) -> None:
     by_part: dict[int, list[Sent]] = defaultdict(list)
     for sent in log:
         by_part[sent.action.part_no].append(sent)
-        assert len(sent.action.body.encode("utf-8")) <= stream.max_bytes
+        assert json_size(sent.action.body) <= stream.max_bytes
         assert sent.action.body
     assert sorted(by_part) == list(range(len(by_part)))
     for sends in by_part.values():
@@ -273,11 +284,63 @@ def test_lone_surrogates_become_replacement_characters() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"min_interval": -1}, {"first_delay": -0.1}, {"max_edits": 0}, {"max_bytes": 63}],
+    [{"min_interval": -1}, {"first_delay": -0.1}, {"max_edits": 0}, {"max_bytes": 63}, {"max_parts": 0}],
 )
 def test_invalid_limits_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AnswerStream(**kwargs)
+
+
+# --- sizes and counts (issue 10) ----------------------------------------------------
+
+
+def test_the_final_edit_of_a_full_part_stays_under_the_event_limit() -> None:
+    """An edit carries the body twice; with the default part size the whole
+    content, escapes included, leaves room for the event's envelope."""
+    stream = AnswerStream(first_delay=0)
+    worst = '"\\' * 40_000  # each character doubles in JSON
+    log: list[Sent] = []
+    collect(log, 0, stream.text("start", 0))
+    collect(log, 1, stream.text(worst, 1))
+    collect(log, 2, stream.end(2))
+    for sent in log:
+        body = sent.action.body
+        assert json_size(body) <= PART_BYTES
+        event = contents.edit("$target", {**contents.text(body), "org.lambda.source": "$x", "org.lambda.done": True})
+        import json
+
+        assert len(json.dumps(event, ensure_ascii=False).encode()) < 65_536 - 3_000
+    assert "".join(final_bodies(log)) == "start" + worst
+
+
+def test_json_size_counts_escapes() -> None:
+    assert json_size("ab") == 2
+    assert json_size('"') == 2 and json_size("\n") == 2 and json_size("\x00") == 6
+    assert json_size("é") == 2 and json_size("🎉") == 4
+    assert json_size(_fit('"' * 100, 51)) <= 51
+
+
+def test_an_answer_over_max_parts_is_cut_with_a_note() -> None:
+    stream = AnswerStream(first_delay=0, max_bytes=1000, max_parts=2)
+    log: list[Sent] = []
+    collect(log, 0, stream.text("a" * 5000, 0))
+    collect(log, 1, stream.text("more text that is dropped", 1))
+    collect(log, 2, stream.end(2))
+    bodies = final_bodies(log)
+    assert len(bodies) == 2 and stream.cut
+    assert bodies[1].endswith("\n\n" + CUT_NOTE.format(parts=2))
+    assert "dropped" not in "".join(bodies)
+    assert all(json_size(b) <= 1000 for b in bodies)
+
+
+def test_a_cut_answer_that_fails_keeps_the_note_and_the_marker() -> None:
+    stream = AnswerStream(first_delay=0, max_bytes=400, max_parts=1)
+    log: list[Sent] = []
+    collect(log, 0, stream.text("b" * 1000, 0))
+    collect(log, 1, stream.fail(INTERRUPTED, 1))
+    (body,) = final_bodies(log)
+    assert "cut here" in body and "interrupted" in body
+    assert json_size(body) <= 400
 
 
 # --- properties --------------------------------------------------------------------
@@ -345,7 +408,7 @@ def test_property_failure_keeps_the_text_and_ends_with_the_marker(kwargs: dict, 
     collect(log, now, stream.fail(marker, now))
     check_shape(log, stream)
     joined = "".join(final_bodies(log))
-    shown_marker = marker.strip().encode()[: min(512, stream.max_bytes // 4) - 2].decode("utf-8", "ignore")
+    shown_marker = _fit(marker.strip(), min(512, stream.max_bytes // 4) - 4)
     assert joined.endswith(shown_marker)
     kept = joined[: len(joined) - len(shown_marker)].removesuffix("\n\n")
     assert full.startswith(kept) and full[len(kept) :].strip() == ""

@@ -3,22 +3,41 @@
 It lives under its agent's supervisor (``node/agents/<agent_id>``), started on
 first use by the room that needs it. Each :class:`Deliver` is one *turn*: the
 user's message goes to the agent as ``USER_MESSAGE``, and the answer streams
-back into the room as one message that grows by edits
-(:class:`~lambda_actors.bot.streaming.AnswerStream` decides when), with files
-the agent sends and confirmations it asks for along the way.
+back into the room. What the user sees is decided by the pure machine
+:class:`~lambda_actors.bot.turn.Turn` (its module docstring has the rules of
+a turn, each with a unit test); this actor carries frames, messages and the
+clock into it and performs the actions it returns.
 
-Every turn ends in exactly one of two ways, both recorded together with the
-event being marked handled (``Store.finish``), and both reported to the room
-with :class:`~lambda_actors.bot.actors.room.TurnDone`:
+The rules of the connection itself:
 
-- the answer (the agent's ``END`` or ``ERROR``), or
-- an error message for the user: the connection failed, the agent stalled,
-  or this actor was stopped or killed mid-answer.
-
-A failed connection then *crashes* the actor on purpose: the supervisor's
-backoff spaces out reconnects, and an agent that keeps failing exhausts its
-supervisor's intensity and is parked, so its rooms answer at once that it is
-unavailable instead of hanging (see ``supervision.toml``).
+1. **Every turn ends in exactly one of two ways**, recorded together with the
+   event being marked handled (``Store.finish``) and reported to the room with
+   :class:`TurnDone`: the answer (the agent's ``END`` or ``ERROR``), or an
+   error for the user: the connection failed (``agent_failed``), or this
+   actor was stopped or killed mid-answer (``interrupted``: a clean stop
+   never blames the agent).
+2. **Nothing is overwritten.** Deliveries are queued explicitly
+   (:class:`~lambda_actors.bot.turn.Deliveries`) and answered in order; when
+   the connection gives up, every turn it holds is failed, none dropped.
+3. **A failed connection crashes the actor on purpose** (after failing its
+   turns): the supervisor's backoff spaces out reconnects, and an agent that
+   keeps failing exhausts its supervisor's intensity and is parked. A socket
+   that dies *between* answers is no failure: the next turn reconnects.
+4. **Matrix failures are charged to Matrix.** Every homeserver call made while
+   serving a turn (typing, uploads) goes through
+   :func:`~lambda_actors.bot.actors.services.quietly` or catches
+   ``MatrixFailure``: it never crashes the connection or counts against the
+   agent. Answers only go to the store and the outbox, which waits out a
+   homeserver outage and posts them when it is back.
+5. **Frames outside an answer are bounded.** The socket reader drops them as
+   they come and counts them (:class:`~lambda_actors.bot.turn.OutsideAnswer`);
+   past ``Limits.frames_outside_answer`` between two answers the socket is cut
+   (:class:`~lambda_actors.agent.client.TooManyFrames`) and the next turn
+   reconnects. Frames just after an answer's ``END`` get ``late_frame_grace``
+   to arrive before the next message is sent, so they are not taken for its
+   answer.
+6. **Idle connections close** after ``connection_idle_close`` with no turn;
+   the actor then exits (it is transient).
 """
 
 from __future__ import annotations
@@ -30,30 +49,59 @@ from typing import Any
 
 import trio
 
-from ...runtime.address import Address
-from ...agent import protocol as p
 from ...agent.client import (
-    AgentBusy,
-    AgentClosed,
     AgentConnection,
     AgentConnectionError,
-    AgentStalled,
-    AgentUnreachable,
-    FrameTooLarge,
     Late,
-    NoStatus,
+    TooManyFrames,
     open_agent_connection,
 )
-from ..config import AgentConfig
-from ..files import UnsafeAgentFile, load_agent_file
-from ..store import OutboxItem, PendingConfirmation
-from ..streaming import INTERRUPTED, AnswerStream, EditPart, PostPart
 from ...matrix import content as contents
-from ...matrix.errors import MatrixError
+from ...matrix.errors import MatrixFailure
+from ...runtime.address import Address
+from ...runtime.errors import ActorError
 from ...runtime.spec import ChildSpec
+from ..config import AgentConfig
+from ..files import AgentFile, UnsafeAgentFile, load_agent_file
+from ..store import OutboxItem, PendingConfirmation
+from ..streaming import INTERRUPTED
+from ..turn import (
+    AGENT_FAILED,
+    INTERRUPTED_KIND,
+    Action,
+    Ask,
+    Deliveries,
+    Expire,
+    Fetch,
+    Finish,
+    Log,
+    OutsideAnswer,
+    Reply,
+    Say,
+    Show,
+    Turn,
+    TurnSettings,
+    failure_text,
+)
 from .outbox import tell_outbox
+from .services import (
+    AGENTS_PATH,
+    DONE_KEY,
+    ERROR_FILE,
+    ERROR_HOMESERVER,
+    ERROR_KEY,
+    SOURCE_KEY,
+    BotServices,
+    notice,
+    quietly,
+    txn_id,
+)
 from .turns import ConfirmAnswer, Deliver, TurnDone
-from .services import AGENTS_PATH, DONE_KEY, SOURCE_KEY, BotServices, notice, txn_id
+
+#: Inputs held between the two pumps (mailbox, socket) and the turn loop. Small:
+#: a pump that finds it full waits, which slows only this actor's own mailbox
+#: or this agent's own socket (TCP back-pressure), never anyone else.
+_INPUTS = 16
 
 
 def connection_address(ctx: Any, agent_id: str, chat_id: int, bot: BotServices) -> Address:
@@ -71,6 +119,26 @@ async def connection_actor(ctx: Any, bot: BotServices, agent: AgentConfig, chat_
     await _Connection(ctx, bot, agent, chat_id).run()
 
 
+# --- inputs of the turn loop ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Frame:
+    conn: AgentConnection
+    frame: Any
+
+
+@dataclass(frozen=True)
+class _SocketEnded:
+    conn: AgentConnection
+    error: AgentConnectionError
+
+
+@dataclass(frozen=True)
+class _Stopping:
+    """The mailbox ended: the actor is being stopped (or restarted)."""
+
+
 class _Connection:
     def __init__(self, ctx: Any, bot: BotServices, agent: AgentConfig, chat_id: int) -> None:
         self.ctx = ctx
@@ -78,41 +146,69 @@ class _Connection:
         self.agent = agent
         self.chat_id = chat_id
         self.timing = bot.timing
-        #: A Deliver that arrived while a turn was running (the room sends one
-        #: turn at a time, so this is a safety net, not a queue).
-        self.next: Deliver | None = None
-        self.stream: AnswerStream | None = None
-        self.last_action: PostPart | EditPart | None = None
+        self.limits = bot.agents.limits
+        self.settings = TurnSettings(
+            label=agent.label,
+            namespace=f"{agent.id}/{chat_id}",
+            edit_interval=bot.timing.edit_interval,
+            confirmation_timeout=bot.timing.confirmation_timeout,
+            limits=self.limits,
+        )
+        self.deliveries: Deliveries[Deliver] = Deliveries()
+        self.outside = OutsideAnswer(self.limits.frames_outside_answer)
+        #: The turn being answered, and its Deliver.
+        self.turn: Turn | None = None
+        self.deliver: Deliver | None = None
         #: When the last answer ended (Trio clock), for the late-frame grace.
         self.ended_at = -math.inf
-        #: The turn being answered; failed with a message if anything ends it early.
-        self.current: Deliver | None = None
-        #: The open socket's nursery, for work that outlives a turn (typing).
-        self.background: trio.Nursery
+        self.stopping = False
+        self.socket_gone = False
+        self.nursery: trio.Nursery
+        self.send_input: trio.MemorySendChannel[Any]
+        self.inputs: trio.MemoryReceiveChannel[Any]
 
-    async def next_turn(self) -> Deliver | None:
-        """Wait for the next Deliver; None when idle long enough to close."""
-        if self.next is not None:
-            turn, self.next = self.next, None
-            return turn
-        with trio.move_on_after(self.timing.connection_idle_close):
-            while True:
-                try:
-                    msg = await self.ctx.mailbox.receive()
-                except trio.EndOfChannel:
-                    return None  # we are being stopped
-                if isinstance(msg, Deliver):
-                    return msg
-                # A confirmation answer with no turn running: the turn it
-                # belonged to is over (the agent gave up waiting, or we
-                # restarted); the agent no longer expects it.
-                self.ctx.log.info("connection.stale_message", message=repr(msg))
-        return None
+    # -- the actor's life ------------------------------------------------------------
 
     async def run(self) -> None:
-        self.current = await self.next_turn()
-        while self.current is not None:
-            failure: AgentConnectionError | None = None
+        self.send_input, self.inputs = trio.open_memory_channel[Any](_INPUTS)
+        failure: AgentConnectionError | None = None
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._pump_mailbox)
+            try:
+                await self._main()
+            except AgentConnectionError as exc:
+                # Raised after the nursery, not through it, so the supervisor
+                # sees the error itself rather than an exception group.
+                failure = exc
+            except BaseException:
+                # Killed (cancelled) mid-answer: the user hears it was interrupted.
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._fail_all(INTERRUPTED, INTERRUPTED_KIND)
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            # A crash on purpose: the supervisor's backoff and intensity
+            # decide when (and whether) this agent is tried again.
+            raise failure
+
+    async def _pump_mailbox(self) -> None:
+        while True:
+            try:
+                msg = await self.ctx.mailbox.receive()
+            except trio.EndOfChannel:
+                msg = _Stopping()
+            # Our own loop's channel: waits only while this actor is busy.
+            await self.send_input.send(msg)
+            if isinstance(msg, _Stopping):
+                return
+
+    async def _main(self) -> None:
+        while True:
+            if not len(self.deliveries) and not await self._wait_idle(None):
+                return
+            self.socket_gone = False
             try:
                 async with open_agent_connection(
                     self.agent.base_url,
@@ -121,149 +217,184 @@ class _Connection:
                     status_timeout=self.timing.agent_status_timeout,
                     idle_timeout=self.timing.agent_idle_timeout,
                 ) as conn:
-                    failure = await self._serve(conn)
+                    await self._serve(conn)
             except AgentConnectionError as exc:
-                failure = exc
-            except BaseException:
-                # Stopped (shutdown) or killed mid-answer: the user hears about it.
-                if self.current is not None:
-                    await self.fail_turn(self.current, INTERRUPTED)
+                self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(exc))
+                await self._fail_all(failure_text(self.agent.label, exc), AGENT_FAILED)
                 raise
-            if failure is not None:
-                self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(failure))
-                if self.current is not None:
-                    await self.fail_turn(
-                        self.current,
-                        f"⚠ {self.agent.label} could not answer: {_for_users(failure)}. Please send your message again.",
-                    )
-                # A crash on purpose: the supervisor's backoff and intensity
-                # decide when (and whether) this agent is tried again.
-                raise failure
+            if self.stopping:
+                await self._fail_all(INTERRUPTED, INTERRUPTED_KIND)
+                return
+            if not self.socket_gone:
+                # Idle long enough: close, unless a delivery slipped in just now.
+                self._take_ready(None)
+                if self.stopping or not len(self.deliveries):
+                    return
 
-    async def _serve(self, conn: AgentConnection) -> AgentConnectionError | None:
-        """Serve turns on one open socket, starting with ``self.current``.
-
-        Returns with ``self.current`` None when idle long enough to close;
-        with ``self.current`` set and no error when the socket died between
-        answers (reconnect and go on: nobody was waiting on it, so that is no
-        failure); and with the error when it failed during a turn.
-
-        A reader task takes every frame as soon as it arrives, so a frame
-        sent after an answer's END (a second END, a late chunk) is read while
-        no answer is open and is recognised as late, instead of being taken
-        for the start of the next answer.
-        """
-        frames_in, frames = trio.open_memory_channel[Any](math.inf)
+    async def _serve(self, conn: AgentConnection) -> None:
+        """Serve turns on one open socket until it is idle, gone between answers, or we stop."""
+        error: AgentConnectionError | None = None
         async with trio.open_nursery() as nursery:
-            self.background = nursery
-            nursery.start_soon(_read_frames, conn, frames_in)
+            nursery.start_soon(self._read_frames, conn)
             try:
-                while self.current is not None:
-                    if await self._socket_died_while_idle(frames):
-                        return None
-                    await self.run_turn(conn, frames, self.current)
-                    self.current = None
-                    self.current = await self.next_turn()
-                return None
+                while len(self.deliveries) or await self._wait_idle(conn):
+                    # Frames sent just after END may still be on the wire: give them a moment.
+                    await trio.sleep_until(self.ended_at + self.timing.late_frame_grace)
+                    self._take_ready(conn)
+                    if self.socket_gone or self.stopping or not len(self.deliveries):
+                        break
+                    await self._run_turn(conn, self.deliveries.take())
+                    if self.stopping:
+                        break
             except AgentConnectionError as exc:
-                return exc
+                error = exc
             finally:
                 nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
-    async def _socket_died_while_idle(self, frames: trio.MemoryReceiveChannel[Any]) -> bool:
-        """Take what arrived since the last answer ended; True if the socket is gone."""
-        # Frames sent just after END may still be on the wire: give them a moment.
-        await trio.sleep_until(self.ended_at + self.timing.late_frame_grace)
+    async def _wait_idle(self, conn: AgentConnection | None) -> bool:
+        """Wait for a delivery with no turn running; False when idle long enough,
+        stopping, or (with ``conn``) the socket is gone."""
+        with trio.move_on_after(self.timing.connection_idle_close):
+            while not len(self.deliveries):
+                self._between_turns(await self.inputs.receive(), conn)
+                if self.stopping or self.socket_gone:
+                    return False
+            return True
+        return False
+
+    def _take_ready(self, conn: AgentConnection | None) -> None:
         while True:
             try:
-                item = frames.receive_nowait()
+                item = self.inputs.receive_nowait()
             except trio.WouldBlock:
-                break
-            if isinstance(item, AgentConnectionError):
-                self.ctx.log.info("connection.closed_while_idle", chat_id=self.chat_id, reason=str(item))
-                return True
-            self.ctx.log.info("connection.late_frame_ignored", frame=type(getattr(item, "frame", item)).__name__)
-        return False
+                return
+            self._between_turns(item, conn)
+
+    def _between_turns(self, item: Any, conn: AgentConnection | None) -> None:
+        match item:
+            case Deliver():
+                if not self.deliveries.offer(item.event_id, item):
+                    self.ctx.log.info("connection.repeated_delivery", event_id=item.event_id)
+            case _Stopping():
+                self.stopping = True
+            case _SocketEnded(conn=c, error=error) if c is conn:
+                self.ctx.log.info("connection.closed_while_idle", chat_id=self.chat_id, reason=str(error))
+                self.socket_gone = True
+            case ConfirmAnswer():
+                # The turn it belonged to is over (the agent gave up waiting,
+                # or we restarted); the agent no longer expects it.
+                self.ctx.log.info("connection.stale_message", message=repr(item))
+            case _Frame() | _SocketEnded():
+                pass  # an earlier socket's, or dropped while idle
+            case _:
+                self.ctx.log.warning("connection.unknown_message", message=type(item).__name__)
+
+    async def _read_frames(self, conn: AgentConnection) -> None:
+        """Move the socket's frames (and finally the error that ended it) into the inputs.
+
+        Frames outside an answer are dropped here, counted against the budget;
+        past it the socket is cut. So neither memory nor the turn loop grows
+        with what an agent sends unasked.
+        """
+        try:
+            async for frame in conn:
+                if isinstance(frame, Late):
+                    if self.outside.frame():
+                        error = TooManyFrames(
+                            conn.url,
+                            f"the agent sent over {self.outside.budget} frames while no answer was open; "
+                            "the socket was cut (limits.frames_outside_answer)",
+                        )
+                        self.ctx.log.warning("connection.too_many_frames", agent=self.agent.id, chat_id=self.chat_id)
+                        await conn.abort(error)
+                        raise error
+                    self.ctx.log.debug("connection.late_frame_dropped", frame=type(frame.frame).__name__)
+                    continue
+                # Our own loop's channel: a full one slows this agent's socket only.
+                await self.send_input.send(_Frame(conn, frame))
+        except AgentConnectionError as exc:
+            await self.send_input.send(_SocketEnded(conn, exc))
 
     # -- one turn ---------------------------------------------------------------
 
-    async def run_turn(self, conn: AgentConnection, frames: trio.MemoryReceiveChannel[Any], turn: Deliver) -> None:
-        self.stream = AnswerStream(min_interval=self.timing.edit_interval)
-        self.last_action = None
-        self.files_sent = 0
-        self.unreadable = 0
-        await conn.send_user_message(turn.text, turn.attachments)
-        self.ctx.log.info("connection.delivered", event_id=turn.event_id, chat_id=self.chat_id)
-        failure: AgentConnectionError | None = None
+    async def _run_turn(self, conn: AgentConnection, deliver: Deliver) -> None:
+        turn = self.turn = Turn(self.settings, deliver.event_id)
+        self.deliver = deliver
+        self.outside.answer_started()
         answered = trio.Event()
-        self.background.start_soon(self._show_typing, turn.room_id, answered)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._answer_confirmations, conn, turn)
-            try:
-                await self._stream_answer(frames, turn, nursery)
-            except AgentConnectionError as exc:
-                # Raised from here rather than through the nursery, which
-                # would wrap it in an exception group.
-                failure = exc
-            finally:
-                answered.set()
-                nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+        try:
+            await conn.send_user_message(deliver.text, deliver.attachments)
+            self.ctx.log.info("connection.delivered", event_id=deliver.event_id, chat_id=self.chat_id)
+            self.nursery.start_soon(self._show_typing, deliver.room_id, answered)
+            while not turn.finished:
+                item = None
+                due = turn.next_due()
+                with trio.move_on_at(math.inf if due is None else due):
+                    item = await self.inputs.receive()
+                await self._execute(conn, self._during_turn(turn, item, conn))
+        except AgentConnectionError as exc:
+            self.ctx.log.warning("connection.failed", agent=self.agent.id, chat_id=self.chat_id, error=str(exc))
+            await self._execute(None, turn.fail(failure_text(self.agent.label, exc), AGENT_FAILED))
+            raise
+        finally:
+            answered.set()
+        self.ended_at = trio.current_time()
+        self.turn = self.deliver = None
+        self.deliveries.done()
 
-    async def _stream_answer(self, frames: trio.MemoryReceiveChannel[Any], turn: Deliver, nursery: trio.Nursery) -> None:
-        while not self.stream.finished:
-            due = self.stream.next_due()
-            frame = None
-            with trio.move_on_at(math.inf if due is None else due):
-                frame = await frames.receive()
-            if frame is None:
-                await self._post(turn, self.stream.tick(trio.current_time()))
-            elif isinstance(frame, AgentConnectionError):
-                raise frame
-            else:
-                await self._on_frame(frame, turn, nursery)
-
-    async def _on_frame(self, frame: Any, turn: Deliver, nursery: trio.Nursery) -> None:
+    def _during_turn(self, turn: Turn, item: Any, conn: AgentConnection) -> list[Action]:
         now = trio.current_time()
-        match frame:
-            case Late(frame=late):
-                self.ctx.log.info("connection.late_frame_ignored", frame=type(late).__name__)
-            case p.TextChunk(text=text):
-                await self._post(turn, self.stream.text(text, now))
-            case p.ToolCallChunk(tool_name=name):
-                await self._post(turn, self.stream.tool_call(name, now))
-            case p.ToolResult(tool_name=name):
-                await self._post(turn, self.stream.tool_result(name, now))
-            case p.CustomUpdate(confirm=confirm) if confirm is not None:
-                await self._ask(turn, confirm, nursery)
-            case p.CustomUpdate():
-                self.ctx.log.debug("connection.progress", chat_id=self.chat_id)
-            case p.SendFile(path=path):
-                await self._send_file(turn, path)
-            case p.End():
-                note = (
-                    f"\n\n(The agent also sent {self.unreadable} unreadable frame(s); "
-                    "the answer may be incomplete.)"
-                    if self.unreadable
-                    else ""
-                )
-                if note:
-                    self.stream.text(note, now)
-                await self._finish(turn, self.stream.end(now))
-            case p.AgentError(message=message):
-                await self._finish(turn, self.stream.fail(f"⚠ {self.agent.label} reported an error: {message}", now))
-            case p.MalformedFrame(reason=reason):
-                self.unreadable += 1
-                self.ctx.log.warning("connection.malformed_frame", reason=reason, chat_id=self.chat_id)
-            case p.UnknownFrame(type=kind):
-                self.ctx.log.info("connection.unknown_frame_ignored", frame_type=kind, chat_id=self.chat_id)
-            case _:
-                self.ctx.log.debug("connection.frame_ignored", frame=type(frame).__name__)
+        match item:
+            case None:
+                return turn.tick(now)
+            case _Frame(conn=c, frame=frame) if c is conn:
+                return turn.frame(frame, now)
+            case _SocketEnded(conn=c, error=error) if c is conn:
+                raise error
+            case ConfirmAnswer(request_id=key, approved=approved):
+                return turn.answer(key, approved)
+            case Deliver():
+                if not self.deliveries.offer(item.event_id, item):
+                    self.ctx.log.info("connection.repeated_delivery", event_id=item.event_id)
+                return []
+            case _Stopping():
+                self.stopping = True
+                return turn.fail(INTERRUPTED, INTERRUPTED_KIND)
+            case _Frame() | _SocketEnded():
+                return []
+        self.ctx.log.warning("connection.unknown_message", message=type(item).__name__)
+        return []
 
-    # -- posting ------------------------------------------------------------------
+    # -- performing actions ------------------------------------------------------
 
-    def _items(self, turn: Deliver, actions: list[Any], *, done: bool = False) -> list[OutboxItem]:
+    async def _execute(self, conn: AgentConnection | None, actions: list[Action]) -> None:
+        deliver = self.deliver
+        assert deliver is not None
+        for action in actions:
+            match action:
+                case Show(parts=parts):
+                    await self._tell_outbox(self.bot.store.enqueue(self._rows(deliver, parts)))
+                case Say(kind=kind, cause=cause, body=body, error=error):
+                    item = notice(deliver.room_id, kind, cause, body, source=deliver.event_id, done=False, error=error)
+                    await self._tell_outbox(self.bot.store.enqueue([item]))
+                case Ask():
+                    await self._ask(deliver, action)
+                case Reply(request_id=request_id, approved=approved) if conn is not None:
+                    await conn.send_confirm_response(request_id, approved)
+                case Expire(key=key):
+                    assert self.turn is not None
+                    first = self.bot.store.resolve_confirmation(key)
+                    await self._execute(conn, self.turn.expired(key, first))
+                case Fetch(number=number, path=path):
+                    await self._send_file(deliver, number, path)
+                case Finish(parts=parts, error=error):
+                    await self._finish(deliver, parts, error)
+                case Log(event=event, level=level, fields=fields):
+                    getattr(self.ctx.log, level)(event, chat_id=self.chat_id, **dict(fields))
+
+    def _rows(self, deliver: Deliver, parts: Any, *, done: bool = False, error: str | None = None) -> list[OutboxItem]:
         """Outbox rows for stream actions.
 
         A part's first post has a transaction id of the message and part
@@ -274,50 +405,70 @@ class _Connection:
         reason a part that an earlier run already posted is not posted again
         (that row exists, and would be ignored): it is edited.
         """
-        items = []
+        rows = []
         boot = self.bot.store.boot_id
-        for action in actions:
-            post_txn = txn_id("answer", turn.event_id, str(action.part_no))
-            content = {**contents.text(action.body), SOURCE_KEY: turn.event_id}
+        for action in parts:
+            post_txn = txn_id("answer", deliver.event_id, str(action.part_no))
+            content = {**contents.text(action.body), SOURCE_KEY: deliver.event_id}
             if done:
                 content[DONE_KEY] = True
-            if isinstance(action, PostPart) and not self.bot.store.has_send(post_txn):
-                items.append(OutboxItem(0, post_txn, turn.room_id, "m.room.message", content))
+                if error is not None:
+                    content[ERROR_KEY] = error
+            if action.edit_no == 0 and not self.bot.store.has_send(post_txn):
+                rows.append(OutboxItem(0, post_txn, deliver.room_id, "m.room.message", content))
             else:
-                edit_txn = txn_id("edit", turn.event_id, boot, str(action.part_no), str(action.edit_no))
-                items.append(OutboxItem(0, edit_txn, turn.room_id, "m.room.message", content, replaces_txn=post_txn))
-        return items
+                edit_txn = txn_id("edit", deliver.event_id, boot, str(action.part_no), str(action.edit_no))
+                rows.append(OutboxItem(0, edit_txn, deliver.room_id, "m.room.message", content, replaces_txn=post_txn))
+        return rows
 
-    async def _post(self, turn: Deliver, actions: list[Any]) -> None:
-        if actions:
-            self.last_action = actions[-1]
-            await tell_outbox(self.ctx, self.bot.store.enqueue(self._items(turn, actions)))
-
-    async def _finish(self, turn: Deliver, actions: list[Any]) -> None:
+    async def _finish(self, deliver: Deliver, parts: Any, error: str | None) -> None:
         """End the turn: final sends and "handled" in one transaction, then tell the room."""
-        last = self.last_action
-        if not actions and last is not None:
-            # The last throttled edit already showed the whole answer; repeat
-            # it once more, marked done, so readers know nothing follows.
-            actions = [EditPart(last.part_no, last.edit_no + 1, last.body)]
-        self.ended_at = trio.current_time()
-        queued = self.bot.store.finish(turn.event_id, self._items(turn, actions, done=True))
-        for pending in self.bot.store.confirmations(turn.room_id):
-            if pending.chat_id == self.chat_id:
-                self.bot.store.resolve_confirmation(pending.request_id)
-        await tell_outbox(self.ctx, queued)
-        await turn.room.send(_turn_done(turn.event_id))
+        store = self.bot.store
+        if error is not None and store.is_handled(deliver.event_id):
+            # Stopped between recording the answer and telling the room: the
+            # answer stands; only the room has yet to hear.
+            queued: list[OutboxItem] = []
+        else:
+            queued = store.finish(deliver.event_id, self._rows(deliver, parts, done=True, error=error))
+        prefix = self.settings.namespace + "/"
+        for pending in store.confirmations(deliver.room_id):
+            if pending.request_id.startswith(prefix):
+                store.resolve_confirmation(pending.request_id)
+        await self._tell_outbox(queued)
+        try:
+            # The room serves one room; its mailbox takes one TurnDone per turn.
+            await deliver.room.send(TurnDone(deliver.event_id))
+        except ActorError:
+            # The room is stopped (shutting down) or full: it reads the store
+            # when it starts again, where this turn is already handled.
+            self.ctx.log.info("connection.room_not_told", event_id=deliver.event_id)
 
-    async def fail_turn(self, turn: Deliver, message: str) -> None:
-        with trio.move_on_after(5, shield=True):
-            if self.bot.store.is_handled(turn.event_id):
-                # Stopped between recording the answer and telling the room:
-                # the answer stands; only the room has yet to hear.
-                await turn.room.send(_turn_done(turn.event_id))
-                return
-            if self.stream is None or self.stream.finished:
-                self.stream, self.last_action = AnswerStream(), None
-            await self._finish(turn, self.stream.fail(message, trio.current_time()))
+    async def _tell_outbox(self, queued: list[OutboxItem]) -> None:
+        try:
+            # The outbox never blocks on one sender: it queues per room and
+            # its mailbox is sized for every connection's sends.
+            await tell_outbox(self.ctx, queued)
+        except ActorError:
+            # Stopping: the rows are in the store, and the next run sends them.
+            self.ctx.log.info("connection.outbox_not_told", count=len(queued))
+
+    async def _fail_all(self, marker: str, error: str) -> None:
+        """Fail the turn in progress and every turn waiting, each with ``marker``."""
+        if self.turn is not None and self.deliver is not None and not self.turn.finished:
+            await self._execute(None, self.turn.fail(marker, error))
+        self.turn = None
+        while True:
+            try:
+                item = self.inputs.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, Deliver):
+                self.deliveries.offer(item.event_id, item)
+        self.deliveries.done()
+        for waiting in self.deliveries.drain():
+            self.deliver = waiting
+            await self._execute(None, Turn(self.settings, waiting.event_id).fail(marker, error))
+        self.deliver = None
 
     # -- typing, confirmations, files ------------------------------------------------
 
@@ -327,125 +478,61 @@ class _Connection:
         Runs beside the turn, not in it: a quick answer sends no typing at
         all (each typing change wakes every member's sync, which costs the
         homeserver more than the answer), a request in flight is never cut
-        off, and "stopped typing" is not on the way to the next message.
+        off, and "stopped typing" is not on the way to the next message. A
+        homeserver that fails it changes nothing (``quietly``).
         """
         with trio.move_on_after(self.timing.typing_delay):
             await answered.wait()
         if answered.is_set():
             return
+        client = self.bot.client
         while not answered.is_set():
-            await _quietly(self.bot.client.typing(room_id, True, timeout_ms=30_000))
+            await quietly(client.typing(room_id, True, timeout_ms=30_000), self.ctx.log, "connection.typing")
             with trio.move_on_after(20):
                 await answered.wait()
-        await _quietly(self.bot.client.typing(room_id, False))
+        await quietly(client.typing(room_id, False), self.ctx.log, "connection.typing")
 
-    async def _answer_confirmations(self, conn: AgentConnection, turn: Deliver) -> None:
-        while True:
-            msg = await self.ctx.mailbox.receive()
-            if isinstance(msg, ConfirmAnswer):
-                await conn.send_confirm_response(msg.request_id, msg.approved)
-            elif isinstance(msg, Deliver):
-                self.next = msg
-            else:
-                self.ctx.log.warning("connection.unknown_message", message=type(msg).__name__)
-
-    async def _ask(self, turn: Deliver, confirm: p.ConfirmRequest, nursery: trio.Nursery) -> None:
-        minutes = self.timing.confirmation_timeout / 60
-        prompt = notice(
-            turn.room_id,
-            "confirm",
-            (turn.event_id, confirm.request_id),
-            f"🔐 {self.agent.label} asks for your permission to: {confirm.action}\n"
-            f"{confirm.details}\n"
-            f"Answer !yes or !no (or react ✅ / ❌). No answer within {minutes:g} min means no.",
-            source=turn.event_id,
-            done=False,
-        )
+    async def _ask(self, deliver: Deliver, ask: Ask) -> None:
+        prompt = notice(deliver.room_id, "confirm", (deliver.event_id, ask.key), ask.body, source=deliver.event_id, done=False)
         self.bot.store.add_confirmation(
             PendingConfirmation(
-                confirm.request_id,
-                turn.room_id,
+                ask.key,
+                deliver.room_id,
                 self.chat_id,
-                confirm.action,
-                confirm.details,
+                ask.action,
+                ask.details,
                 prompt.txn_id,
                 time.time() + self.timing.confirmation_timeout,
             )
         )
-        await tell_outbox(self.ctx, self.bot.store.enqueue([prompt]))
-        nursery.start_soon(self._expire, turn, confirm)
+        await self._tell_outbox(self.bot.store.enqueue([prompt]))
 
-    async def _expire(self, turn: Deliver, confirm: p.ConfirmRequest) -> None:
-        await trio.sleep(self.timing.confirmation_timeout)
-        if self.bot.store.resolve_confirmation(confirm.request_id):
-            self.ctx.log.info("connection.confirmation_expired", request_id=confirm.request_id)
-            await tell_outbox(self.ctx, 
-                self.bot.store.enqueue(
-                    [notice(turn.room_id, "expired", (turn.event_id, confirm.request_id), f"⌛ No answer in time, so no: {confirm.action}")]
-                )
-            )
-            # Through our own mailbox, so the one task that answers the
-            # agent's confirmations sends it.
-            await self.ctx.address.send(ConfirmAnswer(confirm.request_id, False))
-
-    async def _send_file(self, turn: Deliver, path: str) -> None:
-        number = self.files_sent
-        self.files_sent += 1
+    async def _send_file(self, deliver: Deliver, number: int, path: str) -> None:
+        cause = (deliver.event_id, str(number))
         try:
-            # Walks, checks and reads the file (blocking I/O): in a worker thread.
-            resolved = await trio.to_thread.run_sync(
+            loaded: AgentFile = await trio.to_thread.run_sync(
                 load_agent_file, self.agent.workspace_path, path, self.agent.max_file_bytes
             )
-            mxc = await self.bot.client.upload(resolved.data, resolved.mimetype, resolved.name)
+            mxc = await self.bot.client.upload(loaded.data, loaded.mimetype, loaded.name)
         except UnsafeAgentFile as exc:
             self.ctx.log.warning("connection.file_refused", agent=self.agent.id, reason=str(exc))
-            item = notice(turn.room_id, "file", (turn.event_id, str(number)), f"⚠ The agent tried to send a file I refused: {exc}")
-        except (MatrixError, OSError) as exc:
+            item = notice(deliver.room_id, "file", cause, f"⚠ The agent tried to send a file I refused: {exc}",
+                          source=deliver.event_id, done=False, error=ERROR_FILE)
+        except MatrixFailure as exc:
+            # The homeserver's failure, not the agent's: the turn goes on.
+            self.ctx.log.warning("connection.file_upload_failed", agent=self.agent.id, error=str(exc))
+            item = notice(deliver.room_id, "file", cause,
+                          "⚠ The agent sent a file, but the homeserver did not take the upload; "
+                          "ask the agent to send it again later.",
+                          source=deliver.event_id, done=False, error=ERROR_HOMESERVER)
+        except OSError as exc:
             self.ctx.log.warning("connection.file_failed", agent=self.agent.id, error=str(exc))
-            item = notice(turn.room_id, "file", (turn.event_id, str(number)), f"⚠ I could not deliver a file from the agent: {exc}")
+            item = notice(deliver.room_id, "file", cause, "⚠ I could not read a file the agent sent.",
+                          source=deliver.event_id, done=False, error=ERROR_FILE)
         else:
             content = {
-                **contents.file_message(mxc, resolved.name, mimetype=resolved.mimetype, size=resolved.size, msgtype=resolved.msgtype),
-                SOURCE_KEY: turn.event_id,
+                **contents.file_message(mxc, loaded.name, mimetype=loaded.mimetype, size=loaded.size, msgtype=loaded.msgtype),
+                SOURCE_KEY: deliver.event_id,
             }
-            item = OutboxItem(0, txn_id("file", turn.event_id, str(number)), turn.room_id, "m.room.message", content)
-        await tell_outbox(self.ctx, self.bot.store.enqueue([item]))
-
-
-def _for_users(failure: AgentConnectionError) -> str:
-    """What went wrong, for the user: no URLs, codes or advice meant for operators (the log has those)."""
-    match failure:
-        case AgentBusy():
-            return "another client holds this chat"
-        case AgentUnreachable():
-            return "it cannot be reached right now"
-        case NoStatus():
-            return "it did not get ready in time"
-        case AgentStalled():
-            return "it stopped responding in the middle of the answer"
-        case FrameTooLarge():
-            return "it sent a message too large to handle"
-        case AgentClosed():
-            return "it closed the connection in the middle of the answer"
-    return "the connection to it failed"
-
-
-async def _read_frames(conn: AgentConnection, frames_in: trio.MemorySendChannel[Any]) -> None:
-    """Move every frame (and finally the error that ended the socket) into ``frames_in``."""
-    try:
-        async for frame in conn:
-            frames_in.send_nowait(frame)
-    except AgentConnectionError as exc:
-        frames_in.send_nowait(exc)
-
-
-def _turn_done(event_id: str) -> Any:
-
-    return TurnDone(event_id)
-
-
-async def _quietly(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except MatrixError:
-        pass
+            item = OutboxItem(0, txn_id("file", *cause), deliver.room_id, "m.room.message", content)
+        await self._tell_outbox(self.bot.store.enqueue([item]))
