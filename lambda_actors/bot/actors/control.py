@@ -6,16 +6,25 @@ answer per line:
 
 ``actors [PREFIX]``
     every actor and supervisor under PREFIX (default: the whole tree), as
-    ``{"actors": [{"path", "status", "restarts", "supervisor"}, ...]}``.
+    ``{"actors": [{"path", "status", "restarts", "supervisor", "retry_at"},
+    ...]}``. ``retry_at`` is the wall-clock time (ISO 8601, UTC) at which a
+    parked or backing-off actor is tried again, else null.
 ``kill PATH``
     crash the actor at PATH as if it raised (``Supervisor.kill``); its
     supervisor's policy decides what happens next. ``{"killed": true}``, or
     false when it was not running.
 ``stats``
-    the root supervisor's statistics.
+    the whole tree: ``{"stats": {"restarts", "parks", "supervisors": [...]}}``
+    with the totals and each supervisor's own figures (its path, children
+    running / backing off / parked, restarts and parks since it started).
+``deadletters [N]``
+    the newest N (default 20, at most 100) events set aside because handling
+    them crashed their room too often: event id, room, sender, error,
+    failures, when (ISO 8601, UTC). The trace is left out (it is long and in
+    the database); ``{"deadletters": [...]}``.
 
 The chaos run uses it to kill agent connections inside a bot that it also
-SIGKILLs; operators use it to see what is parked.
+SIGKILLs; operators use it to see what is parked and what was set aside.
 """
 
 from __future__ import annotations
@@ -23,38 +32,58 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import structlog
 import trio
 
 from ...runtime.errors import NoSuchActor
+from ...runtime.state import ChildState
 from ...runtime.supervisor import Supervisor
+from ..store import Store
 
 log = structlog.get_logger("lambda_actors.control")
 
 _MAX_LINE = 4096
+_COMMANDS = "actors [PREFIX], kill PATH, stats, deadletters [N]"
 
 
-def walk(root: Supervisor) -> Iterator[dict[str, Any]]:
-    """Every child of ``root``'s subtree, depth first, as plain values."""
-    for state in root.which_children():
-        yield {"path": state.path, "status": str(state.status), "restarts": state.restarts, "supervisor": state.supervisor}
-        if state.supervisor:
-            try:
-                yield from walk(root.child_supervisor(state.name))
-            except NoSuchActor:
-                continue
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds")
 
 
-def answer(root: Supervisor, line: str) -> dict[str, Any]:
-    """The reply to one command line (pure: no I/O, easy to test)."""
+def describe(path: str, state: ChildState, now_wall: float) -> dict[str, Any]:
+    """One actor as plain values; ``retry_in`` (seconds from the snapshot) becomes a wall-clock time."""
+    retry_at = None if state.retry_in is None else _iso(now_wall + state.retry_in)
+    return {
+        "path": path,
+        "status": str(state.status),
+        "restarts": state.restarts,
+        "supervisor": state.supervisor,
+        "retry_at": retry_at,
+    }
+
+
+def tree_stats(root: Supervisor) -> dict[str, Any]:
+    supervisors = [_plain(asdict(s)) for s in root.tree_statistics()]
+    return {
+        "restarts": sum(s["restarts"] for s in supervisors),
+        "parks": sum(s.get("parks", 0) for s in supervisors),
+        "supervisors": supervisors,
+    }
+
+
+def answer(root: Supervisor, line: str, store: Store | None = None, *, now_wall: float | None = None) -> dict[str, Any]:
+    """The reply to one command line (no I/O but the store's read: easy to test)."""
     command, _, argument = line.strip().partition(" ")
     argument = argument.strip()
     if command == "actors":
-        return {"actors": [a for a in walk(root) if a["path"].startswith(argument)]}
+        wall = time.time() if now_wall is None else now_wall
+        return {"actors": [describe(p, s, wall) for p, s in root.walk() if p.startswith(argument)]}
     if command == "kill":
         if not argument:
             return {"error": "kill needs a path, e.g. kill node/agents/agent-0/chat-1"}
@@ -63,40 +92,86 @@ def answer(root: Supervisor, line: str) -> dict[str, Any]:
         except NoSuchActor as exc:
             return {"error": str(exc)}
     if command == "stats":
-        return {"stats": _plain(asdict(root.statistics()))}
-    return {"error": f"unknown command {command!r}; commands: actors [PREFIX], kill PATH, stats"}
+        return {"stats": tree_stats(root)}
+    if command == "deadletters":
+        if store is None:
+            return {"error": "deadletters needs the bot's store; this control socket has none"}
+        if argument and not (argument.isdigit() and 0 < int(argument) <= 100):
+            return {"error": f"deadletters takes a count from 1 to 100, not {argument[:20]!r}"}
+        letters = store.dead_letters(limit=int(argument) if argument else 20)
+        return {
+            "deadletters": [
+                {
+                    "event_id": d.event_id,
+                    "room_id": d.room_id,
+                    "sender": d.sender,
+                    "error": d.error,
+                    "failures": d.failures,
+                    "set_aside_at": _iso(d.set_aside_at),
+                }
+                for d in letters
+            ]
+        }
+    return {"error": f"unknown command {command[:40]!r}; commands: {_COMMANDS}"}
 
 
-async def serve_control(path: Path, root: Supervisor, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the control socket at ``path`` until cancelled."""
+async def serve_control(
+    path: Path,
+    root: Supervisor,
+    store: Store | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the control socket at ``path`` until cancelled.
+
+    A stale socket left at ``path`` by an earlier run is replaced; the
+    caller checks first that nothing else is there (``check_control_socket``).
+    """
     path = Path(path)
-    if path.exists() or path.is_symlink():
+    if path.is_socket():
         path.unlink()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The umask makes the socket 0600 from its first moment (a chmod after
+    # bind would leave a window where anyone could connect).
     old_umask = os.umask(0o177)
     try:
         await sock.bind(str(path))
+        sock.listen(16)
+    except OSError:
+        sock.close()
+        raise
     finally:
         os.umask(old_umask)
-    sock.listen(16)
     listener = trio.SocketListener(sock)
     log.info("control.listening", path=str(path))
     task_status.started()
     try:
-        await trio.serve_listeners(lambda stream: _session(stream, root), [listener])
+        await trio.serve_listeners(lambda stream: _session(stream, root, store), [listener])
     finally:
         with trio.CancelScope(shield=True):
             path.unlink(missing_ok=True)
 
 
-async def _session(stream: trio.SocketStream, root: Supervisor) -> None:
+async def _session(stream: trio.SocketStream, root: Supervisor, store: Store | None) -> None:
+    # A session's failure must never reach serve_listeners: it would end the
+    # control socket's task and, with it, the bot. A client that hangs up is
+    # normal; anything else is a bug of this module, logged and contained.
+    try:
+        await _converse(stream, root, store)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    except Exception:
+        log.exception("control.session_failed")
+
+
+async def _converse(stream: trio.SocketStream, root: Supervisor, store: Store | None) -> None:
     buffer = b""
     async with stream:
         async for data in stream:
             buffer += data
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                reply = answer(root, line.decode("utf-8", "replace"))
+                reply = answer(root, line.decode("utf-8", "replace"), store)
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
             if len(buffer) > _MAX_LINE:
                 await stream.send_all(json.dumps({"error": "line too long"}).encode() + b"\n")
