@@ -67,7 +67,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO, cast
 
 import structlog
 import trio
@@ -82,6 +82,9 @@ from lambda_actors.loopback.user import ScriptedUser  # noqa: E402
 from lambda_actors.matrix import content as contents  # noqa: E402
 from lambda_actors.matrix.client import MatrixClient  # noqa: E402
 from lambda_actors.matrix.transport import Transport  # noqa: E402
+
+if TYPE_CHECKING:
+    from lambda_actors.agent.fake import FakeAgent
 
 ROOMS = 20
 AGENTS = 2
@@ -137,7 +140,7 @@ def count_requests(probe: Any) -> None:
         probe.write("R", what)
         return result
 
-    Transport.request = counted  # type: ignore[method-assign]
+    Transport.request = counted  # type: ignore[method-assign]  # a probe, patched into this process's class on purpose
 
 
 # --- the processes under test ------------------------------------------------------------
@@ -175,11 +178,11 @@ def serve_bot(args: argparse.Namespace) -> int:
         await trio.lowlevel.checkpoint()
 
     if args.no_typing:
-        MatrixClient.typing = no_typing  # type: ignore[method-assign]
+        MatrixClient.typing = no_typing  # type: ignore[method-assign]  # a probe, patched into this process's class on purpose
 
-    MatrixClient.sync = stamped_sync_json  # type: ignore[method-assign]
-    Store.ingest = stamped_ingest  # type: ignore[method-assign]
-    AgentConnection.send_user_message = stamped_send  # type: ignore[method-assign]
+    MatrixClient.sync = stamped_sync_json  # type: ignore[method-assign]  # a probe, patched into this process's class on purpose
+    Store.ingest = stamped_ingest  # type: ignore[method-assign]  # a probe, patched into this process's class on purpose
+    AgentConnection.send_user_message = stamped_send  # type: ignore[method-assign]  # a probe, patched into this process's class on purpose
     count_requests(probe)
     # Parsed by the command's own argument definitions, so its defaults apply.
     run_parser = argparse.ArgumentParser()
@@ -209,7 +212,7 @@ def serve_agents(args: argparse.Namespace) -> int:
     quiet_logs()
     probe = ProbeFile(args.probe_file)
 
-    class StampedFrames(list):
+    class StampedFrames(list[Any]):
         # Stands in for FakeAgent.received, which the agent appends to right
         # after reading and parsing a frame. Nothing is kept: a long run
         # would only grow the list.
@@ -304,7 +307,7 @@ class BenchUser(ScriptedUser):
         self.room = ""
         self.bare_room = ""
         #: room id -> who the homeserver last said is typing there
-        self.typing: dict[str, list[str]] = {}
+        self.typing_now: dict[str, list[str]] = {}
         #: Set once onboarded: from then on only ``done_at`` is read.
         self.forget_seen = False
 
@@ -313,7 +316,7 @@ class BenchUser(ScriptedUser):
         for room_id, room in body.get("rooms", {}).get("join", {}).items():
             for event in room.get("ephemeral", {}).get("events", []):
                 if event.get("type") == "m.typing":
-                    self.typing[room_id] = list(event.get("content", {}).get("user_ids", []))
+                    self.typing_now[room_id] = list(event.get("content", {}).get("user_ids", []))
             for event in room.get("timeline", {}).get("events", []):
                 content = event.get("content")
                 if isinstance(content, dict) and content.get(DONE_KEY) and isinstance(content.get(SOURCE_KEY), str):
@@ -480,7 +483,8 @@ def latency_legs(sent: dict[str, str], stamps: dict[str, dict[str, float]]) -> d
 
 
 def requests_in(rows: list[tuple[str, float, str]], start: float, end: float) -> tuple[Counter[str], Counter[str]]:
-    done, cancelled = Counter(), Counter()
+    done: Counter[str] = Counter()
+    cancelled: Counter[str] = Counter()
     for kind, stamp, what in rows:
         if start <= stamp <= end:
             if kind == "R":
@@ -550,7 +554,9 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await wait_for_file(workdir / "agents.json", agents_process, "agents")
         agents = [SimpleNamespace(**a) for a in json.loads((workdir / "agents.json").read_text())]
         users_map = {stack.users[name].user_id: f"agent-{n % AGENTS}" for n, name in enumerate(names)}
-        stack.config_path.write_text(agents_yaml(agents, users_map))
+        # The agents live in the agents process; these records carry the two
+        # attributes agents_yaml reads from a FakeAgent (base_url, workspace).
+        stack.config_path.write_text(agents_yaml(cast("Sequence[FakeAgent]", agents), users_map))
 
         bot_env = {"MATRIX_HOMESERVER": hs.url, "MATRIX_USER_ID": stack.bot_id, "MATRIX_PASSWORD": stack.bot_user.password}
         bot_extra = ["--config", str(stack.config_path), "--data-dir", str(workdir / "bot-data"), "--log-level", args.log_level]
@@ -632,7 +638,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 if kind == "bot":
                     # Every answer is done: nobody should still see the bot typing.
                     await trio.sleep(2)
-                    phase.typing_left = sum(stack.bot_id in u.typing.get(u.room, ()) for u in users)
+                    phase.typing_left = sum(stack.bot_id in u.typing_now.get(u.room, ()) for u in users)
                 phases.append(phase)
         progress("stopping")
     # Every process has stopped now, so its probe file is complete.
