@@ -33,6 +33,7 @@ def version() -> str:
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lambda_actors.bot.run", "run the Matrix bot"),
+    "control": ("lambda_actors.bot.actors.control", "ask a running bot's control socket: actors, kill, stats, deadletters"),
     "fake-agent": ("lambda_actors.agent.fake", "run a fake agent (a real WebSocket server) for demos and tests"),
     "demo": ("lambda_actors.loopback.demo", "a scripted conversation with the bot on loopback (starts and stops its own Synapse)"),
     "chaos": ("lambda_actors.loopback.chaos", "the measured reliability run: users, killed actors, agents and bot, on loopback; reports lost and duplicated messages"),

@@ -356,3 +356,33 @@ def test_without_the_bot_extra_run_says_what_to_install(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().endswith("install them with: pip install 'lambda_actors[bot]'")
     assert "Traceback" not in result.stderr
+
+
+# --- lambda-actors control ------------------------------------------------------------------
+
+
+async def test_lambda_actors_control_asks_a_live_socket_and_prints_its_answer(tmp_path: Path) -> None:
+    from lambda_actors.bot.actors.control import serve_control
+
+    path = tmp_path / "c.sock"
+    async with la.open_supervisor("app", [la.ChildSpec("worker", crash_on_demand)]) as sup:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_control, path, sup)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            listed = await trio.run_process(
+                [sys.executable, "-m", "lambda_actors", "control", str(path), "actors"], capture_stdout=True, capture_stderr=True
+            )
+            assert '"path": "app/worker"' in listed.stdout.decode()
+            refused = await trio.run_process(
+                [sys.executable, "-m", "lambda_actors", "control", str(path), "kill"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+            assert refused.returncode == 1 and "kill needs a path" in refused.stdout.decode()
+            nursery.cancel_scope.cancel()
+    assert not path.exists()  # removed when the bot stops
+
+
+def test_lambda_actors_control_without_a_bot_exits_5(operator, tmp_path: Path) -> None:
+    result = operator("control", str(tmp_path / "none.sock"), "stats")
+    assert result.returncode == 5 and "is the bot running with --control-socket" in result.stderr
+    assert "Traceback" not in result.stderr

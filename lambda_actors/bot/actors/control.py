@@ -24,14 +24,17 @@ answer per line:
     the database); ``{"deadletters": [...]}``.
 
 The chaos run uses it to kill agent connections inside a bot that it also
-SIGKILLs; operators use it to see what is parked and what was set aside.
+SIGKILLs; operators use it to see what is parked and what was set aside,
+with ``lambda-actors control PATH COMMAND`` (:func:`run`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -199,3 +202,26 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+# -- lambda-actors control ----------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("socket", type=Path, metavar="SOCKET", help="the bot's --control-socket path")
+    parser.add_argument("command", nargs="+", metavar="COMMAND", help=_COMMANDS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send one command, print the answer as indented JSON; 1 if the bot answered an error."""
+    try:
+        reply = trio.run(control_request, args.socket, " ".join(args.command))
+    except (OSError, ConnectionError) as exc:
+        print(
+            f"lambda-actors control: cannot talk to {args.socket} ({getattr(exc, 'strerror', None) or exc}); "
+            f"is the bot running with --control-socket {args.socket}, as this user?",
+            file=sys.stderr,
+        )
+        return 5
+    print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return 1 if "error" in reply else 0
