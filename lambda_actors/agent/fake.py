@@ -48,6 +48,8 @@ process with ``--misbehave MODE`` (repeatable). The modes:
 ``tool``            a tool call and its result before the answer
 ``progress``        a progress update (CUSTOM_UPDATE kind "progress")
 ``error``           answer with an ERROR frame instead of text
+``flood``           after END, send text chunks without pause until the bot
+                    closes the socket (counted in ``flooded``, per chat)
 ==================  ===========================================================
 
 Tokens are written ``[[mode]]`` or ``[[mode:arg]]``, e.g. ``[[file:a.csv]]``.
@@ -109,6 +111,7 @@ MODES: dict[str, str] = {
     "tool": "a tool call and result before the answer",
     "progress": "a progress update before the answer",
     "error": "answer with an ERROR frame",
+    "flood": "after END, send frames without pause until the socket is closed",
 }
 
 _TOKEN = re.compile(r"\[\[([a-z][a-z-]*)(?::([^\[\]\s]*))?\]\]")
@@ -231,6 +234,8 @@ class FakeAgent:
         self.connections: Counter[str] = Counter()
         #: Sockets refused as "agent busy", per chat id.
         self.refused: Counter[str] = Counter()
+        #: Frames sent by ``flood`` after END, per chat id.
+        self.flooded: Counter[str] = Counter()
         self._port = port
         self._rules: list[_Rule] = []
         self._sessions: dict[str, _Session] = {}
@@ -513,6 +518,11 @@ class FakeAgent:
         if "after-end" in modes:
             await session.send(TextChunk(text=" (late)"))
             await session.send(CustomUpdate(payload={"kind": "progress", "message": "late"}))
+        if "flood" in modes:
+            # Ends only when the socket does (ConnectionClosed ends the session).
+            while True:
+                await session.send(TextChunk(text=" (flood)"))
+                self.flooded[session.chat_id] += 1
 
     async def _mid_answer(self, session: _Session, modes: dict[str, str | None]) -> None:
         if "garbage" in modes:

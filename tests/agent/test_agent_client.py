@@ -19,6 +19,7 @@ from lambda_actors.agent.client import (
     FrameTooLarge,
     Late,
     NoStatus,
+    TooManyFrames,
     open_agent_connection,
 )
 
@@ -186,6 +187,25 @@ async def test_agent_client_frames_after_end_come_back_late(fake_agent):
             late = [await conn.receive(), await conn.receive()]
     assert late[0] == Late(p.TextChunk(" (late)"))
     assert isinstance(late[1], Late) and isinstance(late[1].frame, p.CustomUpdate)
+
+
+async def test_agent_client_abort_cuts_a_flooding_agent_at_once_and_keeps_failing(fake_agent):
+    """The fake's ``flood`` sends without pause after END until the socket
+    closes; ``abort`` closes it at once, with no handshake to wait for."""
+    agent = await fake_agent()
+    async with open_agent_connection(agent.base_url, 4) as conn:
+        await conn.send_user_message("hi [[flood]]")
+        assert text_of(await collect_answer(conn)) == "echo: hi"
+        with trio.fail_after(HANG):
+            for _ in range(100):
+                assert await conn.receive() == Late(p.TextChunk(" (flood)"))
+        error = TooManyFrames(conn.url, "over budget")
+        await conn.abort(error)
+        with pytest.raises(TooManyFrames):
+            await conn.receive()
+        with trio.fail_after(HANG):
+            await agent.wait_until(lambda: "4" not in agent.open_chats)
+    assert agent.flooded["4"] >= 100
 
 
 async def test_agent_client_passes_on_a_send_file_path_that_escapes_the_workspace(fake_agent):
