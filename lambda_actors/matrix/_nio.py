@@ -13,6 +13,8 @@ which says what was expected.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -44,8 +46,20 @@ def build(builder: Callable[..., tuple[Any, ...]], *args: Any, **kwargs: Any) ->
 
 
 def authenticated(builder: Callable[..., tuple[Any, ...]], *args: Any, **kwargs: Any) -> Request:
-    """:func:`build` for builders whose first parameter is the access token."""
+    """:func:`build` for builders whose first parameter is the access token.
+
+    Checked, because nio moves it between releases (0.26 made it a keyword at
+    the end of ``Api.download``): a placeholder passed in the wrong place
+    would silently shift every argument.
+    """
+    if not _token_first(builder):
+        raise TypeError(f"nio.Api.{builder.__name__} does not take the access token first: use _nio.build()")
     return build(builder, _PLACEHOLDER_TOKEN, *args, **kwargs)
+
+
+@functools.cache
+def _token_first(builder: Callable[..., Any]) -> bool:
+    return next(iter(inspect.signature(builder).parameters), None) == "access_token"
 
 
 def strip_token(path: str) -> str:

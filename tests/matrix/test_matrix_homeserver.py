@@ -84,7 +84,9 @@ def test_matrix_homeserver_script_starts_and_stops_its_own_synapse(tmp_path):
     script = ROOT / "scripts" / "synapse"
     started = subprocess.run([script, "start", tmp_path, "auto"], capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
-    url = started.stdout.strip()
+    # The first line is the URL (for scripts); the rest tells a person what to do next.
+    url, *advice = started.stdout.splitlines()
+    assert any("scripts/synapse register" in line for line in advice)
     pid = json.loads((tmp_path / "synapse.json").read_text())["pid"]
     try:
         assert url.startswith("http://127.0.0.1:")

@@ -11,6 +11,7 @@ import random
 import socket
 
 import httpx
+import nio
 import pytest
 import structlog
 import trio
@@ -29,6 +30,7 @@ from lambda_actors.matrix import (
     RetryPolicy,
     content,
 )
+from lambda_actors.matrix import _nio
 from lambda_actors.matrix.errors import error_from_response
 from lambda_actors.matrix.retry import DEFAULT_BACKOFF, call_with_retries
 from lambda_actors.matrix.transport import public_url
@@ -135,6 +137,13 @@ async def test_matrix_retry_ambiguous_failures_of_unsafe_requests_are_not_retrie
 
     # A connection that was never made cannot have done anything: retried.
     assert await call_with_retries(RetryPolicy(), refused, idempotent=False, what="POST createRoom", homeserver="http://hs") == "created"
+
+
+def test_matrix_retry_the_token_placeholder_goes_only_where_nio_takes_the_token():
+    assert _nio.authenticated(nio.Api.room_leave, "!r:hs").path == "/_matrix/client/v3/rooms/%21r%3Ahs/leave"
+    # Api.download takes the token last (nio >= 0.26): a placeholder put first would be the server name.
+    with pytest.raises(TypeError, match="Api.download does not take the access token first"):
+        _nio.authenticated(nio.Api.download, "hs", "media")
 
 
 # -- the transport on the wire --------------------------------------------------------------
