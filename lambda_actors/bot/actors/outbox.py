@@ -10,7 +10,11 @@ repeated (device, transaction id) with the first event instead of a new one.
 
 Order is kept per room (one sender task each), so an answer's edits never
 overtake the answer. An edit still queued behind a newer edit of the same
-message is skipped: the newer one carries the whole text anyway.
+message is skipped: the newer one carries the whole text anyway. A room's
+sender exits after :data:`SENDER_IDLE_EXIT` with nothing to send.
+
+Nobody waits for the outbox: :func:`tell_outbox` never blocks, and the
+outbox rescans the store for rows it was not told about.
 """
 
 from __future__ import annotations
@@ -25,11 +29,20 @@ from ..store import OutboxItem, Store
 from ...matrix import content as contents
 from ...matrix.client import MatrixClient
 from ...matrix.errors import InvalidToken, MatrixError, RateLimited
+from ...runtime.errors import ActorStopped, MailboxFull
 from .services import OUTBOX_PATH
 
 #: Stored as the "event id" of a send that will never happen, so edits of it
 #: are skipped and it is not retried after a restart.
 NOT_SENT = ""
+
+
+#: A per-room sender with nothing to send for this long exits (the next send
+#: to its room starts a new one), so rooms that went quiet cost nothing.
+SENDER_IDLE_EXIT = 60.0
+#: How often the outbox looks in the store for rows nobody told it about
+#: (a :class:`Queued` refused by its full mailbox).
+RESCAN_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,9 +53,25 @@ class Queued:
 
 
 async def tell_outbox(ctx: Any, queued: list[OutboxItem]) -> None:
-    """Hand rows just written to the store's outbox to the outbox actor."""
-    if queued:
-        await ctx.registry.lookup(OUTBOX_PATH).send(Queued(tuple(queued)))
+    """Hand rows just written to the store's outbox to the outbox actor.
+
+    Async for its callers' sake, but never waits, so a room or connection never blocks on the outbox, even
+    while it restarts. Nothing can be lost by not waiting: the rows are in
+    the store already, which is the real queue. If the outbox's mailbox is
+    full, or the outbox is between incarnations and its mailbox full, the
+    outbox finds the rows at its next rescan of the store (within
+    :data:`RESCAN_INTERVAL`) or when it starts; if it stopped for good (the
+    bot is stopping), the next start sends them.
+    """
+    if not queued:
+        return
+    address = ctx.registry.get(OUTBOX_PATH)
+    if address is None:
+        return
+    try:
+        address.send_nowait(Queued(tuple(queued)))
+    except (MailboxFull, ActorStopped):
+        pass
 
 
 class _RoomQueue:
@@ -59,73 +88,118 @@ class _RoomQueue:
 
 
 class _Unsent:
-    """How many dispatched rows are not yet sent, and a way to wait for none."""
+    """The dispatched rows not yet sent (by seq), and a way to wait for none."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.seqs: set[int] = set()
         self._none = trio.Event()
         self._none.set()
 
-    def add(self) -> None:
-        if self.count == 0:
+    def add(self, seq: int) -> None:
+        if not self.seqs:
             self._none = trio.Event()
-        self.count += 1
+        self.seqs.add(seq)
 
-    def done(self) -> None:
-        self.count -= 1
-        if self.count == 0:
+    def done(self, seq: int) -> None:
+        self.seqs.discard(seq)
+        if not self.seqs:
             self._none.set()
 
     async def wait_none(self) -> None:
         await self._none.wait()
 
 
-async def outbox_actor(ctx: Any, store: Store, client: MatrixClient) -> None:
+async def outbox_actor(
+    ctx: Any,
+    store: Store,
+    client: MatrixClient,
+    *,
+    idle_exit: float = SENDER_IDLE_EXIT,
+    rescan_interval: float = RESCAN_INTERVAL,
+) -> None:
+    """Send every outbox row, per room in order (module doc).
+
+    The loop only moves rows into per-room queues: it never awaits anything
+    but its own mailbox, so it drains its mailbox at memory speed whatever
+    the homeserver does, and one room's slow or failing sends hold up only
+    that room's sender task.
+    """
     queues: dict[str, _RoomQueue] = {}
     unsent = _Unsent()
-    # A row can come twice: loaded from the store on start, and again in a
-    # Queued message that was held in the mailbox across the restart. Only
-    # rows loaded at start can, so only those are remembered.
-    pending = store.pending_sends()
-    loaded = {item.seq for item in pending}
 
     async with trio.open_nursery() as nursery:
 
         def dispatch(item: OutboxItem) -> None:
+            # A row can come more than once: in a Queued message and from a
+            # store scan (at start, or a rescan), or in a Queued message held
+            # in the mailbox across a restart after the new incarnation sent
+            # it. Dispatched-and-unsent rows are known here; sent ones are
+            # known to the store.
+            if item.seq in unsent.seqs:
+                return
             queue = queues.get(item.room_id)
             if queue is None:
                 queue = queues[item.room_id] = _RoomQueue()
-                nursery.start_soon(_send_room, ctx, store, client, queue, unsent)
-            unsent.add()
+                nursery.start_soon(_send_room, ctx, store, client, queues, item.room_id, queue, unsent, idle_exit)
+            unsent.add(item.seq)
             queue.push(item)
 
-        for item in pending:
-            dispatch(item)
-        async for msg in ctx.mailbox:
-            if isinstance(msg, Queued):
+        def scan() -> None:
+            for item in store.pending_sends():
+                dispatch(item)
+
+        scan()
+        next_scan = trio.current_time() + rescan_interval
+        while True:
+            msg = None
+            with trio.move_on_at(next_scan):
+                try:
+                    msg = await ctx.mailbox.receive()
+                except trio.EndOfChannel:
+                    break
+            if msg is None:
+                scan()
+                next_scan = trio.current_time() + rescan_interval
+            elif isinstance(msg, Queued):
                 for item in msg.items:
-                    if item.seq not in loaded:
+                    if item.seq not in unsent.seqs and store.sent_event_id(item.txn_id) is None:
                         dispatch(item)
             else:
                 ctx.log.warning("outbox.unknown_message", message=type(msg).__name__)
         # Stopping: what the other actors said last (an interrupted answer's
         # notice, say) goes out before we do, within our shutdown time; what
         # does not is still in the store for the next start.
+        scan()
         await unsent.wait_none()
         nursery.cancel_scope.cancel()
 
 
-async def _send_room(ctx: Any, store: Store, client: MatrixClient, queue: _RoomQueue, unsent: _Unsent) -> None:
+async def _send_room(
+    ctx: Any,
+    store: Store,
+    client: MatrixClient,
+    queues: dict[str, _RoomQueue],
+    room_id: str,
+    queue: _RoomQueue,
+    unsent: _Unsent,
+    idle_exit: float,
+) -> None:
     while True:
         if not queue.items:
             queue.ready = trio.Event()
-            await queue.ready.wait()
+            with trio.move_on_after(idle_exit):
+                await queue.ready.wait()
+            if not queue.items:
+                # Idle: leave. No checkpoint between this test and the
+                # removal, so no row can be pushed to a queue nobody serves.
+                del queues[room_id]
+                return
             continue
         item = queue.items.popleft()
         try:
             await _send(ctx, store, client, queue, item)
         finally:
-            unsent.done()
+            unsent.done(item.seq)
 
 
 async def _send(ctx: Any, store: Store, client: MatrixClient, queue: _RoomQueue, item: OutboxItem) -> None:
