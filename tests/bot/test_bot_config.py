@@ -624,3 +624,19 @@ def test_a_limit_must_be_a_positive_whole_number(value: str) -> None:
 @pytest.mark.parametrize("value", ["[]", "3", "yes"])
 def test_limits_must_be_a_mapping(value: str) -> None:
     assert "limits: must be a mapping" in refused(f"limits: {value}\n" + with_agent_field())
+
+
+def test_the_shipped_example_documents_every_limit_with_its_default() -> None:
+    from dataclasses import fields
+
+    from lambda_actors.bot.limits import Limits
+
+    text = (REPO / "config" / "agents.yaml").read_text()
+    documented = {}
+    for line in text.split("# limits:")[1].splitlines()[1:]:
+        key, _, rest = line.lstrip("# ").partition(":")
+        documented[key] = int(rest.split("#")[0])
+    assert documented == {f.name: getattr(Limits(), f.name) for f in fields(Limits)}
+    # Uncommented, the section is valid as it stands.
+    uncommented = text.replace("# limits:", "limits:").replace("#   ", "    ")
+    assert parse_agents_config(uncommented, base_dir=REPO / "config").limits == Limits()
