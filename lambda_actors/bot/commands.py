@@ -168,7 +168,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "help": ("!help", "show this list", "none"),
 }
 _ALIASES = {"reset": "clear"}
-_NO_ARGUMENT = {
+_NO_ARGUMENT: dict[str, Command] = {
     "chats": ListChats(),
     "archive": ArchiveChat(),
     "clear": ClearContext(),

@@ -102,6 +102,7 @@ __all__ = [
     "Wait",
     "admit",
     "creation_marker",
+    "drifted_bindings",
     "file_refused",
     "file_staged",
     "find_marked",
@@ -625,7 +626,7 @@ class RoomRules:
             case cmd.RemoveStaged(index=None):
                 count = len(facts.staged)
                 return [Unstage(None), Finish((Say("reply", f"Removed {count} waiting file{'s' if count != 1 else ''}."),))]
-            case cmd.RemoveStaged(index=index):
+            case cmd.RemoveStaged(index=int(index)):
                 if not 1 <= index <= len(facts.staged):
                     return reply(f"There is no file {index}; !list shows {len(facts.staged)}.")
                 chosen = facts.staged[index - 1]
@@ -667,6 +668,13 @@ def admit(event_id: str, event: Any, in_flight: str | None, waiting: bool) -> bo
     if event_id == in_flight:
         return False
     return not waiting or is_confirmation_answer(event)
+
+
+def drifted_bindings(bindings: list[RoomBinding] | tuple[RoomBinding, ...], agents: AgentsConfig) -> list[RoomBinding]:
+    """Stored bindings whose agent is no longer in agents.yaml (checked at
+    start, for one summary line; each room tells its owner on their next message)."""
+    configured = {agent.id for agent in agents.agents}
+    return [b for b in bindings if b.agent_id not in configured and not b.archived]
 
 
 # -- replay-safe creation ----------------------------------------------------------------

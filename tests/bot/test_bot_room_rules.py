@@ -198,6 +198,12 @@ def test_a_room_whose_agent_is_gone_with_no_replacement_answers_so_and_warns_onc
     assert say.error == "agent_removed" and "no longer configured" in say.body
 
 
+def test_bindings_to_retired_agents_are_found_at_start():
+    retired = replace(BOUND, room_id="!old:x", agent_id="agent-9")
+    archived = replace(retired, room_id="!older:x", archived=True)
+    assert r.drifted_bindings([BOUND, retired, archived], AGENTS) == [retired]
+
+
 # -- 8. confirmations --------------------------------------------------------------------------
 
 PENDING = PendingConfirmation("agent-0:req1", ROOM, 7, "delete x", "", "la.confirm.1", NOW + 600)

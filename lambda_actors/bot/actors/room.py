@@ -99,6 +99,8 @@ class _Room:
         self.rules = rules.RoomRules(bot.agents, faults=bot.faults)
         #: The connection holding the turn in flight (monitored), if any.
         self.in_flight_to: Any = None
+        #: The room's members, when the rules asked for them (NeedMembers).
+        self._asked_members: frozenset[str] | None = None
 
     # -- the event loop over the inbox ------------------------------------------
 
@@ -203,7 +205,7 @@ class _Room:
     # -- executing actions -----------------------------------------------------------
 
     async def _execute(self, item: InboxEvent, actions: list[Any]) -> str:
-        self._asked_members: frozenset[str] | None = None
+        self._asked_members = None
         for action in actions:
             match action:
                 case rules.Finish(says=says):
@@ -294,6 +296,7 @@ class _Room:
             error=letter.error if letter else None,
             trace=letter.trace if letter else None,
         )
+        # Cannot block others: only this room waits if the outbox is slow.
         await tell_outbox(self.ctx, queued)
 
     # -- the turn in flight ----------------------------------------------------------
@@ -479,6 +482,7 @@ class _Room:
         binding = RoomBinding(room_id, owner, agent.id, self.store.new_chat_id(room_id), name, space_id)
         await self._bind(binding, created_at=time.time())
         welcome = notice(room_id, "welcome", (room_id,), rules.chat_welcome(name, agent.label))
+        # Cannot block others: only this room waits if the outbox is slow.
         await tell_outbox(self.ctx, self.store.enqueue([welcome]))
         return binding
 
