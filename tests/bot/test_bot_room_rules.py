@@ -378,3 +378,51 @@ def test_error_kinds_travel_in_the_notice_content():
     item = notice(ROOM, "x", ("$t",), "⚠ no", source="$t", error="set_aside")
     assert item.content[ERROR_KEY] == "set_aside"
     assert ERROR_KEY not in notice(ROOM, "x", ("$t",), "fine").content
+
+
+# -- the turn rule over whole conversations ------------------------------------------------------------
+
+
+def _process(room_rules: r.RoomRules, inbox: list, handled: set, delivered: list) -> None:
+    """The room actor's loop over its inbox (room.py's ``process``), with the rules alone."""
+    facts = replace(FACTS, confirmations=(PENDING,))
+    waiting = False
+    for event in inbox:
+        if event.event_id in handled or not r.admit(event.event_id, event, room_rules.in_flight, waiting):
+            continue
+        actions = room_rules.handle(event, facts, NOW)
+        last = actions[-1]
+        if isinstance(last, r.Deliver):
+            room_rules.turn_started(event.event_id)
+            delivered.append(event.event_id)
+        elif isinstance(last, r.Wait):
+            waiting = True
+        else:
+            handled.add(event.event_id)
+
+
+@given(st.lists(st.sampled_from(["text", "yes", "help", "done"]), max_size=30))
+def test_one_turn_at_a_time_in_order_and_answers_to_confirmations_pass_a_waiting_message(steps):
+    room_rules, inbox, handled, delivered = rules(), [], set(), []
+    for n, step in enumerate(steps):
+        if step == "done":
+            if room_rules.in_flight is not None:
+                handled.add(room_rules.in_flight)
+                assert room_rules.turn_done(room_rules.in_flight)
+        else:
+            body = {"text": f"message {n}", "yes": "!yes", "help": "!help"}[step]
+            inbox.append(text(body, event_id=f"${n}"))
+        _process(room_rules, inbox, handled, delivered)
+        # At most one turn is with the agent at any time.
+        assert len([e for e in delivered if e not in handled]) <= 1
+        # A confirmation answer never waits, even behind a waiting message.
+        assert all(e.event_id in handled for e in inbox if e.body == "!yes")
+    # Texts go to the agent in the order they were written.
+    texts = [e.event_id for e in inbox if e.body.startswith("message")]
+    assert delivered == texts[: len(delivered)]
+    # Once every turn ends, everything has been handled.
+    while room_rules.in_flight is not None:
+        handled.add(room_rules.in_flight)
+        room_rules.turn_done(room_rules.in_flight)
+        _process(room_rules, inbox, handled, delivered)
+    assert {e.event_id for e in inbox} == handled and delivered == texts
