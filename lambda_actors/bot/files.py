@@ -50,7 +50,6 @@ __all__ = [
     "INCOMING_DIR",
     "AgentFile",
     "UnsafeAgentFile",
-    "incoming_path",
     "load_agent_file",
     "msgtype_for",
     "remove_incoming",
@@ -143,20 +142,6 @@ def safe_file_name(filename: str) -> str:
     else:
         ext = "." + ext
     return _cut_utf8(stem, _MAX_NAME_BYTES - len(ext.encode())).rstrip() + ext
-
-
-def incoming_path(workspace: Path, filename: str, stamp: str) -> Path:
-    """Where a user's file would be saved now: the first free candidate.
-
-    ``<workspace>/incoming/<stamp>-<safe name>``, or with `` (1)``, `` (2)``...
-    before the extension when that name is taken. Only a preview:
-    :func:`save_incoming` claims the name atomically.
-    """
-    folder = Path(workspace) / INCOMING_DIR
-    for name in _candidates(filename, stamp):
-        if not os.path.lexists(folder / name):
-            return folder / name
-    raise UnsafeAgentFile(f"could not find a free name for {_show(filename)} in the agent's incoming folder")
 
 
 def save_incoming(workspace: Path, filename: str, data: bytes, stamp: str) -> str:
