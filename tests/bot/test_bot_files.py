@@ -62,6 +62,14 @@ def world(tmp_path: Path) -> dict[str, Path]:
     (workspace / "link_to_root").symlink_to(".")
     (workspace / "link_to_dir").symlink_to("folder")
     (workspace / "link_in").symlink_to("sub/report.pdf")
+    # Escapes only a walk that follows links could meet: up from a subfolder,
+    # absolute in the agent's view or the bot's, and a pair pointing at each
+    # other through the outside.
+    (workspace / "sub" / "deep_out").symlink_to("../../../outside/secret.txt")
+    (workspace / "abs_ws_escape").symlink_to("/workspace/../../outside/secret.txt")
+    (workspace / "abs_host_escape").symlink_to(f"{workspace}/../1/private.txt")
+    (workspace / "ping").symlink_to("../../outside/pong")
+    (outside / "pong").symlink_to(workspace / "ok.txt")
     return {"workspace": workspace, "other": other, "outside": outside, "root": tmp_path}
 
 
