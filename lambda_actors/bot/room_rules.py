@@ -42,8 +42,13 @@ The rules, in the order they are applied to one event:
     before it are handled at once; past a waiting message only confirmation
     answers are taken (:func:`admit`), since the turn in flight may be
     waiting for them. An archived room, or a parked agent, answers at once.
-12. **A lost turn.** When the connection holding the turn in flight ends
-    (a ``Down``), a turn not yet answered ends with an error notice.
+12. **A lost turn.** When an incarnation of the connection holding the turn
+    in flight ends (a ``Down``): a turn it answered is over (its
+    ``TurnDone`` may never come); one it did not waits for the next
+    incarnation, which takes the connection's mailbox; if the connection is
+    stopped for good, the turn ends with an error notice.
+13. **The homeserver refuses** (a room cannot be created or renamed): the
+    user is told, with the homeserver's error code; the event is not retried.
 
 Every notice reporting an error carries its kind (``org.lambda.error``).
 """
@@ -65,6 +70,7 @@ from .actors.services import (
     ERROR_ARCHIVED,
     ERROR_ENCRYPTED,
     ERROR_FILE,
+    ERROR_HOMESERVER,
     ERROR_LIMIT,
     ERROR_SET_ASIDE,
     ERROR_UNDELIVERABLE,
@@ -87,6 +93,7 @@ __all__ = [
     "Finish",
     "InjectedFault",
     "Join",
+    "KeepWatching",
     "Leave",
     "Log",
     "NeedMembers",
@@ -106,6 +113,7 @@ __all__ = [
     "file_refused",
     "file_staged",
     "find_marked",
+    "homeserver_refused",
     "is_confirmation_answer",
     "space_name",
     "unknown_rooms",
@@ -210,6 +218,11 @@ class NeedMembers:
 class Again:
     """Execute the actions before this one, read the facts again and ask again
     (the room's binding just changed)."""
+
+
+@dataclass(frozen=True)
+class KeepWatching:
+    """Watch the connection's next incarnation: the turn may still be in its mailbox."""
 
 
 @dataclass(frozen=True)
@@ -368,14 +381,23 @@ class RoomRules:
             return True
         return False
 
-    def turn_lost(self, handled: bool) -> tuple[str, Say] | None:
-        """The connection holding the turn in flight is gone (a ``Down``).
+    def turn_lost(self, handled: bool, gone_for_good: bool = True) -> tuple[str, Say] | KeepWatching | None:
+        """An incarnation of the connection holding the turn in flight ended (a ``Down``).
 
-        A turn it answered already just ends; one it did not ends with an
-        error notice: ``(event_id, notice)`` to finish it with.
+        A turn it answered already just ends (None: its ``TurnDone`` may
+        never come). One it did not answer waits on while the connection
+        lives on (:class:`KeepWatching`): the message may still be in its
+        mailbox, which outlives a restart, and a connection ending an
+        answer early says so itself. A connection stopped for good has
+        dropped it: the turn ends with an error notice, ``(event_id, notice)``.
         """
-        event_id, self.in_flight = self.in_flight, None
-        if event_id is None or handled:
+        event_id = self.in_flight
+        if event_id is None:
+            return None
+        if not handled and not gone_for_good:
+            return KeepWatching()
+        self.in_flight = None
+        if handled:
             return None
         return event_id, Say("undeliverable", _UNDELIVERABLE.format("The agent"), error=ERROR_UNDELIVERABLE)
 
@@ -743,6 +765,11 @@ def chat_welcome(name: str, agent_label: str) -> str:
 
 def chat_created(name: str) -> Say:
     return Say("reply", f"Created \"{name}\" in your Space; I invited you to it.")
+
+
+def homeserver_refused(what: str, errcode: str) -> Say:
+    """The homeserver said no to something a command needed (retrying would not help)."""
+    return Say("refused", f"⚠ I could not {what}: the homeserver refused ({errcode}).", error=ERROR_HOMESERVER)
 
 
 def file_staged(filename: str, count: int) -> Say:

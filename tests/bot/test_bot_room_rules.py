@@ -358,6 +358,16 @@ def test_a_turn_whose_connection_ended_before_answering_ends_with_an_error():
     assert room_rules.turn_lost(handled=False) is None  # nothing in flight
 
 
+def test_a_turn_whose_connection_restarts_waits_for_the_next_incarnation():
+    room_rules = rules()
+    room_rules.turn_started("$t")
+    # The message may still be in the connection's mailbox, which outlives a restart.
+    assert room_rules.turn_lost(handled=False, gone_for_good=False) == r.KeepWatching()
+    assert room_rules.in_flight == "$t"
+    # Answered by then: the turn is over, whether or not TurnDone comes.
+    assert room_rules.turn_lost(handled=True, gone_for_good=False) is None and room_rules.in_flight is None
+
+
 # -- replay-safe creation ------------------------------------------------------------------------------
 
 
@@ -426,3 +436,8 @@ def test_one_turn_at_a_time_in_order_and_answers_to_confirmations_pass_a_waiting
         room_rules.turn_done(room_rules.in_flight)
         _process(room_rules, inbox, handled, delivered)
     assert {e.event_id for e in inbox} == handled and delivered == texts
+
+
+def test_a_refusal_by_the_homeserver_is_told_with_its_code():
+    say = r.homeserver_refused("rename this chat", "M_FORBIDDEN")
+    assert say.error == "homeserver" and "rename this chat" in say.body and "M_FORBIDDEN" in say.body

@@ -144,7 +144,9 @@ class _Room:
             outcome = await self._execute(item, self.rules.handle(event, facts, time.time()))
             if outcome != _AGAIN:
                 return outcome
-            if members is None and self._asked_members:
+            if self._asked_members is not None:
+                # Read once per event (an empty set when the homeserver
+                # would not tell: then the room is not adopted).
                 members = self._asked_members
         raise RuntimeError(f"the room rules asked again {_MAX_ASKS} times for event {item.event_id}")
 
@@ -248,15 +250,27 @@ class _Room:
                 case rules.Onboard():
                     await self._onboard(item, action)
                 case rules.CreateChat(owner=owner, agent_id=agent_id, name=name, marker=marker):
-                    space_id = await self._ensure_space(owner)
-                    created = await self._create_chat(owner, agent_id, space_id, name, marker)
+                    try:
+                        space_id = await self._ensure_space(owner)
+                        created = await self._create_chat(owner, agent_id, space_id, name, marker)
+                    except MatrixError as exc:
+                        if not _refused(exc):
+                            raise
+                        await self._refused(item, "create the chat", exc)
+                        return _DONE
                     await self._finish(item.event_id, [self._notice(item, rules.chat_created(created.name))])
                 case rules.Bind(binding=binding, fresh_context=fresh):
                     if fresh:
                         binding = replace(binding, chat_id=self.store.new_chat_id(self.room_id))
                     await self._bind(binding)
                 case rules.RenameRoom(name=name):
-                    await self.bot.client.put_state(self.room_id, "m.room.name", {"name": name})
+                    try:
+                        await self.bot.client.put_state(self.room_id, "m.room.name", {"name": name})
+                    except MatrixError as exc:
+                        if not _refused(exc):
+                            raise
+                        await self._refused(item, "rename this chat", exc)
+                        return _DONE
                 case rules.Unstage(seqs=seqs):
                     await self._unstage(seqs)
                 case rules.Download():
@@ -284,6 +298,10 @@ class _Room:
         # Why this cannot block others: see the module doc (the outbox).
         await tell_outbox(self.ctx, self.store.finish(event_id, sends))
 
+    async def _refused(self, item: InboxEvent, what: str, exc: MatrixError) -> None:
+        self.ctx.log.warning("room.homeserver_refused", what=what, error=str(exc))
+        await self._finish(item.event_id, [self._notice(item, rules.homeserver_refused(what, exc.errcode))])
+
     async def _set_aside(self, item: InboxEvent, say: rules.Say) -> None:
         queued = self.store.set_aside(item.event_id, [self._notice(item, say)])
         letter = next((d for d in self.store.dead_letters(limit=20) if d.event_id == item.event_id), None)
@@ -306,12 +324,17 @@ class _Room:
             self._unwatch()
 
     async def connection_down(self, down: Down) -> None:
-        """The connection holding our turn ended: a turn it did not answer ends with an error."""
+        """An incarnation of the connection holding our turn ended: the rules decide."""
         target = self.in_flight_to
         if target is None or down.path != target.path or self.rules.in_flight is None:
             return  # an earlier turn's connection, already done with
+        event_id = self.rules.in_flight
+        lost = self.rules.turn_lost(self.store.is_handled(event_id), gone_for_good=target.stopped)
+        if isinstance(lost, rules.KeepWatching):
+            # Restarting: watch the incarnation that takes its mailbox next.
+            self.ctx.monitor(target)
+            return
         self.in_flight_to = None
-        lost = self.rules.turn_lost(self.store.is_handled(self.rules.in_flight))
         if lost is not None:
             event_id, say = lost
             self.ctx.log.warning("room.turn_lost_its_connection", event_id=event_id, reason=down.reason)
@@ -337,8 +360,8 @@ class _Room:
             # gone, which the monitor tells at once ("noproc").
             address = self.ctx.registry.get(("chat", action.agent_id, action.chat_id))
             if address is None:
-                lost = self.rules.turn_lost(self.store.is_handled(item.event_id))
-                if lost is not None:
+                lost = self.rules.turn_lost(self.store.is_handled(item.event_id), gone_for_good=True)
+                if isinstance(lost, tuple):
                     self.ctx.log.warning("room.turn_lost_its_connection", event_id=item.event_id, reason="noproc")
                     await self._finish(item.event_id, [self._notice(item, lost[1])])
                 return
@@ -428,12 +451,18 @@ class _Room:
 
     async def _onboard(self, item: InboxEvent, action: rules.Onboard) -> None:
         agent = self.bot.agents.agent(action.agent_id)
-        space_id = await self._ensure_space(action.owner)
         created = None
-        if action.create_first_chat:
-            created = await self._create_chat(
-                action.owner, agent.id, space_id, None, rules.creation_marker("first-chat", action.owner)
-            )
+        try:
+            space_id = await self._ensure_space(action.owner)
+            if action.create_first_chat:
+                created = await self._create_chat(
+                    action.owner, agent.id, space_id, None, rules.creation_marker("first-chat", action.owner)
+                )
+        except MatrixError as exc:
+            if not _refused(exc):
+                raise
+            # The direct chat still works; the Space and chat can come with !new.
+            self.ctx.log.warning("room.onboarding_refused", owner=action.owner, error=str(exc))
         if action.bind_here and self.store.binding(self.room_id) is None:
             chat_id = self.store.new_chat_id(self.room_id)
             await self._bind(RoomBinding(self.room_id, action.owner, agent.id, chat_id, action.room_name))
@@ -526,6 +555,11 @@ def _charged_to_event(exc: BaseException) -> bool:
     token fails every event alike: retried, never charged to the event.
     """
     return not isinstance(exc, (HomeserverUnavailable, RateLimited, InvalidToken))
+
+
+def _refused(exc: MatrixError) -> bool:
+    """A refusal for good (4xx), not a homeserver asking us to wait or to log in again."""
+    return exc.status < 500 and not isinstance(exc, (RateLimited, InvalidToken))
 
 
 async def _quiet_state(client: Any, room_id: str, event_type: str) -> Any:
