@@ -148,6 +148,9 @@ class ApprovalStore:
         ).fetchall()
         return [_record(row) for row in rows]
 
+    def pending_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()[0])
+
     def next_expiry(self) -> float | None:
         """The earliest deadline of a pending record."""
         return self._db.execute("SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'").fetchone()[0]

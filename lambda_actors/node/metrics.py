@@ -70,7 +70,7 @@ class NodeMetrics:
     """One node's metrics: its own registry, its counters, its scrape-time view."""
 
     def __init__(self, snapshot: Callable[[], Snapshot] | None = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=False)
         self.http_requests = Counter(
             "lambda_http_requests",
             "HTTP API requests by route template and status code",
@@ -78,7 +78,11 @@ class NodeMetrics:
             registry=self.registry,
         )
         if snapshot is not None:
-            self.registry.register(NodeCollector(snapshot))
+            self.watch(snapshot)
+
+    def watch(self, snapshot: Callable[[], Snapshot]) -> None:
+        """Read ``snapshot`` at every scrape for the node's state families."""
+        self.registry.register(NodeCollector(snapshot))
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition body and its content type, negotiated from ``Accept``

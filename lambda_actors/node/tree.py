@@ -1,0 +1,142 @@
+"""The node's own actors beside the chat bot's: approvals, their callbacks, HTTP.
+
+::
+
+    node
+    ├── outbox
+    ├── approvals             the one owner of approval decisions
+    ├── approval-callbacks    signed callbacks, retried from the database
+    ├── agents, rooms, sync   the chat bot (bot/actors/node.py)
+    └── http                  the API (none with --http off)
+
+Approvals start after the outbox (which posts their prompts) and before the
+rooms (which ask them about answers). The listener starts last, so it stops
+first: requests in flight finish while everything they call still runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ..approvals.actor import approvals_actor
+from ..approvals.api import approval_routes
+from ..approvals.callbacks import Poke, callback_actor
+from ..approvals.matrix_views import MatrixViews
+from ..approvals.store import ApprovalStore
+from ..bot.actors.services import AGENTS_PATH, BotServices
+from ..runtime.context import ActorContext
+from ..runtime.errors import ActorError
+from ..runtime.registry import Registry
+from ..runtime.spec import ChildSpec
+from ..runtime.state import Status
+from .api import NodeApi, build_app
+from .config import Listen, NodeConfig
+from .health import AgentHealth, Facts
+from .http import http_actor
+from .metrics import NodeMetrics, Snapshot
+
+__all__ = ["APPROVALS_PATH", "NodeParts", "open_approval_store"]
+
+APPROVALS_PATH = "node/approvals"
+CALLBACKS_PATH = "node/approval-callbacks"
+
+
+def open_approval_store(database: Path) -> ApprovalStore:
+    """The approvals live in the bot's database (one file to back up), on a
+    connection of their own: every write is one short transaction on the
+    Trio thread, so the two connections never hold a transaction at once."""
+    db = sqlite3.connect(database, timeout=5.0)
+    db.execute("PRAGMA journal_mode=WAL")
+    return ApprovalStore(db)
+
+
+@dataclass
+class NodeParts:
+    """What the node adds to the bot's tree. ``first`` go after the outbox,
+    ``last`` after the sync actor."""
+
+    bot: BotServices
+    approvals: ApprovalStore
+    api: NodeApi
+    listen: Listen | None
+    #: The running tree, known once the first of our actors starts.
+    registry: Registry | None = None
+
+    @classmethod
+    def build(cls, bot: BotServices, config: NodeConfig, database: Path, listen: Listen | None) -> NodeParts:
+        approvals = open_approval_store(database)
+        parts = cls(bot, approvals, NodeApi(config, NodeMetrics(), lambda: parts.facts()), listen)
+        parts.api.metrics.watch(parts.snapshot)
+        return parts
+
+    def first(self) -> list[ChildSpec]:
+        views = MatrixViews(self.bot, self.approvals)
+        return [
+            ChildSpec("approvals", self._approvals, args=(views,)),
+            ChildSpec("approval-callbacks", callback_actor, args=(self.approvals,)),
+        ]
+
+    def last(self) -> list[ChildSpec]:
+        return [] if self.listen is None else [ChildSpec("http", self._http)]
+
+    async def _approvals(self, ctx: ActorContext, views: MatrixViews) -> None:
+        self.registry = ctx.registry
+        await approvals_actor(ctx, self.approvals, views, self._poke_callbacks)
+
+    async def _http(self, ctx: ActorContext) -> None:
+        assert self.listen is not None
+        self.registry = ctx.registry
+        if not self.api.routes:
+            self.api.routes.extend(approval_routes(ctx.registry.lookup(APPROVALS_PATH), self.approvals))
+        await http_actor(ctx, build_app(self.api), self.api, self.listen)
+
+    def _poke_callbacks(self) -> None:
+        # Never waits: a full mailbox already holds a poke, and a sender that
+        # is restarting reads the schedule from the store when it starts.
+        if self.registry is not None:
+            try:
+                self.registry.lookup(CALLBACKS_PATH).send_nowait(Poke())
+            except ActorError:
+                pass
+
+    # -- what /healthz and /metrics read ------------------------------------------
+
+    def agents(self) -> dict[str, AgentHealth]:
+        if self.registry is None:
+            return {}
+        out = {}
+        for state in self.registry.supervisor(AGENTS_PATH).which_children():
+            retry_at = None
+            if state.status in (Status.PARKED, Status.BACKING_OFF) and state.retry_in is not None:
+                at = datetime.now(UTC) + timedelta(seconds=state.retry_in)
+                retry_at = at.isoformat(timespec="seconds").replace("+00:00", "Z")
+            out[state.name] = AgentHealth(str(state.status), retry_at)
+        return out
+
+    def facts(self) -> Facts:
+        store = self.bot.store
+        return Facts(
+            now=time.time(),
+            last_sync_at=store.last_ingest_at,
+            sync_timeout_s=self.bot.timing.sync_timeout_ms / 1000,
+            store_writable=store.writable(),
+            agents=self.agents(),
+            outbox_depth=store.outbox_depth(),
+            pending_approvals=self.approvals.pending_count(),
+        )
+
+    def snapshot(self) -> Snapshot:
+        stats = self.registry.supervisor("node").tree_statistics() if self.registry is not None else []
+        last_sync = self.bot.store.last_ingest_at
+        return Snapshot(
+            agent_states={name: agent.state for name, agent in self.agents().items()},
+            actor_restarts=sum(s.restarts for s in stats),
+            actor_parks=sum(s.parks for s in stats),
+            outbox_depth=self.bot.store.outbox_depth(),
+            sync_lag_s=None if last_sync is None else max(0.0, time.time() - last_sync),
+            pending_approvals=self.approvals.pending_count(),
+        )
