@@ -115,10 +115,16 @@ class IntensityExceeded(ActorError):
     def __init__(
         self, path: str, child: str, reason: BaseException | None, intensity: int, period: float
     ) -> None:
+        #: One line for logs, without the advice (which only applies where the
+        #: escalation is not handled: a parent that parks it needs none).
+        self.summary = (
+            f"gave up: more than {intensity} restarts in {period:g}s, the last of child {child!r}"
+        )
         super().__init__(
             f"supervisor {path!r} exceeded {intensity} restarts in {period:g}s "
             f"(last: child {child!r} exited with {reason!r}); fix the failing child, "
-            "raise intensity/period, or set on_exhausted = \"park\" in supervision.toml"
+            f"raise intensity/period of [{path}], or set on_exhausted = \"park\" there "
+            "(or on its parent) in supervision.toml"
         )
         self.path = path
         self.child = child

@@ -270,9 +270,10 @@ class Mailbox:
         self._halted = True
         self._wake_reader_with_end()
 
-    def resume(self) -> None:
-        """Open the buffer to a new incarnation."""
+    def reopen(self) -> None:
+        """Open the buffer to a new incarnation (after ``halt``, or ``close`` for a restarted child)."""
         self._halted = False
+        self._closed = False
 
     def close(self) -> None:
         """Refuse new messages (``ActorStopped``); the reader may drain what is held."""

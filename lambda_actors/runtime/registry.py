@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Hashable, Iterator
 
 from .errors import ActorStopped, NoSuchActor
+from .state import Status
 
 if TYPE_CHECKING:
     from .address import Address
@@ -34,7 +35,9 @@ class Registry:
         if address.stopped:
             raise ValueError(f"{address!r} has stopped for good; it cannot be registered")
         self._by_key[key] = address
-        self._keys_of.setdefault(address, []).append(key)
+        keys = self._keys_of.setdefault(address, [])
+        if key not in keys:  # registered again after a restart_child: keep one entry
+            keys.append(key)
 
     def unregister(self, key: Hashable) -> None:
         address = self._by_key.pop(key, None)
@@ -71,6 +74,15 @@ class Registry:
         address = self.get(key)
         if address is not None:
             return address
+        known = self._by_key.get(key)
+        if known is not None:
+            parent, _, name = known.path.rpartition("/")
+            if parent == supervisor.path and known.state.status is Status.STOPPED:
+                # Stopped with its spec kept (a transient that returned, or a
+                # terminated child): the same actor starts again, at the same
+                # address, without building its spec again.
+                supervisor.restart_child(name)
+                return known
         from .spec import ChildSpec
 
         if not isinstance(spec, ChildSpec):
@@ -79,6 +91,10 @@ class Registry:
             address = supervisor.address(spec.name)
         except NoSuchActor:
             address = supervisor.start_child(spec)
+        if address.stopped and address.state.status is Status.STOPPED:
+            # Stopped with its spec kept (a transient that returned, or a
+            # terminated child): the same actor starts again, same address.
+            supervisor.restart_child(spec.name)
         if address.stopped:
             raise ActorStopped(address.path)
         if key != address.path:
@@ -101,7 +117,14 @@ class Registry:
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())
 
-    # Called by supervisors.
+    # Internal interface, called by supervisors only.
+    def _add_supervisor(self, sup: Supervisor) -> None:
+        self._supervisors[sup.path] = sup
+
+    def _forget_supervisor(self, sup: Supervisor) -> None:
+        if self._supervisors.get(sup.path) is sup:
+            del self._supervisors[sup.path]
+
     def _add_path(self, address: Address) -> None:
         # The path key is implied by the address; only extra keys are listed
         # in _keys_of, which keeps an idle actor's footprint small.

@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence, overload
 
 import structlog
 import trio
@@ -52,14 +52,14 @@ from .events import (
     SupervisionEvent,
     Unparked,
 )
-from .intensity import RestartWindow
+from .decision import Action, Decision, History, decide
 from .log import _set_actor_path
 from .mailbox import Mailbox
 from .monitors import NOPROC, SHUTDOWN, Down, Watchers, down_reason
 from .policy import OnExhausted, Policy, Restart, Strategy
 from .registry import Registry
 from .spec import ChildSpec, SupervisorSpec
-from .state import ChildState, Status
+from .state import ChildState, Status, transition
 
 if TYPE_CHECKING:
     from .supervision_config import SupervisionConfig
@@ -133,7 +133,11 @@ class _Tree:
 
 
 class _Child:
-    """The supervisor's record of one child; it outlives the child's incarnations."""
+    """The supervisor's record of one child; it outlives the child's incarnations.
+
+    It is the ``ChildHandle`` of the child's ``Address`` (``state``,
+    ``watch``, ``unwatch``): the only part of the supervisor an address sees.
+    """
 
     __slots__ = (
         "name", "path", "spec", "policy", "order", "dynamic", "address", "mailbox", "sup",
@@ -151,7 +155,7 @@ class _Child:
         self.address: Address | None = None
         self.mailbox: Mailbox | None = None
         self.sup: Supervisor | None = None
-        self.status = Status.BACKING_OFF  # until its first start
+        self.status = Status.NOT_STARTED
         self.scope: trio.CancelScope | None = None
         self.running = False  # a task is running (or about to run) an incarnation
         self.done: trio.Event | None = None  # made only when someone waits for the task
@@ -163,9 +167,14 @@ class _Child:
         self.restarts = 0
         self.retry_at: float | None = None
         self.timer_token = 0
-        self.window: RestartWindow | None = None
+        # Restart times charged to this child's own intensity (park mode only).
+        self.window: tuple[float, ...] = ()
         # Monitors on this child (made on first use: most children are never watched).
         self.watchers: Watchers | None = None
+
+    def set(self, status: Status) -> None:
+        """The one way a status changes: through the transition table."""
+        self.status = transition(self.path, self.status, status)
 
     # --- ChildHandle: what this child's Address may ask ----------------------
 
@@ -198,6 +207,15 @@ class _Child:
             watchers.fire(self.path, reason)
 
 
+def _describe(reason: BaseException | None) -> str:
+    """An exit reason for a log line: short, and without advice meant for someone else."""
+    if reason is None:
+        return "normal"
+    if isinstance(reason, IntensityExceeded):
+        return reason.summary
+    return repr(reason)
+
+
 class Supervisor:
     """A node of the tree that starts, watches and restarts its children.
 
@@ -217,7 +235,8 @@ class Supervisor:
         self._tree = tree
         self._children: dict[str, _Child] = {}
         self._order = count()
-        self._window = RestartWindow(policy.intensity, policy.period)
+        # Restart times charged to this supervisor's intensity (escalate mode).
+        self._window: tuple[float, ...] = ()
         self._timers: list[tuple[float, int, _Child, int]] = []
         self._timer_seq = count()
         self._lot = trio.lowlevel.ParkingLot()
@@ -231,7 +250,7 @@ class Supervisor:
         self._served: trio.Event | None = None
         self._restarts_total = 0
         self._parks_total = 0
-        tree.registry._supervisors[path] = self
+        tree.registry._add_supervisor(self)
         self._ensure_static_children()
 
     def __repr__(self) -> str:
@@ -257,7 +276,7 @@ class Supervisor:
         once, and its task starts at the next scheduling point. If this
         supervisor is between incarnations the child starts with the next
         one. Raises ``ChildSpecError`` for a name already in use and
-        ``ActorStopped`` if this supervisor has stopped for good.
+        ``ActorStopped`` if this supervisor has been removed from its tree.
         """
         if self._finalized:
             raise ActorStopped(self.path)
@@ -269,19 +288,53 @@ class Supervisor:
                 "terminate it first or pick another name"
             )
         c = self._new_child(spec, dynamic=True)
-        if self._running and not self._stop_requested:
-            self._spawn(c)
-            self._tree.emit(Started(c.path, trio.current_time()))
-        if c.sup is not None:
-            return c.sup
-        assert c.address is not None
-        return c.address
+        self._start_now_or_later(c, Started(c.path, trio.current_time()))
+        return self._handle_of(c)
 
     async def terminate_child(self, name: str) -> None:
-        """Stop a child for good: its mailbox closes, it drains it, then it is cancelled
-        after its ``shutdown`` timeout. Senders then get ``ActorStopped``."""
+        """Stop a child, keeping its spec (OTP's ``terminate_child``).
+
+        Its mailbox closes, it drains what is held, then it is cancelled
+        after its ``shutdown`` timeout. Senders then get ``ActorStopped``
+        until ``restart_child``; ``delete_child`` forgets it. A temporary
+        child is forgotten at once, as in OTP.
+        """
         c = self._child(name)
-        await self._stop_child(c, for_good=True)
+        await self._stop_child(c, Status.STOPPED)
+
+    def restart_child(self, name: str) -> Address | Supervisor:
+        """Start a stopped child again (OTP's ``restart_child``); its address is the same.
+
+        Synchronous, like ``start_child``. Raises ``ChildSpecError`` if the
+        child is not stopped (running, backing off, parked: it already has,
+        or will have, an incarnation).
+        """
+        c = self._child(name)
+        if c.status is not Status.STOPPED:
+            raise ChildSpecError(
+                f"{c.path} is {c.status}, not stopped; only a terminated child can be "
+                "restarted (use kill() to make a running one restart)"
+            )
+        if self._finalized:
+            raise ActorStopped(self.path)
+        c.attempt = 0
+        c.window = ()
+        # Messages are held again from now on, even before it runs.
+        self._revive(c)
+        self._start_now_or_later(c, Started(c.path, trio.current_time()))
+        return self._handle_of(c)
+
+    def delete_child(self, name: str) -> None:
+        """Forget a stopped child and its spec (OTP's ``delete_child``).
+
+        Its address is closed for good and leaves the registry. Raises
+        ``ChildSpecError`` if it is not stopped (``terminate_child`` first).
+        A static child comes back when this supervisor next restarts, as in OTP.
+        """
+        c = self._child(name)
+        if c.status is not Status.STOPPED:
+            raise ChildSpecError(f"{c.path} is {c.status}; terminate_child it first, then delete it")
+        self._remove(c)
 
     def which_children(self) -> list[ChildState]:
         """Every child, in start order."""
@@ -295,7 +348,7 @@ class Supervisor:
                            workers=len(self._children) - sups)
 
     def child_state(self, name: str) -> ChildState:
-        """Running, backing off or parked (with ``retry_at``); ``NoSuchActor`` if unknown."""
+        """Its status (with ``retry_at`` when backing off or parked); ``NoSuchActor`` if unknown."""
         return self._child(name).state(trio.current_time())
 
     def address(self, name: str) -> Address:
@@ -317,7 +370,7 @@ class Supervisor:
 
         ``path`` is absolute (``node/agents/agent-0``) or relative to this
         supervisor. Its supervisor then applies its policy. Returns False if
-        it was not running (backing off, parked, stopping).
+        it was not running (backing off, parked, stopping, stopped).
         """
         target = self._resolve(path)
         if not target.running or target.terminating or target.scope is None:
@@ -337,6 +390,7 @@ class Supervisor:
     def statistics(self) -> SupervisorStatistics:
         now = trio.current_time()
         statuses = [c.status for c in self._children.values()]
+        threshold = now - self.policy.period
         return SupervisorStatistics(
             path=self.path,
             children=len(statuses),
@@ -345,7 +399,7 @@ class Supervisor:
             parked=statuses.count(Status.PARKED),
             restarts=self._restarts_total,
             parks=self._parks_total,
-            restarts_in_window=self._window.count(now),
+            restarts_in_window=sum(1 for t in self._window if t >= threshold),
             intensity=self.policy.intensity,
             period=self.policy.period,
         )
@@ -372,18 +426,13 @@ class Supervisor:
                 out.extend(c.sup.walk())
         return out
 
-    def _subtree(self) -> list[Supervisor]:
-        out: list[Supervisor] = [self]
-        for c in list(self._children.values()):
-            if c.sup is not None:
-                out.extend(c.sup._subtree())
-        return out
-
     async def aclose(self) -> None:
-        """Stop this supervisor for good: children stop in reverse start order.
+        """Stop this supervisor: children stop (dynamic ones together, then the
+        others in reverse start order), each within its ``shutdown`` timeout.
 
         For a nested supervisor this is ``parent.terminate_child(name)``, so
-        its parent does not take the stop for a crash and restart it.
+        its parent does not take the stop for a crash; it can be started
+        again with ``parent.restart_child(name)``. The root is stopped for good.
         """
         parent = self.parent
         if parent is not None:
@@ -406,6 +455,20 @@ class Supervisor:
             raise NoSuchActor(f"{self.path} has no child named {name!r}")
         return c
 
+    @staticmethod
+    def _handle_of(c: _Child) -> Address | Supervisor:
+        if c.sup is not None:
+            return c.sup
+        assert c.address is not None
+        return c.address
+
+    def _subtree(self) -> list[Supervisor]:
+        out: list[Supervisor] = [self]
+        for c in list(self._children.values()):
+            if c.sup is not None:
+                out.extend(c.sup._subtree())
+        return out
+
     def _resolve(self, path: str) -> _Child:
         parts = [p for p in path.split("/") if p]
         own = [p for p in self.path.split("/")]
@@ -427,7 +490,7 @@ class Supervisor:
 
     def _new_child(self, spec: ChildSpec | SupervisorSpec, dynamic: bool) -> _Child:
         path = f"{self.path}/{spec.name}"
-        policy = self._tree.policy_for(path, spec._policy)  # type: ignore[union-attr]
+        policy = self._tree.policy_for(path, spec.explicit_policy())
         c = _Child(spec.name, path, spec, policy, next(self._order), dynamic)
         if isinstance(spec, SupervisorSpec):
             c.sup = Supervisor(spec, path, policy, self._tree, self)
@@ -456,9 +519,20 @@ class Supervisor:
 
     # --- incarnations ------------------------------------------------------
 
+    def _accepting(self) -> bool:
+        """This supervisor's incarnation runs and is not being stopped."""
+        return self._running and not self._stop_requested and self._escalation is None
+
+    def _start_now_or_later(self, c: _Child, event: SupervisionEvent) -> None:
+        if self._accepting():
+            self._spawn(c)
+            self._tree.emit(event)
+        else:
+            c.set(Status.NOT_STARTED)  # the next incarnation of this supervisor starts it
+
     def _prepare(self, c: _Child, now: float) -> None:
         """Make ``c`` ready for a new incarnation (the task may already exist)."""
-        c.status = Status.RUNNING
+        c.set(Status.RUNNING)
         c.scope = trio.CancelScope()
         c.running = True
         c.terminating = False
@@ -467,7 +541,7 @@ class Supervisor:
         c.timer_token += 1
         c.started_at = now
         if c.mailbox is not None:
-            c.mailbox.resume()
+            c.mailbox.reopen()
 
     def _spawn(self, c: _Child) -> None:
         """Start ``c`` at the next scheduling point (a single child: order is moot)."""
@@ -475,7 +549,9 @@ class Supervisor:
         self._prepare(c, trio.current_time())
         self._nursery.start_soon(self._child_task, c, name=c.path)
 
-    async def _spawn_in_order(self, children: Sequence[_Child], event: Any = None) -> None:
+    async def _spawn_in_order(
+        self, children: Sequence[_Child], event: Callable[[_Child], SupervisionEvent] | None = None
+    ) -> None:
         """Start several children one after the other, as OTP does.
 
         Each child's task runs until its first checkpoint (a nested
@@ -518,6 +594,7 @@ class Supervisor:
                     # but callers must not wait on a dead incarnation.
                     self._abort_requests(c, None)
                     self._ended(c, ctx, SHUTDOWN)
+                    c.set(Status.STOPPING)
                     raise
                 if reason is None and scope.cancelled_caught and not c.terminating:
                     reason = c.kill_reason or ActorKilled(c.path)
@@ -525,6 +602,16 @@ class Supervisor:
                 self._ended(c, ctx, down_reason(reason, c.terminating))
                 if not self._after_exit(c, reason):
                     return
+                # A restart in place. A child that crashes before its first
+                # checkpoint would otherwise restart back to back without
+                # letting any other task run until its intensity is used up
+                # (OTP's supervisor also handles each restart as a message).
+                await trio.lowlevel.checkpoint()
+                if c.terminating or not self._accepting():
+                    # Stopped during that checkpoint: whoever stops it takes it from here.
+                    c.set(Status.STOPPING)
+                    return
+                self._prepare(c, trio.current_time())
         finally:
             once.started()
             c.running = False
@@ -553,87 +640,134 @@ class Supervisor:
         tree = self._tree
         shutdown = c.terminating
         tree.emit(Exited(c.path, now, reason, shutdown))
-        if reason is not None and not shutdown:
-            tree.log.warning("actor crashed", actor=c.path, reason=repr(reason))
-        if shutdown or not self._running or self._stop_requested or self._escalation is not None:
+        if shutdown or not self._accepting():
             # Whoever is stopping it (or this supervisor) takes it from here.
-            c.status = Status.STOPPING
+            if reason is not None and not shutdown:
+                tree.log.warning("actor crashed", actor=c.path, reason=_describe(reason), then="stopping")
+            c.set(Status.STOPPING)
             return False
         policy = c.policy
-        if policy.restart is Restart.TEMPORARY or (policy.restart is Restart.TRANSIENT and reason is None):
-            self._remove(c)
-            return False
-
-        if self.policy.strategy is not Strategy.ONE_FOR_ONE:
+        group = self.policy.strategy is not Strategy.ONE_FOR_ONE
+        if group and not (policy.restart is Restart.TEMPORARY
+                          or (policy.restart is Restart.TRANSIENT and reason is None)):
             # As in OTP, exits are handled one at a time by the supervisor's
             # loop, which ignores an exit of an incarnation that an earlier
             # group restart has already replaced.
-            c.status = Status.STOPPING
+            c.set(Status.WAITING)
             self._group_jobs.append((c, c.scope, reason, now))
             self._lot.unpark_all()
             return False
-        delay = self._count_restart(c, now, reason)
-        if delay is None:
-            return False
-        if delay <= 0:
-            tree.emit(Restarted(c.path, now, c.attempt))
-            self._prepare(c, now)
-            return True
-        self._schedule(c, now + delay, Status.BACKING_OFF)
-        tree.log.info("backing off", actor=c.path, delay=round(delay, 3), attempt=c.attempt)
-        tree.emit(BackingOff(c.path, now, delay, now + delay))
-        return False
+        return self._apply(c, self._decide(c, reason, now), reason, now, group=False)
 
-    def _count_restart(self, c: _Child, now: float, reason: BaseException | None) -> float | None:
-        """Charge a restart of ``c`` to the intensity; its backoff delay, or None if
-        that went over (``c`` is then parked, or this supervisor escalates)."""
-        tree = self._tree
-        mine = self.policy
-        if mine.on_exhausted is OnExhausted.PARK:
-            if c.window is None:
-                c.window = RestartWindow(mine.intensity, mine.period)
-            window = c.window
+    def _decide(self, c: _Child, reason: BaseException | None, now: float) -> Decision:
+        parked = self.policy.on_exhausted is OnExhausted.PARK
+        history = History(c.attempt, c.started_at, c.window if parked else self._window)
+        decision = decide(history, c.policy.restart, c.policy.backoff, self.policy, reason, now, self._tree.rng)
+        if parked:
+            c.window = decision.window
         else:
-            window = self._window
-        if not window.record(now):
-            if mine.on_exhausted is OnExhausted.PARK:
-                self._park(c, now, reason)
-            else:
-                self._escalation = IntensityExceeded(self.path, c.name, reason, mine.intensity, mine.period)
-                tree.log.error("supervisor escalating", actor=self.path, child=c.name, reason=repr(reason))
-                tree.emit(Escalated(self.path, now, c.name, reason))
-                c.status = Status.STOPPING
-                self._lot.unpark_all()
-            return None
-        if now - c.started_at >= c.policy.backoff.reset_after:
+            self._window = decision.window
+        return decision
+
+    def _apply(self, c: _Child, d: Decision, reason: BaseException | None, now: float, group: bool) -> bool:
+        """Carry out a decision about ``c``; True means restart it now, in its own task.
+
+        For a group (``group=True``) only the bookkeeping and the log line are
+        done here for RESTART and BACK_OFF; the caller restarts the group.
+        """
+        tree = self._tree
+        log = tree.log
+        action = d.action
+        if action is Action.REMOVE:
+            self._remove(c)
+            return False
+        if action is Action.STOP:
+            self._retire(c)
+            return False
+        if action is Action.ESCALATE:
+            self._escalation = IntensityExceeded(self.path, c.name, reason, self.policy.intensity,
+                                                 self.policy.period)
+            log.error("supervisor escalating", actor=self.path, child=c.name, reason=_describe(reason))
+            tree.emit(Escalated(self.path, now, c.name, reason))
+            if c.status is not Status.STOPPING:
+                c.set(Status.STOPPING)
+            self._lot.unpark_all()
+            return False
+        if action is Action.PARK:
+            assert d.retry_at is not None
+            self._parks_total += 1
             c.attempt = 0
-        c.attempt += 1
+            self._schedule(c, d.retry_at, Status.PARKED)
+            log.warning("actor parked", actor=c.path, reason=_describe(reason),
+                        retry_in=round(d.delay, 3))
+            tree.emit(Parked(c.path, now, d.retry_at, reason))
+            return False
+        c.attempt = d.attempt
         c.restarts += 1
         self._restarts_total += 1
-        return c.policy.backoff.delay(c.attempt, tree.rng)
-
-    def _park(self, c: _Child, now: float, reason: BaseException | None) -> None:
-        self._parks_total += 1
-        retry_at = now + self.policy.cool_down
-        self._schedule(c, retry_at, Status.PARKED)
-        self._tree.log.warning("actor parked", actor=c.path, cool_down=self.policy.cool_down,
-                               reason=repr(reason))
-        self._tree.emit(Parked(c.path, now, retry_at, reason))
+        if action is Action.RESTART:
+            if reason is not None:
+                log.warning("actor crashed", actor=c.path, reason=_describe(reason), then="restart")
+            else:
+                log.info("actor exited", actor=c.path, then="restart")
+            if group:
+                return False
+            tree.emit(Restarted(c.path, now, c.attempt))
+            c.set(Status.RUNNING)
+            return True
+        assert d.retry_at is not None
+        log.warning("backing off", actor=c.path, reason=_describe(reason),
+                    delay=round(d.delay, 3), attempt=c.attempt)
+        if not group:  # a group's BackingOff is emitted once the group is stopped
+            tree.emit(BackingOff(c.path, now, d.delay, d.retry_at))
+            self._schedule(c, d.retry_at, Status.BACKING_OFF)
+        return False
 
     def _schedule(self, c: _Child, when: float, status: Status) -> None:
-        c.status = status
+        c.set(status)
         c.retry_at = when
         c.timer_token += 1
         heapq.heappush(self._timers, (when, next(self._timer_seq), c, c.timer_token))
         self._lot.unpark_all()
 
-    def _remove(self, c: _Child) -> None:
-        """Forget ``c`` for good: close its address (held messages are dropped, requests fail)."""
-        c.status = Status.STOPPED
+    def _retire(self, c: _Child) -> None:
+        """Stopped, spec kept: the address refuses messages until ``restart_child``."""
+        c.set(Status.STOPPED)
         c.retry_at = None
         c.timer_token += 1
-        # Watching a next incarnation that will now never run.
-        c.notify_down(NOPROC)
+        c.notify_down(SHUTDOWN)  # watchers of a next incarnation that will not come
+        if c.sup is not None:
+            c.sup._retire_all()
+        else:
+            assert c.mailbox is not None
+            c.mailbox.close()
+            c.mailbox.discard_held("stopped")
+
+    def _revive(self, c: _Child) -> None:
+        """Undo ``_retire``: ``c`` (and a nested supervisor's static children) hold messages again."""
+        c.set(Status.NOT_STARTED)
+        if c.mailbox is not None:
+            c.mailbox.reopen()
+        if c.sup is not None:
+            for child in c.sup._children.values():
+                if child.status is Status.STOPPED:
+                    c.sup._revive(child)
+
+    def _retire_all(self) -> None:
+        """This supervisor is stopped (not removed): dynamic children go, static ones are retired."""
+        for c in reversed(list(self._children.values())):
+            if c.dynamic or c.policy.restart is Restart.TEMPORARY:
+                self._remove(c)
+            elif c.status is not Status.STOPPED:
+                self._retire(c)
+
+    def _remove(self, c: _Child) -> None:
+        """Forget ``c`` for good: close its address (held messages are dropped, requests fail)."""
+        if c.status is not Status.STOPPED:
+            c.set(Status.STOPPED)
+        c.retry_at = None
+        c.timer_token += 1
+        c.notify_down(SHUTDOWN)
         if self._children.get(c.name) is c:
             del self._children[c.name]
         if c.sup is not None:
@@ -650,17 +784,23 @@ class Supervisor:
                 c.done = trio.Event()
             await c.done.wait()
 
-    async def _stop_child(self, c: _Child, for_good: bool) -> None:
-        """Stop ``c``'s incarnation: ask politely, wait ``shutdown`` seconds, then cancel."""
+    async def _stop_child(self, c: _Child, after: Status, remove: bool = False) -> None:
+        """Stop ``c``'s incarnation (ask politely, wait ``shutdown`` seconds, then
+        cancel), and leave it ``after``: STOPPED (spec kept), WAITING (for its
+        group) or NOT_STARTED (for this supervisor's next incarnation).
+        ``remove`` (and a temporary child, always) forgets it instead."""
         c.timer_token += 1  # a pending restart or unpark no longer applies
+        c.retry_at = None
+        for_good = after is Status.STOPPED
         if c.running:
             c.terminating = True
-            c.status = Status.STOPPING
+            if c.status is not Status.STOPPING:
+                c.set(Status.STOPPING)
             shutdown = c.policy.shutdown
             if shutdown > 0:
                 if c.sup is not None:
-                    c.sup._request_stop(for_good)
-                elif for_good:
+                    c.sup._request_stop(for_good or remove)
+                elif for_good or remove:
                     assert c.mailbox is not None
                     c.mailbox.close()
                 else:
@@ -672,12 +812,27 @@ class Supervisor:
                 assert c.scope is not None
                 c.scope.cancel()
                 await self._wait_task(c)
-        if for_good or c.policy.restart is Restart.TEMPORARY:
-            c.notify_down(SHUTDOWN)  # watchers of a next incarnation that will not come
+        if self._children.get(c.name) is not c:
+            return  # removed meanwhile (its supervisor was removed)
+        if remove or c.policy.restart is Restart.TEMPORARY:
             self._remove(c)
+        elif for_good:
+            if c.status is not Status.STOPPED:
+                self._retire(c)
         else:
-            c.status = Status.STOPPING
-            c.retry_at = None
+            c.set(after)
+
+    async def _stop_members(self, members: Sequence[_Child], after: Status, remove_dynamic: bool) -> None:
+        """Stop several children: dynamic ones concurrently, then the static ones
+        in reverse start order (OTP stops a simple_one_for_one supervisor's
+        children together; each still gets its own shutdown timeout)."""
+        dynamic = [c for c in members if c.dynamic]
+        if dynamic:
+            async with trio.open_nursery() as nursery:
+                for c in dynamic:
+                    nursery.start_soon(self._stop_child, c, after, remove_dynamic)
+        for c in reversed([c for c in members if not c.dynamic]):
+            await self._stop_child(c, after)
 
     # --- the supervisor's own loop -----------------------------------------
 
@@ -686,21 +841,21 @@ class Supervisor:
         self._stop_for_good = self._stop_for_good or for_good
         self._lot.unpark_all()
 
-    async def _serve(self, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve(self, task_status: trio.TaskStatus[Supervisor] | _StartedOnce = trio.TASK_STATUS_IGNORED) -> None:
         """Run one incarnation of this supervisor until stopped or escalating."""
         if self._finalized:
             raise ActorStopped(self.path)
         self._stop_requested = False
         self._stop_for_good = False
         self._escalation = None
-        self._window.clear()
+        self._window = ()
         self._served = trio.Event()
         self._ensure_static_children()
         # A new incarnation starts its children afresh, as OTP does: no
         # backoff or intensity history carries over from the last one.
         for c in self._children.values():
             c.attempt = 0
-            c.window = None
+            c.window = ()
         escalation: IntensityExceeded | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -715,7 +870,12 @@ class Supervisor:
                 )
                 task_status.started(self)
                 escalation = await self._loop()
-                await self._stop_all(for_good=self._stop_for_good)
+                await self._stop_members(
+                    list(self._children.values()),
+                    Status.STOPPED if self._stop_for_good else Status.NOT_STARTED,
+                    remove_dynamic=True,
+                )
+                self._timers.clear()
                 self._running = False
                 if self.parent is None:
                     self._tree.deadlines.stop()
@@ -724,16 +884,19 @@ class Supervisor:
             self._nursery = None
             self._timers.clear()
             self._group_jobs.clear()
-            # After a cancellation nobody ran _stop_all: tidy up the same way.
+            # After a cancellation nobody ran _stop_members: tidy up the same way.
             for c in list(self._children.values()):
                 if c.dynamic:
                     self._remove(c)
+                elif self._stop_for_good:
+                    if c.status is not Status.STOPPED:
+                        self._retire(c)
                 elif c.status is not Status.STOPPED:
-                    c.status = Status.STOPPING
+                    if c.status is Status.RUNNING:
+                        c.set(Status.STOPPING)
+                    c.set(Status.NOT_STARTED)
                     c.retry_at = None
             self._served.set()
-        if self._stop_for_good:
-            self._finalize()
         if escalation is not None:
             raise escalation
 
@@ -765,9 +928,6 @@ class Supervisor:
         due.sort(key=lambda c: c.order)
         for c in due:
             if c.status is Status.PARKED:
-                if c.window is not None:
-                    c.window.clear()
-                c.attempt = 0
                 self._tree.log.info("actor unparked", actor=c.path)
         await self._spawn_in_order(
             due,
@@ -780,38 +940,31 @@ class Supervisor:
         """one_for_all / rest_for_one: stop the group in reverse order, restart it in order."""
         if self._children.get(failed.name) is not failed or failed.scope is not scope or failed.running:
             return  # that incarnation was already replaced by an earlier group restart
-        delay = self._count_restart(failed, when, reason)
-        if delay is None:
+        d = self._decide(failed, reason, when)
+        self._apply(failed, d, reason, when, group=True)
+        if d.action not in (Action.RESTART, Action.BACK_OFF):
             return
         members = list(self._children.values())
         if self.policy.strategy is Strategy.REST_FOR_ONE:
             members = [c for c in members if c.order >= failed.order]
-        for c in reversed(members):
-            if c is not failed:
-                await self._stop_child(c, for_good=False)
+        await self._stop_members([c for c in members if c is not failed], Status.WAITING, remove_dynamic=False)
         now = trio.current_time()
         survivors = [c for c in members if self._children.get(c.name) is c and not c.running]
-        if delay <= 0:
+        if d.action is Action.RESTART:
             await self._spawn_in_order(survivors, lambda c: Restarted(c.path, now, c.attempt))
         else:
-            self._tree.emit(BackingOff(failed.path, now, delay, now + delay))
+            self._tree.emit(BackingOff(failed.path, now, d.delay, now + d.delay))
             for c in survivors:
-                self._schedule(c, now + delay, Status.BACKING_OFF)
-
-    async def _stop_all(self, for_good: bool) -> None:
-        for c in reversed(list(self._children.values())):
-            await self._stop_child(c, for_good=for_good or c.dynamic)
-        self._timers.clear()
+                self._schedule(c, now + d.delay, Status.BACKING_OFF)
 
     def _finalize(self) -> None:
-        """Stopped for good: every address in this subtree refuses messages from now on."""
+        """Removed from its tree: every address in this subtree refuses messages from now on."""
         if self._finalized:
             return
         self._finalized = True
         for c in reversed(list(self._children.values())):
             self._remove(c)
-        if self._tree.registry._supervisors.get(self.path) is self:
-            del self._tree.registry._supervisors[self.path]
+        self._tree.registry._forget_supervisor(self)
 
 
 class _StartedOnce:
@@ -840,7 +993,7 @@ def _make_root(
 
         config = load_supervision_config(config)
     tree = _Tree(config, rng)
-    root = Supervisor(spec, spec.name, tree.policy_for(spec.name, spec._policy), tree, None)  # type: ignore[attr-defined]
+    root = Supervisor(spec, spec.name, tree.policy_for(spec.name, spec.explicit_policy()), tree, None)
     tree.root = root
     return root
 

@@ -28,8 +28,10 @@ async def test_which_and_count_children_list_static_and_dynamic_children_in_orde
         assert [c.supervisor for c in sup.which_children()] == [False, True, False, False]
         assert sup.count_children() == la.ChildCounts(specs=4, active=4, supervisors=1, workers=3)
         await sup.terminate_child("d1")
-        assert [c.name for c in sup.which_children()] == ["a", "sub", "d2"]
+        assert [c.name for c in sup.which_children()] == ["a", "sub", "d1", "d2"]
         assert sup.count_children().active == 3
+        sup.delete_child("d1")
+        assert [c.name for c in sup.which_children()] == ["a", "sub", "d2"]
 
 
 async def test_a_duplicate_child_name_is_refused(autojump_clock):
@@ -89,13 +91,23 @@ async def test_get_or_start_starts_once_and_then_returns_the_same_address(autoju
         assert first is again and first is not other
         assert made == ["!a", "!b"]
         assert rooms.count_children().specs == 2
-        # Once the room actor ends for good, the next use starts a fresh one.
+        # A transient room actor that returned is stopped with its spec kept
+        # (OTP): the next use starts it again, at the same address, and the
+        # registry does not grow.
         with sup.subscribe() as events:
             await first.send(Finish())
             await events.wait_for(la.Exited, path="node/rooms/!a")
-        fresh = sup.registry.get_or_start(("room", "!a"), rooms, room_spec("!a"))
-        assert fresh is not first and not fresh.stopped
-        assert await fresh.call("hello") == "hello"
+        assert first.stopped and ("room", "!a") not in sup.registry
+        for round in range(3):
+            again = sup.registry.get_or_start(("room", "!a"), rooms, room_spec("!a"))
+            assert again is first and not again.stopped
+            assert await again.call("hello") == "hello"
+            await again.send(Finish())
+            await trio.testing.wait_all_tasks_blocked()
+        assert made == ["!a", "!b"]
+        assert rooms.count_children().specs == 2
+        assert sup.registry._keys_of[first] == [("room", "!a")]
+        assert journal.count("start", "!a") == 4
 
 
 async def test_registry_keys_cannot_be_taken_twice(autojump_clock):
@@ -170,12 +182,21 @@ async def test_start_child_on_a_stopped_supervisor_raises_actor_stopped(autojump
         sup.start_child(spec("late", Journal()))
 
 
-async def test_aclose_of_a_nested_supervisor_stops_it_for_good(autojump_clock):
+async def test_aclose_of_a_nested_supervisor_stops_it_and_restart_child_brings_it_back(autojump_clock):
     journal = Journal()
     async with la.open_supervisor("t", [la.SupervisorSpec("sub", [spec("x", journal)])]) as sup:
         sub = sup.child_supervisor("sub")
         x = sub.address("x")
         await sub.aclose()
         assert x.stopped
-        assert sup.count_children().specs == 0
+        assert sup.child_state("sub").status is la.Status.STOPPED
+        assert sup.count_children().specs == 1
         assert journal.count("start", "x") == 1
+        assert sup.restart_child("sub") is sub
+        assert await x.call("back") == "back"
+        assert journal.count("start", "x") == 2
+        await sub.aclose()
+        sup.delete_child("sub")
+        assert sup.count_children().specs == 0
+        with pytest.raises(la.NoSuchActor):
+            sup.registry.supervisor("t/sub")

@@ -9,10 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_worker_pool_example_runs_and_survives_its_crashes():
+def test_worker_pool_example_runs_and_survives_its_crashes(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "worker_pool.py")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
     summary = done.stdout.strip().splitlines()[-1]

@@ -48,10 +48,20 @@ async def test_restarts_older_than_the_period_are_forgotten(autojump_clock):
     async with la.open_supervisor("t", [spec("w", journal)], intensity=2, period=10) as sup:
         await _crash_at(sup, 0, "t/w")
         await _crash_at(sup, 5, "t/w")
-        await _crash_at(sup, 10, "t/w")  # the one at 0 is exactly one period old: forgotten (OTP)
-        await _crash_at(sup, 15, "t/w")  # the one at 5 likewise
+        await _crash_at(sup, 10.5, "t/w")  # the one at 0 is older than one period: forgotten
+        await _crash_at(sup, 15.5, "t/w")  # the one at 5 likewise
         assert sup.child_state("w").restarts == 4
         assert sup.statistics().restarts_in_window == 2
+
+
+async def test_a_restart_exactly_one_period_old_still_counts_as_in_otp(autojump_clock):
+    # OTP's supervisor keeps a restart at t while t >= now - period.
+    journal = Journal()
+    with pytest.raises(la.IntensityExceeded):
+        async with la.open_supervisor("t", [spec("w", journal)], intensity=1, period=10) as sup:
+            await _crash_at(sup, 0, "t/w")
+            await _crash_at(sup, 10, "t/w")  # 0 is exactly 10 old: two restarts in the window
+    assert trio.current_time() == 10
 
 
 async def test_intensity_zero_escalates_on_the_first_crash(autojump_clock):

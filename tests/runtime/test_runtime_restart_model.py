@@ -71,7 +71,7 @@ def model(s: Scenario) -> list[tuple[bool, str, int, tuple[int, ...]]]:
             steps.append((False, "parked", restarts[i], tuple(starts)))
             continue
         window = windows[i] if s.park else shared
-        window[:] = [x for x in window if x > t - s.period] + [t]
+        window[:] = [x for x in window if x >= t - s.period] + [t]  # OTP keeps one exactly period old
         if len(window) > s.intensity:
             if not s.park:
                 steps.append((True, "escalated", restarts[i], ()))
