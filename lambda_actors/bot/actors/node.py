@@ -52,7 +52,7 @@ from ..config import AgentsConfig, MatrixSettings
 from ..logs import SecretMask
 from ..store import Store, StoreError
 from ...matrix.client import MatrixClient
-from ...matrix.errors import HomeserverUnavailable, InvalidToken, MatrixError
+from ...matrix.errors import HomeserverUnavailable, InvalidToken, MatrixError, RateLimited
 from ...runtime.spec import ChildSpec, SupervisorSpec
 from ...runtime.supervision_config import SupervisionConfig
 from ...runtime.supervisor import Supervisor, serve_supervisor
@@ -350,6 +350,13 @@ async def open_session(settings: MatrixSettings, data_dir: Path) -> tuple[str, s
             session = await client.login(settings.user_id, settings.password.reveal(), device_id=DEVICE_ID)
         except HomeserverUnavailable as exc:
             raise _unreachable(settings, exc) from None
+        except RateLimited as exc:
+            # Not a verdict on the password: the homeserver wants a pause
+            # longer than the client waits by itself.
+            raise HomeserverUnreachable(
+                f"MATRIX_HOMESERVER {settings.homeserver}: asks the bot to wait {exc.retry_after_s:.0f} s before "
+                "logging in again (too many logins); start the bot again after that"
+            ) from None
         except MatrixError as exc:
             raise CredentialsRefused(
                 f"the homeserver refused the login of MATRIX_USER_ID {settings.user_id} ({exc.errcode}: {exc.message}); "
