@@ -208,7 +208,6 @@ class _Connection:
         while True:
             if not len(self.deliveries) and not await self._wait_idle(None):
                 return
-            self.socket_gone = False
             try:
                 async with open_agent_connection(
                     self.agent.base_url,
@@ -230,6 +229,8 @@ class _Connection:
                 self._take_ready(None)
                 if self.stopping or not len(self.deliveries):
                     return
+            # Gone between answers: no failure; the next turn opens a new one.
+            self.socket_gone = False
 
     async def _serve(self, conn: AgentConnection) -> None:
         """Serve turns on one open socket until it is idle, gone between answers, or we stop."""
@@ -444,13 +445,9 @@ class _Connection:
             self.ctx.log.info("connection.room_not_told", event_id=deliver.event_id)
 
     async def _tell_outbox(self, queued: list[OutboxItem]) -> None:
-        try:
-            # The outbox never blocks on one sender: it queues per room and
-            # its mailbox is sized for every connection's sends.
-            await tell_outbox(self.ctx, queued)
-        except ActorError:
-            # Stopping: the rows are in the store, and the next run sends them.
-            self.ctx.log.info("connection.outbox_not_told", count=len(queued))
+        # Never waits (tell_outbox uses send_nowait): the rows are in the
+        # store already, which the outbox rescans if this message is lost.
+        await tell_outbox(self.ctx, queued)
 
     async def _fail_all(self, marker: str, error: str) -> None:
         """Fail the turn in progress and every turn waiting, each with ``marker``."""

@@ -1,0 +1,236 @@
+"""The connection actor as an executor of the turn machine, with a real fake
+agent on loopback and a real store, but no homeserver: the Matrix client is a
+stand-in whose every call fails as during an outage, the actor's context a
+stand-in with a plain channel for a mailbox.
+
+Rules of connection.py's docstring tested here: Matrix failures are charged
+to Matrix (1, 4), a stop says "interrupted" (1), nothing is overwritten (2),
+frames outside an answer are bounded (5); the confirmation keys are
+namespaced (turn rule 4) end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from lambda_actors.bot.actors import connection as conn_module
+from lambda_actors.bot.actors.outbox import Queued
+from lambda_actors.bot.actors.services import (
+    DONE_KEY,
+    ERROR_HOMESERVER,
+    ERROR_INTERRUPTED,
+    ERROR_KEY,
+    SOURCE_KEY,
+    BotServices,
+    Timing,
+)
+from lambda_actors.bot.actors.turns import ConfirmAnswer, Deliver, TurnDone
+from lambda_actors.bot.config import AgentConfig, AgentsConfig
+from lambda_actors.bot.limits import Limits
+from lambda_actors.bot.store import Store
+from lambda_actors.bot.streaming import INTERRUPTED
+from lambda_actors.matrix.errors import HomeserverUnavailable
+
+HANG = 20  # a guard against hangs, never what a test asserts
+ROOM = "!room:test"
+
+
+class Recorder:
+    """An address that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.changed = trio.Event()
+
+    async def send(self, msg: Any) -> None:
+        self.send_nowait(msg)
+
+    def send_nowait(self, msg: Any) -> None:
+        self.sent.append(msg)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, condition) -> None:
+        with trio.fail_after(HANG):
+            while not condition():
+                await self.changed.wait()
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level: str):
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+    def events(self) -> list[str]:
+        return [event for _, event, _ in self.lines]
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.send_channel, self.receive_channel = trio.open_memory_channel[Any](100)
+
+    async def receive(self) -> Any:
+        return await self.receive_channel.receive()
+
+
+@dataclass
+class Registry:
+    outbox: Recorder
+
+    def get(self, path: str) -> Recorder:
+        return self.outbox
+
+
+@dataclass
+class Ctx:
+    mailbox: Mailbox = field(default_factory=Mailbox)
+    log: Log = field(default_factory=Log)
+    registry: Registry = field(default_factory=lambda: Registry(Recorder()))
+
+
+class DownHomeserver:
+    """Every call fails the way an unreachable homeserver does."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def typing(self, room_id: str, typing: bool, timeout_ms: int | None = None) -> None:
+        self.calls.append("typing")
+        raise HomeserverUnavailable("connection refused", homeserver="http://hs.test")
+
+    async def upload(self, data: bytes, mimetype: str, filename: str) -> str:
+        self.calls.append("upload")
+        raise HomeserverUnavailable("connection refused", homeserver="http://hs.test")
+
+
+TIMING = Timing(
+    agent_idle_timeout=5.0,
+    typing_delay=0.01,
+    edit_interval=0.05,
+    late_frame_grace=0.01,
+    confirmation_timeout=30.0,
+)
+
+
+@dataclass
+class Rig:
+    ctx: Ctx
+    store: Store
+    agent: Any
+    room: Recorder
+    client: DownHomeserver
+    actor_error: list[BaseException]
+
+    def deliver(self, event_id: str, text: str, room: Recorder | None = None) -> Deliver:
+        self.store.ingest([(event_id, ROOM, {"type": "m.room.message"}, False)], "s1")
+        return Deliver(event_id, ROOM, text, (), room or self.room)  # type: ignore[arg-type]
+
+    async def send(self, msg: Any) -> None:
+        await self.ctx.mailbox.send_channel.send(msg)
+
+    def rows(self) -> list:
+        return [item for queued in self.ctx.registry.outbox.sent for item in queued.items]
+
+    def final(self, event_id: str) -> dict:
+        done = [r.content for r in self.rows() if r.content.get(SOURCE_KEY) == event_id and r.content.get(DONE_KEY)]
+        assert done, f"no done send for {event_id}"
+        return done[-1]
+
+    async def turn_done(self, event_id: str, room: Recorder | None = None) -> None:
+        await (room or self.room).wait_for(lambda: TurnDone(event_id) in (room or self.room).sent)
+
+
+@pytest.fixture
+async def rig(fake_agent, tmp_path: Path, nursery):
+    agent = await fake_agent(slow_interval=0.05, stall_seconds=30)
+    config = AgentConfig(id="agent-0", label="Agent 0", base_url=agent.base_url, workspace_path=agent.workspace, max_file_bytes=10_000)
+    agents = AgentsConfig(agents=(config,), limits=Limits(frames_outside_answer=8))
+    store = Store.open(tmp_path / "bot.sqlite3")
+    client = DownHomeserver()
+    bot = BotServices(store=store, client=client, agents=agents, user_id="@bot:test", timing=TIMING)  # type: ignore[arg-type]
+    ctx = Ctx()
+    errors: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await conn_module.connection_actor(ctx, bot, config, 7)
+        except BaseException as exc:  # recorded for the test to assert on
+            errors.append(exc)
+            raise
+
+    nursery.start_soon(run)
+    yield Rig(ctx, store, agent, Recorder(), client, errors)
+
+
+async def test_homeserver_failures_during_a_turn_do_not_fail_it_or_crash_the_connection(rig: Rig) -> None:
+    await rig.send(rig.deliver("$1", "hello [[slow]] [[file:r.txt]]"))
+    await rig.turn_done("$1")
+    final = rig.final("$1")
+    assert "echo: hello" in final["body"] and ERROR_KEY not in final
+    assert "typing" in rig.client.calls and "upload" in rig.client.calls
+    (file_notice,) = [r.content for r in rig.rows() if r.content.get(ERROR_KEY) == ERROR_HOMESERVER]
+    assert "homeserver did not take the upload" in file_notice["body"]
+    # The same socket serves the next turn: nothing crashed, nothing was charged to the agent.
+    await rig.send(rig.deliver("$2", "again"))
+    await rig.turn_done("$2")
+    assert "echo: again" in rig.final("$2")["body"]
+    assert rig.agent.connections["7"] == 1 and rig.actor_error == []
+    assert "connection.typing.failed" in rig.ctx.log.events()
+
+
+async def test_a_stop_mid_answer_tells_the_user_it_was_interrupted(rig: Rig) -> None:
+    await rig.send(rig.deliver("$1", "think [[stall]]"))
+    with trio.fail_after(HANG):
+        await rig.agent.wait_for_message(lambda m: "think" in m.text, chat_id=7)
+    await rig.ctx.mailbox.send_channel.aclose()  # what a supervisor's stop does
+    await rig.turn_done("$1")
+    final = rig.final("$1")
+    assert final["body"].endswith(INTERRUPTED) and final[ERROR_KEY] == ERROR_INTERRUPTED
+    assert "could not answer" not in final["body"]
+    assert rig.store.is_handled("$1")
+
+
+async def test_two_deliveries_are_both_answered_in_order_never_overwritten(rig: Rig) -> None:
+    other = Recorder()
+    await rig.send(rig.deliver("$1", "first [[slow]]"))
+    await rig.send(rig.deliver("$2", "second", room=other))
+    await rig.send(rig.deliver("$1", "first [[slow]]"))  # a room that restarted delivers again
+    await rig.turn_done("$2", other)
+    await rig.turn_done("$1")
+    assert rig.agent.received_messages(7) == ["first [[slow]]", "second"]
+
+
+async def test_a_flood_between_answers_cuts_the_socket_and_the_next_turn_reconnects(rig: Rig) -> None:
+    await rig.send(rig.deliver("$1", "hi [[flood]]"))
+    await rig.turn_done("$1")
+    assert "echo: hi" in rig.final("$1")["body"]
+    with trio.fail_after(HANG):
+        await rig.agent.wait_until(lambda: "7" not in rig.agent.open_chats)
+    assert "connection.too_many_frames" in rig.ctx.log.events(), rig.ctx.log.lines
+    await rig.send(rig.deliver("$2", "calm now"))
+    await rig.turn_done("$2")
+    assert "echo: calm now" in rig.final("$2")["body"]
+    assert rig.agent.connections["7"] == 2 and rig.actor_error == []
+
+
+async def test_confirmation_answers_are_taken_only_under_this_chats_key(rig: Rig) -> None:
+    await rig.send(rig.deliver("$1", "may I [[confirm]]"))
+    with trio.fail_after(HANG):
+        while not rig.store.confirmations(ROOM):
+            await trio.sleep(0.01)  # polling the store: the test's own stand-in for the room
+    (pending,) = rig.store.confirmations(ROOM)
+    assert pending.request_id.startswith("agent-0/7/")
+    raw = pending.request_id.removeprefix("agent-0/7/")
+    # Another agent's key with the same request id, and the bare id, are ignored.
+    await rig.send(ConfirmAnswer(f"agent-1/7/{raw}", False))
+    await rig.send(ConfirmAnswer(raw, False))
+    await rig.send(ConfirmAnswer(pending.request_id, True))
+    await rig.turn_done("$1")
+    assert f"confirmation {raw}: approved" in rig.final("$1")["body"]
