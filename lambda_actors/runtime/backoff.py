@@ -33,15 +33,21 @@ class Backoff:
     def problems(self) -> list[tuple[str, str]]:
         """(key, what is wrong and how to fix it) for each invalid field."""
         out: list[tuple[str, str]] = []
+        numbers = {k: getattr(self, k) for k in ("min", "max", "multiplier", "jitter", "reset_after")}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                out.append((key, f"must be a number, got {value!r}"))
+        if out:
+            return out  # the comparisons below need numbers
         for key in ("min", "max", "reset_after"):
-            value = getattr(self, key)
+            value = numbers[key]
             if not (value >= 0 and math.isfinite(value)):
                 out.append((key, f"must be a finite number of seconds >= 0, got {value!r}"))
         if self.min > self.max:
             out.append(("min", f"min ({self.min:g}) is greater than max ({self.max:g}); "
                                "lower min or raise max"))
-        if not self.multiplier >= 1:
-            out.append(("multiplier", f"must be >= 1 (1 means a constant delay), got {self.multiplier!r}"))
+        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
+            out.append(("multiplier", f"must be a finite number >= 1 (1 means a constant delay), got {self.multiplier!r}"))
         if not 0 <= self.jitter < 1:
             out.append(("jitter", f"must be a fraction in [0, 1), got {self.jitter!r}"))
         return out

@@ -222,14 +222,8 @@ class Mailbox:
     async def get(self) -> Any:
         """The next message; ``trio.EndOfChannel`` once halted, or closed and drained."""
         await checkpoint_if_cancelled()
-        buf = self._buf
-        if buf and not self._halted:
-            msg = buf.popleft()
-            if self._blocked:
-                task = next(iter(self._blocked))
-                buf.append(self._blocked.pop(task))
-                self._sent += 1
-                reschedule(task, outcome.Value(None))
+        if self._buf and not self._halted:
+            msg = self._take_held()
             await cancel_shielded_checkpoint()
             return msg
         if self._halted or self._closed:
@@ -250,18 +244,23 @@ class Mailbox:
 
     def get_nowait(self) -> Any:
         """The next held message, or ``trio.WouldBlock``; ``trio.EndOfChannel`` as ``get``."""
-        buf = self._buf
-        if buf and not self._halted:
-            msg = buf.popleft()
-            if self._blocked:
-                task = next(iter(self._blocked))
-                buf.append(self._blocked.pop(task))
-                self._sent += 1
-                reschedule(task, outcome.Value(None))
-            return msg
+        if self._buf and not self._halted:
+            return self._take_held()
         if self._halted or self._closed:
             raise trio.EndOfChannel
         raise trio.WouldBlock
+
+    def _take_held(self) -> Any:
+        """The oldest held message; the first blocked sender's message takes its place."""
+        buf = self._buf
+        msg = buf.popleft()
+        blocked = self._blocked
+        if blocked:
+            task = next(iter(blocked))
+            buf.append(blocked.pop(task))
+            self._sent += 1
+            reschedule(task, outcome.Value(None))
+        return msg
 
     # --- lifecycle (the supervisor) -----------------------------------------
 

@@ -73,29 +73,58 @@ class Policy:
         return replace(self, **changes)
 
     def problems(self) -> list[tuple[str, str]]:
-        """(key, what is wrong and how to fix it) for each invalid or impossible setting."""
+        """(key, what is wrong and how to fix it) for each invalid or impossible setting.
+
+        The one validation of a policy, whether it came from code (a spec's
+        keywords) or from supervision.toml: the file loader converts names
+        and ``"infinity"`` and leaves every other judgement to this.
+        """
         out: list[tuple[str, str]] = []
-        if not self.shutdown >= 0:
+        for key, kind in _ENUMS.items():
+            value = getattr(self, key)
+            if not isinstance(value, kind):
+                choices = ", ".join(f'"{c}"' for c in kind)
+                out.append((key, f"must be one of {choices}, got {value!r}"))
+        if not _is_number(self.shutdown) or not self.shutdown >= 0:
             out.append(("shutdown", f"must be seconds >= 0 (0 cancels at once) or \"infinity\", got {self.shutdown!r}"))
-        if self.mailbox_capacity < 1:
-            out.append(("mailbox_capacity", f"must be >= 1 so messages can be held across a restart, got {self.mailbox_capacity!r}"))
-        if not (self.call_timeout > 0):
+        if not _is_whole(self.mailbox_capacity) or self.mailbox_capacity < 1:
+            out.append(("mailbox_capacity", "must be a whole number >= 1 so messages can be held "
+                                            f"across a restart, got {self.mailbox_capacity!r}"))
+        if not _is_number(self.call_timeout) or not self.call_timeout > 0:
             out.append(("call_timeout", f"must be seconds > 0 (\"infinity\" for none), got {self.call_timeout!r}"))
-        if self.intensity < 0:
-            out.append(("intensity", f"must be >= 0 restarts, got {self.intensity!r}"))
-        if not (self.period > 0 and math.isfinite(self.period)):
+        if not _is_whole(self.intensity) or self.intensity < 0:
+            out.append(("intensity", f"must be a whole number of restarts >= 0, got {self.intensity!r}"))
+        if not _is_number(self.period) or not (self.period > 0 and math.isfinite(self.period)):
             out.append(("period", f"must be a finite number of seconds > 0, got {self.period!r}"))
-        if not (self.cool_down >= 0 and math.isfinite(self.cool_down)):
+        if not _is_number(self.cool_down) or not (self.cool_down >= 0 and math.isfinite(self.cool_down)):
             out.append(("cool_down", f"must be a finite number of seconds >= 0, got {self.cool_down!r}"))
-        if self.on_exhausted is OnExhausted.PARK and self.strategy is not Strategy.ONE_FOR_ONE:
+        if self.on_exhausted is OnExhausted.PARK and self.strategy in (Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE):
             out.append((
                 "on_exhausted",
                 f"\"park\" isolates one child, but strategy {str(self.strategy)!r} restarts "
                 "children together; use strategy = \"one_for_one\", or on_exhausted = "
                 "\"escalate\" and park the whole group from its parent",
             ))
-        out.extend((f"backoff.{key}", why) for key, why in self.backoff.problems())
+        if isinstance(self.backoff, Backoff):
+            out.extend((f"backoff.{key}", why) for key, why in self.backoff.problems())
+        else:
+            out.append(("backoff", f"must be a Backoff(...) (a table in supervision.toml), got {self.backoff!r}"))
         return out
+
+
+def _is_number(value: object) -> bool:
+    """An int or float, not a bool (``True`` is an int to Python, never a duration to us)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value: object) -> bool:
+    """An int, not a bool: 2.5 restarts or ``math.inf`` restarts mean nothing."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_ENUMS: dict[str, type[enum.Enum]] = {
+    "restart": Restart, "overflow": Overflow, "strategy": Strategy, "on_exhausted": OnExhausted,
+}
 
 
 #: The keys a supervision.toml table may set, with their Python types.

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from .backoff import Backoff
 from .errors import ChildSpecError
 from .mailbox import Overflow
-from .policy import OnExhausted, Restart, Strategy
+from .policy import OnExhausted, Policy, Restart, Strategy
 
 __all__ = ["ChildSpec", "SupervisorSpec", "ActorFn"]
 
@@ -53,8 +53,14 @@ def _explicit(spec: Any, names: Sequence[str]) -> dict[str, Any]:
         elif name == "shutdown" and value == "infinity":
             value = math.inf
         elif name == "backoff" and not isinstance(value, Backoff):
-            raise ChildSpecError(f"{spec.name!r}: backoff must be a Backoff(...), got {value!r}")
+            raise ChildSpecError(f"{spec.name!r}: backoff: must be a Backoff(...), got {value!r}")
         out[name] = value
+    # The one validation of policy values (Policy.problems), so that code and
+    # supervision.toml refuse the same things (math.inf or 2.5 restarts, True
+    # as a number of seconds); only the keys this spec sets are judged here.
+    wrong = [(k, why) for k, why in Policy().merged(out).problems() if k.split(".")[0] in out]
+    if wrong:
+        raise ChildSpecError(f"{spec.name!r}: " + "; ".join(f"{k}: {why}" for k, why in wrong))
     return out
 
 

@@ -39,7 +39,6 @@ _EMPTY: Mapping[str, Any] = {}
 _ENUM_KEYS: dict[str, type] = {
     "restart": Restart, "overflow": Overflow, "strategy": Strategy, "on_exhausted": OnExhausted,
 }
-_INT_KEYS = {"intensity", "mailbox_capacity"}
 _SECONDS_OR_INFINITY = {"shutdown", "call_timeout"}
 
 
@@ -47,7 +46,8 @@ class SupervisionConfigError(ValueError):
     """supervision.toml cannot be used; ``problems`` lists (key path, what to do)."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
-        lines = [f"{source}: [{key}] {why}" for key, why in problems]
+        # A problem of the whole file (unreadable, not TOML) has no key path.
+        lines = [f"{source}: [{key}] {why}" if key else f"{source}: {why}" for key, why in problems]
         super().__init__("\n".join(lines) if len(lines) == 1 else
                          f"{len(lines)} problems in {source}:\n  " + "\n  ".join(lines))
         self.source = source
@@ -133,15 +133,23 @@ def parse_supervision_config(text: str, source: str = "supervision.toml") -> Sup
             _walk(value, (key,), entries, problems)
         else:
             problems.append((key, _unknown_key_hint(key)))
-    if not problems:
-        base = Policy().merged(defaults)
-        for why_key, why in base.problems():
-            problems.append((f"defaults.{why_key}", why))
-        for key, layer in entries.items():
-            policy = base.merged(layer)
-            for why_key, why in policy.problems():
-                problems.append((".".join(_quote(k) for k in key) + "." + why_key, why))
+    # Every value judged by the one validation (Policy.problems), with what
+    # the file set around it, whatever else is wrong: each mistake once, at once.
+    base = Policy().merged(defaults)
+    in_defaults = base.problems()
+    for why_key, why in in_defaults:
+        problems.append((f"defaults.{why_key}", why))
+    for key, layer in entries.items():
+        for why_key, why in base.merged(layer).problems():
+            # A mistake of [defaults] shows up in every entry: report it once,
+            # unless this entry sets that key itself.
+            if (why_key, why) in in_defaults and why_key.split(".")[0] not in layer:
+                continue
+            problems.append((".".join(_quote(k) for k in key) + "." + why_key, why))
     if problems:
+        # In the order of the file's top-level tables, so the list reads like the file.
+        tops = {_quote(k): i for i, k in enumerate(data)}
+        problems.sort(key=lambda p: tops.get(p[0].split(".")[0], -1))
         raise SupervisionConfigError(source, problems)
     return SupervisionConfig(source, defaults, entries)
 
@@ -178,11 +186,7 @@ def _policy_table(table: dict[str, Any], path: tuple[str, ...],
                 if bkey not in BACKOFF_KEYS:
                     problems.append((f"{keypath}.{bkey}", f"unknown backoff key; use one of {', '.join(BACKOFF_KEYS)}"))
                     continue
-                number = _number(bvalue)
-                if number is None:
-                    problems.append((f"{keypath}.{bkey}", f"must be a number, got {bvalue!r}"))
-                    continue
-                backoff[bkey] = number
+                backoff[bkey] = bvalue  # judged by Backoff.problems, with its neighbours
             layer["backoff"] = backoff
         elif key in POLICY_KEYS:
             checked, error = _check_value(key, value)
@@ -204,14 +208,13 @@ def _unknown_key_hint(key: str) -> str:
             "and a table names a child path")
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
 def _check_value(key: str, value: Any) -> tuple[Any, str]:
-    """(the value converted for ``Policy``, "") or (None, what is wrong)."""
+    """(the value converted for ``Policy``, "") or (None, what is wrong).
+
+    Only what TOML cannot say directly is converted here: names to their
+    enum, ``"infinity"`` to ``math.inf``. Numbers pass as written;
+    ``Policy.problems`` judges them, as it does for code.
+    """
     if key in _ENUM_KEYS:
         enum = _ENUM_KEYS[key]
         choices = ", ".join(f'"{c}"' for c in enum)
@@ -221,14 +224,8 @@ def _check_value(key: str, value: Any) -> tuple[Any, str]:
             return enum(value), ""
         except ValueError:
             return None, f"{value!r} is not one of {choices}"
-    if key in _INT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"must be a whole number, got {value!r}"
-        return value, ""
     if key in _SECONDS_OR_INFINITY and value == "infinity":
         return math.inf, ""
-    number = _number(value)
-    if number is None:
-        extra = ' or "infinity"' if key in _SECONDS_OR_INFINITY else ""
-        return None, f"must be a number of seconds{extra}, got {value!r}"
-    return number, ""
+    if isinstance(value, str) and key in _SECONDS_OR_INFINITY:
+        return None, f'must be a number of seconds or "infinity", got {value!r}'
+    return value, ""
