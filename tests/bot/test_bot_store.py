@@ -243,3 +243,92 @@ def test_chat_id_high_water_and_reservation(store):
     assert store.chat_ids_reserved() == 1041
     store.bind_room(RoomBinding("!b:x", "@u:x", "agent-0", 41))
     assert store.chat_id_used(41) and not store.chat_id_used(40)
+
+
+# -- compaction -----------------------------------------------------------------
+
+DAY = 24 * 3600.0
+
+
+def _later(days=2.0):
+    import time
+
+    return time.time() + days * DAY
+
+
+def test_compaction_drops_old_handled_events_but_keeps_each_rooms_newest_and_the_unhandled(store):
+    store.ingest([_event("$a1"), _event("$a2"), _event("$b1", room="!b:x"), _event("$a3")], "t")
+    for event_id in ("$a1", "$a2", "$b1"):
+        store.finish(event_id)
+    removed = store.compact(now=_later(), horizon=DAY)
+    assert removed["inbox"] == 2  # $a1 and $a2; $b1 is !b:x's newest, $a3 is unhandled
+    assert not store.has_event("$a1") and not store.has_event("$a2")
+    assert store.has_event("$b1") and [e.event_id for e in store.unhandled("!r:x")] == ["$a3"]
+    # Handled the same day: kept for duplicate detection.
+    store.finish("$a3")
+    assert store.compact(horizon=DAY)["inbox"] == 0
+
+
+def test_compaction_keeps_unsent_rows_confirmation_prompts_and_sends_of_turns_still_open(store):
+    store.ingest([_event("$done"), _event("$open")], "t")
+    store.enqueue([OutboxItem(0, "old-sent", "!r:x", "m.room.message", {"body": "a"})])
+    store.mark_sent("old-sent", "$1")
+    store.enqueue([OutboxItem(0, "prompt", "!r:x", "m.room.message", {"body": "ok?"})])
+    store.mark_sent("prompt", "$2")
+    store.add_confirmation(PendingConfirmation("q", "!r:x", 1, "rm", "", "prompt", 1.0))
+    store.enqueue([OutboxItem(0, "unsent", "!r:x", "m.room.message", {"body": "b"})])
+    store.finish("$done")
+    # $open is unhandled: rows queued after it was stored may be its answer,
+    # which a restarted turn finds (has_send) and edits by transaction id.
+    store.ingest([_event("$open2")], "t2")
+    store.enqueue([OutboxItem(0, "answer-part", "!r:x", "m.room.message", {"body": "c"})])
+    store.mark_sent("answer-part", "$3")
+    assert store.compact(now=_later(), horizon=DAY)["outbox"] == 0
+    store.finish("$open")
+    store.finish("$open2")
+    assert store.compact(now=_later(), horizon=DAY)["outbox"] == 2  # old-sent, answer-part
+    assert store.has_send("prompt") and store.has_send("unsent")
+    assert not store.has_send("old-sent") and not store.has_send("answer-part")
+
+
+def test_compaction_drops_turns_and_failures_of_handled_events_only(store):
+    store.ingest([_event("$1"), _event("$2")], "t")
+    store.start_turn("$1", "!r:x")
+    store.start_turn("$2", "!r:x")
+    store.record_failure("$1", "!r:x", "E", "T")
+    store.record_failure("$2", "!r:x", "E", "T")
+    store.finish("$1")
+    removed = store.compact(now=_later(), horizon=DAY)
+    assert (removed["turns"], removed["failures"]) == (1, 1)
+    assert store.failures("$2") == 1 and store.failures("$1") == 0
+    # $2's turn is still this boot's: a second delivery is still refused.
+    assert store.start_turn("$2", "!r:x") is None
+
+
+def test_compaction_keeps_the_newest_dead_letters(store, monkeypatch):
+    from lambda_actors.bot import store as store_module
+
+    monkeypatch.setattr(store_module, "DEAD_LETTERS_KEPT", 3)
+    for n in range(5):
+        store.ingest([_event(f"${n}")], f"t{n}")
+        store.set_aside(f"${n}")
+    assert store.compact()["dead_letters"] == 2
+    assert [d.event_id for d in store.dead_letters()] == ["$4", "$3", "$2"]
+
+
+def test_a_compacted_store_levels_off(tmp_path):
+    s = Store.open(tmp_path / "db")
+    sizes = []
+    for round_ in range(6):
+        now = _later(round_)
+        for n in range(300):
+            event_id = f"${round_}-{n}"
+            s.ingest([_event(event_id, room=f"!{n % 7}:x", body="x" * 200)], f"t{round_}-{n}")
+            s.start_turn(event_id, f"!{n % 7}:x")
+            s.mark_sent(s.finish(event_id, [OutboxItem(0, f"r{event_id}", "!r:x", "m.room.message", {"body": "y" * 200})])[0].txn_id, "$e")
+        s.compact(now=now + 2 * DAY, horizon=DAY)
+        sizes.append(s.size_bytes())
+    assert s.row_counts()["inbox"] == 7  # each room's newest
+    assert s.row_counts()["outbox"] == s.row_counts()["turns"] == 0
+    assert max(sizes[1:]) <= sizes[0] * 1.1
+    s.close()
