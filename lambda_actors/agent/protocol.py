@@ -54,6 +54,7 @@ __all__ = [
     "encode",
     "parse_client_frame",
     "parse_frame",
+    "check_base_url",
     "reset_url",
     "socket_url",
     "user_message",
@@ -494,22 +495,40 @@ def _split_base(base_url: object) -> tuple[str, str, str]:
         parts = urllib.parse.urlsplit(base_url.strip())
         port = parts.port  # raises ValueError on a malformed port
     except ValueError as exc:
-        raise ValueError(f"agent base_url {base_url!r} is not a URL: {exc}") from None
+        raise ValueError(f"{base_url!r} is not a URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in _WS_SCHEMES:
         raise ValueError(
-            f"agent base_url {base_url!r} must start with http://, https://, ws:// or wss://"
+            f"{base_url!r} must be an http, https, ws or wss URL with a host: it must start with http://, https://, ws:// or wss://"
         )
     if not parts.hostname:
-        raise ValueError(f"agent base_url {base_url!r} has no host")
+        raise ValueError(f"{base_url!r} must be an http, https, ws or wss URL with a host; it has no host")
     if parts.query or parts.fragment:
-        raise ValueError(f"agent base_url {base_url!r} must not carry a query or fragment")
+        raise ValueError(f"{base_url!r} must not carry a query or fragment")
     del port
     path = parts.path
     match = _SOCKET_SUFFIX.match(path)
     if match:
         path = match["prefix"]
     return scheme, parts.netloc, path.rstrip("/")
+
+
+def check_base_url(base_url: object) -> str:
+    """``base_url`` as given, if it is an agent base URL an operator may configure.
+
+    The one validation of agent URLs (configuration loading calls it): an
+    http, https, ws or wss URL with a host and a valid port, no query or
+    fragment, no whitespace, and no credentials (they would end up in logs;
+    put secrets elsewhere). Raises :class:`ValueError` saying what is wrong.
+    """
+    _split_base(base_url)
+    assert isinstance(base_url, str)
+    parts = urllib.parse.urlsplit(base_url.strip())
+    if any(c.isspace() for c in base_url):
+        raise ValueError(f"{base_url!r} must not contain spaces")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{base_url!r} must not carry credentials (user:password@); they would end up in logs")
+    return base_url
 
 
 def socket_url(base_url: str, chat_id: str | int) -> str:

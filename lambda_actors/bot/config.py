@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..agent.protocol import check_base_url
 from .limits import Limits
 
 __all__ = [
@@ -65,7 +66,6 @@ _USER_ID = re.compile(
     r"@[\x21-\x39\x3b-\x7e]+"
     r":(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
 )
-_URL_SCHEMES = ("http", "https", "ws", "wss")
 # Names a secret tends to have. Compared after lower-casing and turning '-'
 # into '_', so "Access-Token" and "api_key" are caught as well.
 _SECRET_KEY = re.compile(r"(^|_)(password|passwd|token|access_token|secret|api_key|apikey)s?($|_)")
@@ -422,18 +422,11 @@ class _Validator:
             self.fail(where, f"must be a URL string, not {_kind(value)}; {example}")
             return None
         try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
+            # The one agent-URL validation, shared with the socket URL builder.
+            return check_base_url(value)
         except ValueError as exc:
-            self.fail(where, f"{_short.repr(value)} is not a valid URL ({exc}); {example}")
+            self.fail(where, f"{exc}; {example}")
             return None
-        if parts.scheme.lower() not in _URL_SCHEMES or not parts.hostname:
-            self.fail(where, f"{_short.repr(value)} must be an http, https, ws or wss URL with a host; {example}")
-            return None
-        if parts.query or parts.fragment or any(c.isspace() for c in value) or parts.username or parts.password:
-            self.fail(where, f"{_short.repr(value)} must not carry spaces, a query, a fragment or credentials; {example}")
-            return None
-        return value
 
     def workspace_path(self, value: Any, where: str) -> Path | None:
         hint = "give the agent's /workspace folder as the bot sees it, e.g. /agents/0"
