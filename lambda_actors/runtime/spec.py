@@ -77,6 +77,8 @@ class ChildSpec:
     mailbox_capacity: int | None = None
     overflow: Overflow | str | None = None
     call_timeout: float | None = None
+    #: The policy keys this spec sets, checked and converted (set by __post_init__).
+    _policy: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_name("child", self.name)
@@ -88,7 +90,7 @@ class ChildSpec:
 
     def explicit_policy(self) -> dict[str, Any]:
         """The policy fields this spec sets (the rest come from config or defaults)."""
-        return dict(self._policy)  # type: ignore[attr-defined]
+        return dict(self._policy)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class SupervisorSpec:
     mailbox_capacity: int | None = field(default=None, repr=False)
     overflow: Overflow | str | None = field(default=None, repr=False)
     call_timeout: float | None = field(default=None, repr=False)
+    #: The policy keys this spec sets, checked and converted (set by __post_init__).
+    _policy: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_name("supervisor", self.name)
@@ -136,4 +140,4 @@ class SupervisorSpec:
 
     def explicit_policy(self) -> dict[str, Any]:
         """The policy fields this spec sets (the rest come from config or defaults)."""
-        return dict(self._policy)  # type: ignore[attr-defined]
+        return dict(self._policy)

@@ -982,7 +982,7 @@ class _StartedOnce:
             status.started(value)
 
 
-_NOT_WATCHED = _StartedOnce(None)  # type: ignore[arg-type]
+_NOT_WATCHED = _StartedOnce(None)
 
 
 def _make_root(
