@@ -149,12 +149,15 @@ def notice(
     return OutboxItem(0, txn_id(kind, *cause), room_id, "m.room.message", content)
 
 
-async def quietly(awaitable: Awaitable[Any], log: Any = None, what: str = "matrix_call") -> None:
+async def quietly(awaitable: Awaitable[Any], log: Any = None, what: str = "matrix_call") -> bool:
     """Await a homeserver call whose failure changes nothing for anyone
     (typing, leaving a room we are done with): a :class:`MatrixFailure` is
-    logged (when ``log`` is given) and swallowed, never charged to the caller."""
+    logged (when ``log`` is given) and swallowed, never charged to the caller.
+    True when the call succeeded."""
     try:
         await awaitable
     except MatrixFailure as exc:
         if log is not None:
             log.info(f"{what}.failed", error=str(exc))
+        return False
+    return True
