@@ -6,6 +6,11 @@ whose ``.msg`` is what the caller sent, answered with ``.reply(value)`` or
 ``.fail(exc)``. The iteration ends when the supervisor stops the actor;
 returning then is a clean stop. Raising is a crash, handled by the
 supervisor's policy.
+
+Internal interface (used by the supervisor only, named with a leading
+underscore so actors leave it alone): ``MailboxReader._abort_inflight``
+fails the requests an ended incarnation still held, and
+``ActorContext._release_monitors`` drops an ended incarnation's monitors.
 """
 
 from __future__ import annotations
@@ -135,13 +140,18 @@ class ActorContext:
 
     def demonitor(self, address: Address) -> None:
         """Stop watching ``address`` (a ``Down`` already posted stays in the mailbox)."""
-        if self._watching is not None and self._watching.pop(address, 0) is None:
+        watching = self._watching
+        if watching is not None and address in watching:
+            del watching[address]
             address._handle.unwatch(self._box)
 
     def _release_monitors(self) -> None:
         """The incarnation ended: its monitors go with it (called by the supervisor)."""
-        watching, self._watching = self._watching, None
-        for address in watching or ():
+        watching = self._watching
+        if watching is None:
+            return
+        self._watching = None
+        for address in watching:
             address._handle.unwatch(self._box)
 
     def __repr__(self) -> str:

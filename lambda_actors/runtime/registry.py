@@ -4,6 +4,13 @@ Every child is registered under its path (``node/store``) when added and
 unregistered when it stops for good. Any other hashable key can be added
 with ``register``; it goes away with its address. ``get_or_start`` is how
 actors that exist per key (a room per room id) are found or created.
+
+A child stopped with its spec kept (terminated, or a transient that
+returned) keeps its keys, but ``get``/``lookup`` do not hand out its
+address until it runs again; ``get_or_start`` starts it again.
+
+Internal interface (supervisors only): ``_add_path``, ``_forget``,
+``_add_supervisor``, ``_forget_supervisor``.
 """
 
 from __future__ import annotations

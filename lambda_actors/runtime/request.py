@@ -8,6 +8,12 @@ costs one small object and two task switches.
 If the callee's incarnation ends while it holds an unanswered request, the
 supervisor fails the request with ``CallAborted`` at once, so callers never
 wait out their timeout on a dead actor.
+
+Internal interface (the runtime's other modules only; callers and callees
+use ``reply``, ``fail``, ``answered``, ``abandoned``): ``Address.call``
+waits with ``_wait``; the callee's ``MailboxReader`` records which
+incarnation holds a request in ``_owner`` and fails it with ``_abort``;
+``CallDeadlines`` reads ``_state`` and times a call out with ``_expire``.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class _Tree:
         return policy
 
     def emit(self, event: SupervisionEvent) -> None:
-        if self.bus._subscribers:
+        if self.bus.active:  # most trees have no subscriber: skip the call
             self.bus.emit(event)
 
 
@@ -622,7 +622,7 @@ class Supervisor:
     @staticmethod
     def _ended(c: _Child, ctx: ActorContext | None, why: str) -> None:
         """An incarnation ended: its own monitors go, and its watchers hear of it."""
-        if ctx is not None and ctx._watching is not None:
+        if ctx is not None:
             ctx._release_monitors()
         if c.watchers is not None:
             c.notify_down(why)
