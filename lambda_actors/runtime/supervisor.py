@@ -1,8 +1,8 @@
 """Supervisors: start children, watch them exit, restart them by policy.
 
 The semantics are OTP's ``supervisor`` (restart types, strategies,
-intensity over a sliding window, reverse-order shutdown with per-child
-timeouts), with three additions for a long-running service:
+intensity over a sliding window, shutdown with per-child timeouts), with
+three additions for a long-running service:
 
 * **Stable addresses.** A child's ``Address`` and mailbox belong to the
   supervisor, so messages sent while it restarts are held, not lost.
@@ -12,6 +12,26 @@ timeouts), with three additions for a long-running service:
   intensity is stopped on its own and retried after ``cool_down``, while
   its siblings keep running. Intensity is then counted per child, so one
   flapping child cannot use up its siblings' budget.
+
+Held to OTP, deliberately:
+
+* **Specs are kept** until ``delete_child``: ``terminate_child`` stops a
+  child and keeps its spec (status ``stopped``; its address refuses
+  messages with ``ActorStopped``); ``restart_child`` starts it again at the
+  same address; a transient child that returns normally is kept the same
+  way. Temporary children are forgotten when they end or are terminated.
+  Dynamic children do not survive a restart of their supervisor.
+* **The intensity window** keeps a restart exactly ``period`` old (OTP's
+  ``add_restart`` keeps ``t >= now - period``); see ``decision.py``.
+* **Shutdown**: dynamic children stop concurrently, each within its own
+  ``shutdown`` timeout (as OTP stops a simple_one_for_one supervisor's
+  children); static ones then stop one by one in reverse start order.
+* **Restart storms yield**: every restart passes a Trio checkpoint.
+
+What follows an exit is decided by one pure function (``decision.decide``);
+every status change goes through the transition table of ``state.py``.
+Monitors (``ctx.monitor``) are told of an incarnation's end from the same
+exit path (``monitors.py``).
 
 How it runs: every child is one Trio task in the supervisor's nursery.
 A one_for_one restart without delay happens inside that task (no respawn),
