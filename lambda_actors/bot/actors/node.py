@@ -362,7 +362,12 @@ async def open_session(settings: MatrixSettings, data_dir: Path) -> tuple[str, s
                 f"the homeserver refused the login of MATRIX_USER_ID {settings.user_id} ({exc.errcode}: {exc.message}); "
                 "check MATRIX_PASSWORD (or MATRIX_PASSWORD_FILE) and MATRIX_USER_ID"
             ) from None
-    _write_session(path, _Saved(settings.homeserver, session.user_id, session.device_id, session.access_token))
+    try:
+        _write_session(path, _Saved(settings.homeserver, session.user_id, session.device_id, session.access_token))
+    except OSError as exc:
+        raise PathUnusable(
+            f"{path}: the session cannot be saved ({exc.strerror}); check that --data-dir is writable and not full"
+        ) from None
     log.info("session.logged_in", path=str(path), device_id=session.device_id)
     return session.access_token, session.user_id, session.device_id
 
