@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
-    #: Messages one answer may be split into (each up to ~60 KB of text);
+    #: Messages one answer may be split into (each up to ~30 KB of text, so an
+    #: edit, which carries its body twice, stays under the 64 KiB event limit);
     #: past that the answer is cut, with a note saying so.
     answer_parts: int = 8
     #: Files one answer may post; the rest are refused with a note.

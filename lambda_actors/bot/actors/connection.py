@@ -326,6 +326,7 @@ class _Connection:
         self.outside.answer_started()
         answered = trio.Event()
         try:
+            # To this chat's own socket: a slow agent slows only this connection.
             await conn.send_user_message(deliver.text, deliver.attachments)
             self.ctx.log.info("connection.delivered", event_id=deliver.event_id, chat_id=self.chat_id)
             self.nursery.start_soon(self._show_typing, deliver.room_id, answered)
@@ -383,6 +384,7 @@ class _Connection:
                 case Ask():
                     await self._ask(deliver, action)
                 case Reply(request_id=request_id, approved=approved) if conn is not None:
+                    # This chat's own socket, as above.
                     await conn.send_confirm_response(request_id, approved)
                 case Expire(key=key):
                     assert self.turn is not None
