@@ -5,6 +5,10 @@ chat) as :class:`Deliver`; the connection streams the answer into the room
 and reports :class:`TurnDone` when the turn has ended, answered or failed.
 While a turn is out, the owner's answer to an agent's confirmation travels
 as :class:`ConfirmAnswer`. These three are the whole protocol between them.
+
+A connection queues the Delivers it is sent (one per room at a time, from
+each room sharing the chat) and answers them in order; every Deliver it took
+ends in a TurnDone, answered or failed, never dropped or overwritten.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ class Deliver:
 
 @dataclass(frozen=True)
 class ConfirmAnswer:
-    """The owner answered the agent's confirmation ``request_id``."""
+    """The owner answered a confirmation.
+
+    ``request_id`` is the confirmation's store key, ``<agent_id>/<chat_id>/<the
+    agent's request id>`` (:func:`lambda_actors.bot.turn.confirmation_key`), as
+    the room found it in the store: a connection takes only keys of its own
+    turn, so no agent can answer or clear another's confirmation.
+    """
 
     request_id: str
     approved: bool
