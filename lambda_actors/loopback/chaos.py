@@ -21,14 +21,31 @@ It has two phases over the same users at the same pace:
    (``--untouched-agents``) are kept out of all of it but the bot's own
    restarts: their users' rooms are the "untouched rooms".
 
+   The chaos phase also has the faults an operator meets on an ordinary
+   day: **homeserver outages** (the run's own Synapse stopped 2-3 times for
+   10-25 s and started again on the same port, from the same directory),
+   **an agent removed between two bot runs** (the bot is stopped cleanly,
+   agents.yaml loses the last touched agent and its users now map to
+   another agent, the bot starts again), **a poisoned room flooded while it
+   fails** (messages containing ``[[poison]]`` crash their room every time,
+   through the bot's fault hook ``LAMBDA_ACTORS_FAULTS=poison``; then a
+   flood of messages goes to the same room while it is restarting or
+   parked), and **an agent that floods frames** (the fake agent's ``flood``
+   misbehaviour: after its END it sends frames without pause until the
+   socket is closed). Every fault lands on touched agents and their users'
+   rooms only.
+
 Then the run waits until every message has a finished answer (or
 ``--settle`` seconds pass), stops the bot with SIGTERM and counts, from what
 the users' clients saw and what the fake agents received: answered, error
 notices, wrong answers, **lost** (no finished answer), **duplicated** (two
 answers seen for one message, or one message delivered twice to an agent by
 the same bot process), latency of the untouched rooms against the calm
-phase, and the supervisors' restarts, parks and escalations (from the bot's
-log). docs/chaos.md defines each figure.
+phase (bot and homeserver outage windows left out and reported apart), and
+the supervisors' restarts, parks and escalations. Counts come from data,
+not prose: the kind of each error from the notice's ``org.lambda.error``
+content key, supervision from the bot's JSON log (``--log-json``), per
+fault class. docs/chaos.md defines each figure.
 
 Users send at a steady pace (message ``k`` is due at a random moment of the
 ``k``-th slice of the phase) into one of their rooms at random; if that
@@ -70,92 +87,41 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import trio
 
-from ..bot.actors.control import control_request
-from ..bot.actors.services import DONE_KEY, SOURCE_KEY, txn_id
-from ..agent.fake import FakeAgent
+from ..agent.fake import MODES, FakeAgent
 from ..agent.protocol import UserMessage
+from ..bot.actors.control import control_request
+from ..bot.actors.services import (
+    DONE_KEY,
+    ERROR_KEY,
+    ERROR_SET_ASIDE,
+    FAULT_POISON,
+    POISON_MARK,
+    SOURCE_KEY,
+    txn_id,
+)
 from ..bot.logs import SecretMask, configure_logging
-from .homeserver import Homeserver, start_synapse, stop_synapse
-from .stack import LoopbackStack, agents_yaml, open_loopback_stack
+from ..runtime.groups import leaves
+from .homeserver import Homeserver, stop_synapse
+from .profiles import CHAOS
+from .stack import (
+    LoopbackStack,
+    agents_yaml,
+    open_loopback_stack,
+    restart_homeserver,
+    stable_ports,
+    start_stable_synapse,
+    stop_homeserver,
+)
 from .user import ScriptedUser
 
-__all__ = ["CHAOS_SUPERVISION", "ChaosOptions", "ChaosReport", "add_arguments", "run", "run_chaos"]
-
-#: The chaos run's supervision policy. It is the shape of the repository's
-#: supervision.toml (connections restart with backoff under their agent's
-#: supervisor, which escalates to ``node/agents``, which parks the agent),
-#: with the agent limits scaled to the run: it crashes connections about
-#: once a second, far more often than any real agent fails, and with the
-#: production limits every touched agent would simply stay parked (and no
-#: connection would be left running to kill). Intensity is still low
-#: enough that a burst (an agent restart while its connections are being
-#: killed) makes an agent's supervisor escalate now and then; ``node/agents``
-#: then restarts that agent, and parks it if that happens 4 times a minute.
-CHAOS_SUPERVISION = """\
-# Written by lambda-actors chaos: the run's supervision policy.
-[node]
-strategy = "one_for_one"
-intensity = 10
-period = 60.0
-
-[node.outbox]
-shutdown = 10.0
-mailbox_capacity = 10000
-
-[node.agents]
-strategy = "one_for_one"
-on_exhausted = "park"
-intensity = 3
-period = 60.0
-cool_down = 15.0
-
-[node.agents."*"]
-strategy = "one_for_one"
-on_exhausted = "escalate"
-intensity = 12
-period = 30.0
-
-[node.agents."*".backoff]
-min = 1.0
-max = 10.0
-reset_after = 60.0
-
-[node.agents."*"."*"]
-restart = "transient"
-shutdown = 2.0
-
-[node.agents."*"."*".backoff]
-min = 0.2
-max = 5.0
-multiplier = 2.0
-jitter = 0.3
-reset_after = 30.0
-
-[node.rooms]
-strategy = "one_for_one"
-on_exhausted = "park"
-intensity = 3
-period = 30.0
-cool_down = 30.0
-
-[node.rooms."*"]
-restart = "transient"
-shutdown = 5.0
-mailbox_capacity = 500
-
-[node.sync]
-shutdown = 0
-
-[node.sync.backoff]
-min = 1.0
-max = 10.0
-"""
+__all__ = ["ChaosOptions", "ChaosReport", "add_arguments", "run", "run_chaos"]
 
 #: A restarted bot answers on its control socket before its first sync has
 #: replayed what its predecessor left unhandled; latency samples sent this
@@ -186,19 +152,33 @@ TOKENS = ("drop", "garbage", "crash", "double-end", "after-end", "unknown")
 #: lasts 8 s (shorter than the bot's 60 s idle timeout: a late answer, not
 #: an error).
 AGENT_OPTIONS: dict[str, Any] = {"chunks": 6, "slow_interval": 0.5, "stall_seconds": 8.0}
+#: The fake agents' misbehaviour that floods frames after END (when they have it).
+FRAME_FLOOD = "flood"
+#: A park of an agent counts as caused by Matrix when no fault was injected
+#: into that agent this many seconds before it (the chaos profile's windows:
+#: connection restarts over ``connection_period`` make its supervisor
+#: escalate, escalations over ``agents_period`` park it), or when one of its
+#: connections crashed on a Matrix failure in that time.
+PARK_CAUSE_WINDOW = CHAOS.agents_period + CHAOS.connection_period
+#: Exception names in a crash reason that mean "the homeserver did not do it".
+MATRIX_FAILURES = ("HomeserverUnavailable", "MatrixError", "MatrixFailure", "RateLimited", "InvalidToken", "MediaTooLarge")
 LOG_NAME = "bot.log"
-_TAG = re.compile(r"\bm-u\d+-[kc]\d+\b")
+_TAG = re.compile(r"\bm-u\d+-[kcpf]\d+\b")
 _WORDS = (
     "supervisor actor mailbox restart backoff park escalate trio nursery channel agent room "
     "matrix sync outbox token answer stream edit chunk status socket chat context file"
 ).split()
-_LOG_EVENTS = {
-    "crashes": "actor crashed",
-    "restarts": "backing off",
-    "parks": "actor parked",
-    "unparks": "actor unparked",
-    "escalations": "supervisor escalating",
-    "dropped_messages": "message dropped",
+#: The runtime's supervision log events, and what each one counts. A crash
+#: is logged once, by what its supervisor did about it: restarted at once
+#: ("actor crashed"), after a delay ("backing off"), parked, or escalated.
+_CRASH_EVENTS = ("actor crashed", "backing off", "actor parked", "supervisor escalating")
+_RESTART_EVENTS = ("actor crashed", "backing off", "actor exited")
+_COUNTED = ("crashes", "restarts", "parks", "unparks", "escalations", "dropped_messages")
+_SIMPLE_EVENTS = {
+    "actor parked": "parks",
+    "actor unparked": "unparks",
+    "supervisor escalating": "escalations",
+    "message dropped": "dropped_messages",
 }
 
 
@@ -227,9 +207,19 @@ class ChaosOptions:
     #: a language model's answer is): a bot kill then often cuts one short.
     slow_fraction: float = 0.2
     patience: float = 0.7
-    settle: float = 120.0  #: the most the run waits for the last answers
+    #: Times the run's own Synapse is stopped and started again mid-run
+    #: (needs a Synapse of the run's own: not with ``homeserver=``).
+    homeserver_outages: int = 3
+    outage_min: float = 10.0  #: seconds of one homeserver outage, at least ...
+    outage_max: float = 25.0  #: ... and at most (drawn from the seed)
+    retire: bool = True  #: remove the last touched agent between two bot runs
+    poisoned: int = 3  #: messages that crash their room every time, all in one room
+    flood: int = 200  #: messages flooded into that room while it fails
+    frame_floods: int = 4  #: answers after which an agent floods frames
+    settle: float = 150.0  #: the most the run waits for the last answers
     seed: int = 1
-    supervision: Path | None = None  #: a supervision.toml instead of :data:`CHAOS_SUPERVISION`
+    #: A supervision.toml instead of the chaos profile (``profiles.CHAOS``).
+    supervision: Path | None = None
 
     def problems(self) -> list[str]:
         found = []
@@ -248,6 +238,14 @@ class ChaosOptions:
             found.append("--duration, --calm-duration and --settle must be positive")
         if not all(0 <= f <= 1 for f in (self.token_fraction, self.slow_fraction, self.patience)):
             found.append("--token-fraction, --slow-fraction and --patience are fractions between 0 and 1")
+        for name in ("homeserver_outages", "poisoned", "flood", "frame_floods"):
+            if getattr(self, name) < 0:
+                found.append(f"--{name.replace('_', '-')} must not be negative")
+        if not 0 < self.outage_min <= self.outage_max:
+            found.append("--outage-min must be positive and at most --outage-max")
+        if self.homeserver_outages and self.outage_max * self.homeserver_outages > self.duration * 0.6:
+            found.append("the homeserver outages would take most of the chaos phase: "
+                         "give a longer --duration, fewer --homeserver-outages or a shorter --outage-max")
         return found
 
 
@@ -266,8 +264,9 @@ class Sent:
     text: str
     expected: str
     phase: str  # "calm" | "chaos"
-    untouched: bool
+    untouched: bool  #: its room and its agent saw no fault (the user is an untouched agent's)
     sent_at: float
+    kind: str = "normal"  # "normal" | "poison" (crashes its room) | "flood" (sent into the poisoned room)
 
 
 @dataclass
@@ -276,8 +275,17 @@ class AnswerSeen:
 
     roots: dict[str, str] = field(default_factory=dict)  # event id -> latest body, in order seen
     done_roots: set[str] = field(default_factory=set)
+    #: Root event id -> the error kind (``org.lambda.error``) its post or an edit carried.
+    errors: dict[str, str] = field(default_factory=dict)
+    #: Notices posted on the way to the answer (an error kind, not the end:
+    #: "your agent was removed, continuing with ..."); not a second answer.
+    side_roots: set[str] = field(default_factory=set)
     orphan_edits: int = 0
     done_at: float | None = None
+
+    @property
+    def answer_roots(self) -> list[str]:
+        return [root for root in self.roots if root not in self.side_roots]
 
 
 class Watcher:
@@ -309,19 +317,28 @@ class Watcher:
                 continue
             answer = self.by_source.setdefault(source, AnswerSeen())
             done = bool(content.get(DONE_KEY))
+            new_content = content.get("m.new_content") or {}
+            kind = content.get(ERROR_KEY, new_content.get(ERROR_KEY) if isinstance(new_content, dict) else None)
             relates = content.get("m.relates_to") or {}
             if relates.get("rel_type") == "m.replace":
                 target = relates.get("event_id")
                 if target in answer.roots:
-                    answer.roots[target] = str((content.get("m.new_content") or {}).get("body", ""))
+                    answer.roots[target] = str(new_content.get("body", ""))
                     if done:
                         answer.done_roots.add(target)
+                        answer.side_roots.discard(target)
+                    if isinstance(kind, str):
+                        answer.errors[target] = kind
                 else:
                     answer.orphan_edits += 1
             else:
                 answer.roots[event.event_id] = str(content.get("body", ""))
                 if done:
                     answer.done_roots.add(event.event_id)
+                if isinstance(kind, str):
+                    answer.errors[event.event_id] = kind
+                    if not done:
+                        answer.side_roots.add(event.event_id)
             if done and answer.done_at is None:
                 answer.done_at = now
                 if source in self._done_events:
@@ -377,7 +394,7 @@ class RestartableAgent:
                     raise
                 await trio.sleep(0.2)
 
-    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(self, task_status: trio.TaskStatus[FakeAgent]) -> None:
         self._stopped = stopped = trio.Event()
         try:
             with trio.CancelScope() as self._scope:
@@ -444,6 +461,29 @@ class ChaosReport:
     touched_p50_ms: float | None = None
     touched_p99_ms: float | None = None
     supervision: dict[str, int] = field(default_factory=dict)
+    #: Homeserver outages done, how long each was down (stop to answering
+    #: again) and how long after that the first message sent was answered.
+    homeserver_outages: int = 0
+    homeserver_down_s: list[float] = field(default_factory=list)
+    homeserver_recovered_s: list[float | None] = field(default_factory=list)
+    untouched_excluded_homeserver: int = 0  #: untouched samples left out for homeserver outages
+    untouched_p99_homeserver_ms: float | None = None  #: p99 of those samples, reported apart
+    #: Messages that crash their room every time, and how many ended with the set-aside notice.
+    poisoned: int = 0
+    poisoned_answered: int = 0
+    flood: int = 0  #: messages flooded into the poisoned room
+    flood_answered: int = 0
+    poisoned_room_parks: int = 0
+    agent_removed: str | None = None  #: "agent-3 -> agent-2"
+    agent_removed_messages: int = 0  #: messages in its rooms sent after the bot came back
+    agent_removed_answered: int = 0
+    frame_floods: int = 0  #: answers after which an agent was asked to flood frames
+    agent_parks: int = 0  #: parks of a whole agent (``node/agents/<id>``)
+    agents_parked_by_matrix: int = 0  #: of those, with no agent fault injected before it, or a Matrix crash
+    connection_crashes_by_matrix: int = 0  #: connection-actor crashes whose reason is a Matrix failure
+    errors_without_kind: int = 0  #: error notices without an ``org.lambda.error`` kind (recognised by their text)
+    #: Per fault class: what was done, and what the users saw (outcomes by kind).
+    faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     store_unhandled: int | None = None
     store_unsent: int | None = None
     bot_exit_status: int | None = None  #: after the SIGTERM at the end; None if it had to be killed
@@ -455,8 +495,14 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        """No message lost, duplicated or answered wrongly."""
-        return self.lost == 0 and self.duplicated == 0 and self.wrong == 0
+        """Nothing lost, duplicated or answered wrongly; every poisoned message set aside; no agent parked by Matrix."""
+        return (
+            self.lost == 0
+            and self.duplicated == 0
+            and self.wrong == 0
+            and self.poisoned_answered == self.poisoned
+            and self.agents_parked_by_matrix == 0
+        )
 
     @property
     def latency_ok(self) -> bool | None:
@@ -464,7 +510,13 @@ class ChaosReport:
 
     def as_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["goals"] = {"no_loss": self.lost == 0, "no_duplicates": self.duplicated == 0, "latency": self.latency_ok}
+        data["goals"] = {
+            "no_loss": self.lost == 0,
+            "no_duplicates": self.duplicated == 0,
+            "poison_set_aside": self.poisoned_answered == self.poisoned,
+            "no_agent_parked_by_matrix": self.agents_parked_by_matrix == 0,
+            "latency": self.latency_ok,
+        }
         return data
 
     def lines(self) -> list[str]:
@@ -493,6 +545,16 @@ class ChaosReport:
             f"({ratio} calm; {self.untouched_samples} samples, {self.untouched_excluded} left out for bot outages; "
             f"p99 with them {ms(self.untouched_p99_all_ms)}); errors in untouched rooms {self.untouched_errors}",
             f"latency touched     p50 {ms(self.touched_p50_ms)}, p99 {ms(self.touched_p99_ms)}",
+            f"homeserver outages  {self.homeserver_outages} (down {', '.join(f'{d:.0f} s' for d in self.homeserver_down_s) or '-'}; "
+            f"first answer after each {', '.join('-' if r is None else f'{r:.1f} s' for r in self.homeserver_recovered_s) or '-'}); "
+            f"untouched p99 over them {ms(self.untouched_p99_homeserver_ms)} ({self.untouched_excluded_homeserver} samples)",
+            f"poisoned room       {self.poisoned_answered} of {self.poisoned} poisoned messages set aside; "
+            f"{self.flood_answered} of {self.flood} flooded messages answered; room parked {self.poisoned_room_parks} times",
+            f"agent removed       {self.agent_removed or '-'}: {self.agent_removed_answered} of "
+            f"{self.agent_removed_messages} messages in its rooms answered after the restart",
+            f"frame floods        {self.frame_floods}",
+            f"agent parks         {self.agent_parks} ({self.agents_parked_by_matrix} caused by Matrix; "
+            f"{self.connection_crashes_by_matrix} connection crashes on a Matrix failure)",
             f"supervisors         {sup}",
             f"bot store at end    {self.store_unhandled} unhandled events, {self.store_unsent} unsent sends; "
             f"clean stop: exit status {self.bot_exit_status} after {self.bot_stop_s} s",
@@ -515,7 +577,11 @@ def expected_echo(text: str) -> str:
 
 
 def error_kind(body: str) -> str | None:
-    """Which error notice a finished answer ends with, or None if it is none."""
+    """Which error notice a finished answer ends with, or None if it is none, read from its text.
+
+    Only for notices without an ``org.lambda.error`` kind (a bot older than
+    the kinds); the run counts those apart (``errors_without_kind``).
+    """
     if "⏹" in body:
         return "interrupted"
     if "⚠" not in body:
@@ -534,10 +600,21 @@ def error_kind(body: str) -> str | None:
 # -- the run ------------------------------------------------------------------------
 
 
+@dataclass
+class BotLog:
+    """What the bot's JSON log says about supervision, on the run's clock."""
+
+    counts: dict[str, int]
+    parks: list[tuple[float, str]] = field(default_factory=list)  # (time, actor path)
+    matrix_crashes: list[tuple[float, str]] = field(default_factory=list)  # (time, agent id) of connection crashes
+
+
 class ChaosRun:
     def __init__(self, stack: LoopbackStack, agents: list[RestartableAgent], options: ChaosOptions, workdir: Path,
-                 write: Callable[[str], Any]) -> None:
+                 write: Callable[[str], Any], *, own_homeserver: bool = False) -> None:
         self.stack = stack
+        #: Only a Synapse of the run's own is ever stopped (never a test session's).
+        self.own_homeserver = own_homeserver
         self.agents = agents
         self.options = options
         self.workdir = workdir
@@ -553,15 +630,50 @@ class ChaosRun:
         self.kill_snapshots: list[dict[int, dict[str, int]]] = []
         #: (SIGKILL time, time the new process answered) per bot restart.
         self.outages: list[tuple[float, float]] = []
+        #: (stop time, time it answered again) per homeserver outage.
+        self.homeserver_windows: list[tuple[float, float]] = []
         self._bot_lock = trio.Lock()
+        #: Held by a homeserver outage and by whatever restarts the bot: a bot
+        #: is never started while the homeserver is away (it could not log in,
+        #: which is a configuration problem, not a fault of the run), and the
+        #: homeserver is stopped only while the bot is up.
+        self._homeserver_lock = trio.Lock()
         self._restarting: set[int] = set()
         self._planned_stop = False
         self.started = trio.current_time()
+        #: Seconds to add to the run's clock to get the wall clock of the bot's log.
+        self.wall_offset = time.time() - self.started
+        #: When faults were injected into each agent (kills, restarts, misbehaviours, tokens).
+        self.agent_faults: dict[int, list[float]] = {n: [] for n in range(options.agents)}
+        touched = list(range(options.untouched_agents, options.agents))
+        #: The agent removed between two bot runs, and the one its users move to.
+        self.retire_plan: tuple[int, int] | None = None
+        if options.retire:
+            removed = touched[-1]
+            others = [a for a in touched if a != removed]
+            self.retire_plan = (removed, others[0] if others else 0)
+        self.retired: int | None = None
+        self.retired_at: float | None = None
+        #: The user whose "Chat 1" is poisoned and flooded: one of a touched
+        #: agent that stays (so the room's story is not also the retired agent's).
+        keep = [a for a in touched if self.retire_plan is None or a != self.retire_plan[0]] or touched
+        self.poison_agent = keep[0]
+        self.poisoned_room: str | None = None
+        self.faults_env = {FAULT_POISON} if options.poisoned else set()
 
     # -- the bot process -------------------------------------------------------
 
     def _spawn_bot(self) -> None:
-        self.stack.start_bot_process(self.supervision_path, self.log_path, control_socket=self.control_socket)
+        self.stack.start_bot_process(
+            self.supervision_path, self.log_path, control_socket=self.control_socket, log_json=True, faults=self.faults_env
+        )
+
+    def touched_agents(self) -> list[int]:
+        """Agents under chaos, without the one removed from agents.yaml."""
+        return [a for a in range(self.options.untouched_agents, self.options.agents) if a != self.retired]
+
+    def injected(self, agent: int) -> None:
+        self.agent_faults[agent].append(trio.current_time())
 
     async def _wait_bot_ready(self) -> None:
         deadline = trio.current_time() + BOT_READY_TIMEOUT
@@ -603,7 +715,7 @@ class ChaosRun:
         with trio.move_on_after(BOT_KILL_AIM):
             while not self.answers_mid_stream():
                 await trio.sleep(0.05)
-        async with self._bot_lock:
+        async with self._homeserver_lock, self._bot_lock:
             killed_at = trio.current_time()
             cut = self.answers_mid_stream()
             self.report.bot_kills_mid_answer += cut > 0
@@ -699,7 +811,10 @@ class ChaosRun:
                     await user.watcher.wait_done(previous.event_id)
             sent_at = trio.current_time()
             event_id = await user.scripted.say(room, text)
-            sent = Sent(tag, event_id, user.index, user.agent, room, text, expected_echo(text), phase, user.untouched, sent_at)
+            if text.endswith("]]") and not text.endswith("[[slow]]"):
+                self.injected(user.agent)
+            sent = Sent(tag, event_id, user.index, user.agent, room, text, expected_echo(text), phase,
+                        user.untouched and room != self.poisoned_room, sent_at)
             self.sent.append(sent)
             user.last[room] = sent
 
@@ -723,12 +838,31 @@ class ChaosRun:
     # -- chaos -------------------------------------------------------------------
 
     def schedule(self) -> list[tuple[float, str, tuple]]:
-        """Every chaos event of the phase, drawn from the seed, in time order."""
+        """Every chaos event of the phase, drawn from the seed, in time order.
+
+        The draws of the original faults come first and in their old order,
+        so a seed's kills and misbehaviours are those of earlier runs; the
+        newer faults are drawn from a stream of their own.
+        """
         options = self.options
         rng = random.Random(f"{options.seed}:chaos")
         touched = list(range(options.untouched_agents, options.agents))
         span = options.duration
         events: list[tuple[float, str, tuple]] = []
+        more = random.Random(f"{options.seed}:chaos:seams")
+        # The poisoned room early, so it is parked and flooded while
+        # everything else goes on, and has the time to recover.
+        if options.poisoned or options.flood:
+            events.append((span * 0.1, "poison", ()))
+        # Homeserver outages evenly spread, between 15% and 85% of the phase.
+        for k in range(options.homeserver_outages if self.own_homeserver else 0):
+            at = span * (0.15 + 0.7 * (k + 0.5) / options.homeserver_outages + more.uniform(-0.03, 0.03))
+            events.append((at, "homeserver", (more.uniform(options.outage_min, options.outage_max),)))
+        if self.retire_plan is not None:
+            events.append((span * 0.6, "retire", ()))
+        if options.frame_floods:
+            for _ in range(options.frame_floods):
+                events.append((span * more.uniform(0.05, 0.9), "frame-flood", (more.choice(touched),)))
         for k in range(options.bot_kills):
             # Evenly spread, so the bot is never killed again before it is back.
             slot = span * 0.9 / options.bot_kills
@@ -746,8 +880,13 @@ class ChaosRun:
         start = trio.current_time()
         for at, kind, args in self.schedule():
             await trio.sleep_until(start + at)
+            if kind in ("connection", "agent", "misbehave", "frame-flood") and args[0] == self.retired:
+                # Drawn for the agent that is no longer configured: another touched one takes it.
+                args = (self.touched_agents()[int(at * 1000) % len(self.touched_agents())], *args[1:])
             if kind == "bot":
-                await self.kill_bot()
+                # In a task of its own: a kill waits while the homeserver is away,
+                # and the rest of the schedule goes on meanwhile.
+                nursery.start_soon(self.kill_bot)
             elif kind == "connection":
                 await self.kill_connection(*args)
             elif kind == "agent":
@@ -760,20 +899,109 @@ class ChaosRun:
             elif kind == "misbehave":
                 agent, mode = args
                 self.agents[agent].fake.misbehave(mode, times=1)
+                self.injected(agent)
                 self.report.misbehaviours += 1
+            elif kind == "frame-flood":
+                if FRAME_FLOOD in MODES:
+                    self.agents[args[0]].fake.misbehave(FRAME_FLOOD, times=1)
+                    self.injected(args[0])
+                    self.report.frame_floods += 1
+            elif kind == "homeserver":
+                nursery.start_soon(self.homeserver_outage, *args)
+            elif kind == "retire":
+                nursery.start_soon(self.retire_agent)
+            elif kind == "poison":
+                nursery.start_soon(self.poison_room)
 
     async def restart_agent(self, agent: int, downtime: float) -> None:
         try:
+            self.injected(agent)
             await self.agents[agent].crash()
             self.report.agent_restarts += 1
             await trio.sleep(downtime)
             await self.agents[agent].start(self.stack.nursery)
+            self.injected(agent)
         finally:
             self._restarting.discard(agent)
 
+    async def homeserver_outage(self, downtime: float) -> None:
+        """Stop the run's Synapse, wait, start it again on the same port from the same directory."""
+        async with self._homeserver_lock:
+            stopped_at = trio.current_time()
+            await trio.to_thread.run_sync(stop_homeserver, self.stack.homeserver)
+            self.write(f"  t+{stopped_at - self.started:4.0f} s: homeserver stopped for about {downtime:.0f} s")
+            # Starting takes a few seconds of its own: the outage lasts about
+            # ``downtime`` in all, from the stop to answering again.
+            await trio.sleep(max(0.0, downtime - 4.0 - (trio.current_time() - stopped_at)))
+            self.stack.homeserver = await trio.to_thread.run_sync(restart_homeserver, self.stack.homeserver)
+            back = trio.current_time()
+            self.homeserver_windows.append((stopped_at, back))
+            self.report.homeserver_outages += 1
+            self.write(f"  t+{back - self.started:4.0f} s: homeserver back after {back - stopped_at:.1f} s")
+
+    async def retire_agent(self) -> None:
+        """Stop the bot cleanly, remove an agent from agents.yaml (its users now map to another), start it again."""
+        assert self.retire_plan is not None
+        removed, target = self.retire_plan
+        async with self._homeserver_lock, self._bot_lock:
+            stopped_at = trio.current_time()
+            process = self.stack.process
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(BOT_STOP_TIMEOUT):
+                    while process.poll() is None:
+                        await trio.sleep(0.1)
+                if process.poll() is None:
+                    self.write(f"  ! the bot did not stop within {BOT_STOP_TIMEOUT:g} s of SIGTERM; killing it")
+                    self.stack.kill_bot_process()
+                self.stack.process = None
+            self._note_restart()
+            self.retired = removed
+            self.injected(removed)
+            for user in self.users:
+                if user.agent == removed:
+                    user.agent = target
+            self.stack.config_path.write_text(agents_yaml(
+                self.stack.agents,
+                {self.stack.users[u.name].user_id: f"agent-{u.agent}" for u in self.users},
+                removed=[removed],
+            ))
+            self._spawn_bot()
+            await self._wait_bot_ready()
+            back = trio.current_time()
+            self.retired_at = back
+            self.outages.append((stopped_at, back))
+            self.report.agent_removed = f"agent-{removed} -> agent-{target}"
+            self.write(f"  t+{back - self.started:4.0f} s: agent-{removed} removed from agents.yaml "
+                       f"(its users now map to agent-{target}); the bot is back")
+
+    async def poison_room(self) -> None:
+        """Poisoned messages into one room (each crashes it, every time), then a flood into the same room."""
+        options = self.options
+        user = next(u for u in self.users if u.agent == self.poison_agent)
+        room = user.rooms[1]
+        self.poisoned_room = room
+        rng = random.Random(f"{options.seed}:poison")
+        self.write(f"  t+{trio.current_time() - self.started:4.0f} s: {options.poisoned} poisoned messages "
+                   f"and a flood of {options.flood} into {user.name}'s \"Chat 1\"")
+
+        async def send(tag: str, text: str, kind: str) -> None:
+            sent_at = trio.current_time()
+            event_id = await user.scripted.say(room, text)
+            sent = Sent(tag, event_id, user.index, user.agent, room, text, expected_echo(text), "chaos", False,
+                        sent_at, kind)
+            self.sent.append(sent)
+            user.last[room] = sent
+
+        for k in range(options.poisoned):
+            words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 5)))
+            await send(f"m-u{user.index:02d}-p{k:03d}", f"m-u{user.index:02d}-p{k:03d} {words} {POISON_MARK}", "poison")
+        for k in range(options.flood):
+            await send(f"m-u{user.index:02d}-f{k:04d}", f"m-u{user.index:02d}-f{k:04d} flood", "flood")
+
     async def kill_connection(self, preferred: int, pick: float) -> None:
         """Kill one running connection actor of a touched agent, through the control socket."""
-        touched = list(range(self.options.untouched_agents, self.options.agents))
+        touched = self.touched_agents()
         order = [preferred] + [a for a in touched if a != preferred]
         for _ in range(20):
             for agent in order:
@@ -786,6 +1014,7 @@ class ChaosRun:
                     continue  # the bot is restarting, or too busy to answer: try again shortly
                 if reply.get("killed"):
                     self.report.agent_kills += 1
+                    self.injected(agent)
                     return
             await trio.sleep(0.25)
         self.report.agent_kill_misses += 1
@@ -865,22 +1094,42 @@ class ChaosRun:
             for received in agent.fake.received:
                 if isinstance(received.frame, UserMessage) and (m := _TAG.search(received.frame.text)):
                     deliveries.setdefault(m[0], []).append(self._epoch(n, received.chat_id, received.connection))
+        # When service came back after each homeserver outage: the first
+        # answer to a message sent after the homeserver answered again.
+        recovered: list[float] = []
+        for stop, back in self.homeserver_windows:
+            after = [self.users[s.user].watcher.by_source.get(s.event_id, AnswerSeen()).done_at
+                     for s in self.sent if s.sent_at >= back]
+            first = min((t for t in after if t is not None), default=None)
+            recovered.append(back if first is None else first)
+            report.homeserver_down_s.append(round(back - stop, 1))
+            report.homeserver_recovered_s.append(None if first is None else round(first - back, 1))
+        homeserver_windows = [(stop, end) for (stop, _), end in zip(self.homeserver_windows, recovered)]
+        retired_rooms = {s.room_id for s in self.sent if self.retire_plan and s.agent == self.retire_plan[0]}
         kinds: dict[str, int] = {}
-        calm, untouched, untouched_all, touched = [], [], [], []
+        calm, untouched, untouched_all, untouched_homeserver, touched = [], [], [], [], []
         records = []
         for s in self.sent:
             seen = self.users[s.user].watcher.by_source.get(s.event_id, AnswerSeen())
             runs = deliveries.get(s.tag, [])
-            seen_twice = len(seen.roots) > 1 or len(seen.done_roots) > 1
+            seen_twice = len(seen.answer_roots) > 1 or len(seen.done_roots) > 1
             delivered_twice = len(set(runs)) < len(runs)
             report.duplicated_seen_by_user += seen_twice
             report.duplicated_at_agent += delivered_twice
             report.redelivered_after_bot_restart += len(set(runs)) > 1
             if seen_twice or delivered_twice:
                 report.duplicated_tags.append(s.tag)
+            bot_outage = any(s.sent_at <= back + OUTAGE_MARGIN and (seen.done_at or math.inf) >= killed
+                             for killed, back in self.outages)
+            homeserver_outage = any(s.sent_at <= end + OUTAGE_MARGIN and (seen.done_at or math.inf) >= stop
+                                    for stop, end in homeserver_windows)
             record: dict[str, Any] = {
                 "tag": s.tag, "user": s.user, "agent": s.agent, "untouched": s.untouched, "phase": s.phase,
-                "sent_at_s": round(s.sent_at - self.started, 3), "deliveries": runs, "duplicated": seen_twice or delivered_twice,
+                "kind": s.kind, "sent_at_s": round(s.sent_at - self.started, 3), "deliveries": runs,
+                "duplicated": seen_twice or delivered_twice, "during_bot_outage": bot_outage,
+                "during_homeserver_outage": homeserver_outage,
+                "retired_room": s.room_id in retired_rooms,
+                "after_retire": self.retired_at is not None and s.sent_at >= self.retired_at,
             }
             records.append(record)
             if seen.done_at is None:
@@ -888,30 +1137,38 @@ class ChaosRun:
                 record["outcome"] = "lost"
                 continue
             done_parts = [body for root, body in seen.roots.items() if root in seen.done_roots]
-            final = "\n".join(done_parts or list(seen.roots.values()))
-            kind = error_kind(final)
+            final = "\n".join(done_parts or [seen.roots[r] for r in seen.answer_roots])
+            labelled = [seen.errors[r] for r in seen.done_roots if r in seen.errors]
+            kind = labelled[-1] if labelled else error_kind(final)
             if kind is not None:
                 report.errors += 1
+                report.errors_without_kind += not labelled
                 kinds[kind] = kinds.get(kind, 0) + 1
                 report.untouched_errors += s.untouched
                 record["outcome"] = kind
+            elif s.kind == "poison":
+                # Echoed: the fault hook did not crash the room (the bot has none).
+                record["outcome"] = "poison_not_injected"
             elif final.split("\n", 1)[0] == s.expected:
                 report.answered += 1
                 record["outcome"] = "answered"
             else:
                 report.wrong_tags.append(s.tag)
                 record["outcome"] = "wrong"
+            if seen.side_roots:
+                record["side_notices"] = sorted(seen.errors[r] for r in seen.side_roots if r in seen.errors)
             latency = (seen.done_at - s.sent_at) * 1000
-            outage = any(s.sent_at <= back + OUTAGE_MARGIN and seen.done_at >= killed for killed, back in self.outages)
-            record.update(latency_ms=round(latency, 1), during_bot_outage=outage)
+            record.update(latency_ms=round(latency, 1))
             if s.phase == "calm":
                 if s.untouched:
                     calm.append(latency)
             elif s.untouched:
                 untouched_all.append(latency)
-                if not outage:
+                if homeserver_outage:
+                    untouched_homeserver.append(latency)
+                elif not bot_outage:
                     untouched.append(latency)
-            else:
+            elif s.kind == "normal":
                 touched.append(latency)
         report.lost, report.wrong = len(report.lost_tags), len(report.wrong_tags)
         report.duplicated = len(report.duplicated_tags)
@@ -919,34 +1176,130 @@ class ChaosRun:
         report.calm_p50_ms, report.calm_p99_ms = percentile(calm, 0.5), percentile(calm, 0.99)
         report.untouched_p50_ms, report.untouched_p99_ms = percentile(untouched, 0.5), percentile(untouched, 0.99)
         report.untouched_p99_all_ms = percentile(untouched_all, 0.99)
+        report.untouched_p99_homeserver_ms = percentile(untouched_homeserver, 0.99)
         report.untouched_samples, report.untouched_excluded = len(untouched), len(untouched_all) - len(untouched)
+        report.untouched_excluded_homeserver = len(untouched_homeserver)
         report.calm_samples = len(calm)
         report.touched_p50_ms, report.touched_p99_ms = percentile(touched, 0.5), percentile(touched, 0.99)
         if report.calm_p99_ms and report.untouched_p99_ms is not None:
             report.untouched_p99_ratio = round(report.untouched_p99_ms / report.calm_p99_ms, 3)
         for key in ("calm_p50_ms", "calm_p99_ms", "untouched_p50_ms", "untouched_p99_ms", "untouched_p99_all_ms",
-                    "touched_p50_ms", "touched_p99_ms"):
+                    "untouched_p99_homeserver_ms", "touched_p50_ms", "touched_p99_ms"):
             value = getattr(report, key)
             if value is not None:
                 setattr(report, key, round(value, 1))
-        report.supervision = self._count_log()
+        log = self._read_log()
+        report.supervision = log.counts
+        self._count_seams(records, log)
         with open(self.workdir / "messages.jsonl", "w", encoding="utf-8") as out:
             for record in records:
                 out.write(json.dumps(record) + "\n")
-        outages = [{"killed_at_s": round(k - self.started, 3), "back_at_s": round(b - self.started, 3)} for k, b in self.outages]
+        outages = {
+            "bot": [{"stopped_at_s": round(k - self.started, 3), "back_at_s": round(b - self.started, 3)}
+                    for k, b in self.outages],
+            "homeserver": [{"stopped_at_s": round(k - self.started, 3), "back_at_s": round(b - self.started, 3),
+                            "service_back_at_s": round(e - self.started, 3)}
+                           for (k, b), (_, e) in zip(self.homeserver_windows, homeserver_windows)],
+        }
         (self.workdir / "outages.json").write_text(json.dumps(outages, indent=1))
         self._inspect_store()
 
-    def _count_log(self) -> dict[str, int]:
-        counts = dict.fromkeys(_LOG_EVENTS, 0)
-        pattern = re.compile(r"\]\s+(" + "|".join(map(re.escape, _LOG_EVENTS.values())) + r")\s")
-        names = {v: k for k, v in _LOG_EVENTS.items()}
-        if self.log_path.exists():
-            with open(self.log_path, encoding="utf-8", errors="replace") as log:
-                for line in log:
-                    if m := pattern.search(line):
-                        counts[names[m[1]]] += 1
-        return counts
+    def _count_seams(self, records: list[dict[str, Any]], log: "BotLog") -> None:
+        """The figures of the newer fault classes, and what users saw per fault class."""
+        report, options = self.report, self.options
+
+        def outcomes(selected: list[dict[str, Any]]) -> dict[str, int]:
+            counted: dict[str, int] = {}
+            for record in selected:
+                counted[record["outcome"]] = counted.get(record["outcome"], 0) + 1
+            return dict(sorted(counted.items()))
+
+        chaos = [r for r in records if r["phase"] == "chaos"]
+        poison = [r for r in chaos if r["kind"] == "poison"]
+        flood = [r for r in chaos if r["kind"] == "flood"]
+        report.poisoned, report.flood = len(poison), len(flood)
+        report.poisoned_answered = sum(1 for r in poison if r["outcome"] == ERROR_SET_ASIDE)
+        report.flood_answered = sum(1 for r in flood if r["outcome"] == "answered")
+        if self.poisoned_room is not None:
+            report.poisoned_room_parks = sum(1 for _, path in log.parks if path == f"node/rooms/{self.poisoned_room}")
+        retired = [r for r in chaos if r["retired_room"] and r["after_retire"]]
+        report.agent_removed_messages = len(retired)
+        report.agent_removed_answered = sum(1 for r in retired if r["outcome"] == "answered")
+        # Parks of whole agents, and which of them Matrix caused.
+        by_id = {f"agent-{n}": n for n in range(options.agents)}
+        for at, path in log.parks:
+            parts = path.split("/")
+            if len(parts) != 3 or parts[:2] != ["node", "agents"] or parts[2] not in by_id:
+                continue
+            agent = by_id[parts[2]]
+            report.agent_parks += 1
+            injected = any(at - PARK_CAUSE_WINDOW <= t <= at for t in self.agent_faults[agent])
+            matrix = any(at - PARK_CAUSE_WINDOW <= t <= at for t, a in log.matrix_crashes if a == parts[2])
+            report.agents_parked_by_matrix += matrix or not injected
+        report.connection_crashes_by_matrix = len(log.matrix_crashes)
+        report.faults = {
+            "connection_kills": {"done": report.agent_kills, "found_none_running": report.agent_kill_misses},
+            "agent_restarts": {"done": report.agent_restarts},
+            "misbehaviours": {"ordered": report.misbehaviours, "tokens": report.tokens},
+            "touched_rooms": {"outcomes": outcomes([r for r in chaos if not r["untouched"] and r["kind"] == "normal"])},
+            "bot_kills": {"done": report.bot_kills, "mid_answer": report.bot_kills_mid_answer,
+                          "answers_cut": report.answers_cut_by_bot_kills, "slowest_back_s": report.bot_restart_max_s,
+                          "outcomes": outcomes([r for r in chaos if r["during_bot_outage"]])},
+            "homeserver_outages": {"done": report.homeserver_outages, "down_s": report.homeserver_down_s,
+                                   "first_answer_after_s": report.homeserver_recovered_s,
+                                   "outcomes": outcomes([r for r in chaos if r["during_homeserver_outage"]])},
+            "agent_removed": {"agent": report.agent_removed, "messages_after": len(retired),
+                              "outcomes": outcomes(retired),
+                              "side_notices": sum(len(r.get("side_notices", [])) for r in retired)},
+            "poisoned_room": {"poisoned": report.poisoned, "set_aside": report.poisoned_answered,
+                              "poison_outcomes": outcomes(poison), "flood": report.flood,
+                              "flood_outcomes": outcomes(flood), "room_parks": report.poisoned_room_parks},
+            "frame_floods": {"ordered": report.frame_floods, "supported": FRAME_FLOOD in MODES},
+            "untouched_rooms": {"outcomes": outcomes([r for r in chaos if r["untouched"]])},
+        }
+
+    def _read_log(self) -> "BotLog":
+        """The supervision events of the bot's JSON log (all runs of the bot process)."""
+        log = BotLog(dict.fromkeys(_COUNTED, 0))
+        if not self.log_path.exists():
+            return log
+        with open(self.log_path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line the bot did not log (a crash's own output)
+                if not isinstance(entry, dict):
+                    continue
+                event, reason = str(entry.get("event")), str(entry.get("reason", "normal"))
+                crashed = event in _CRASH_EVENTS and reason != "normal"
+                if event in _SIMPLE_EVENTS:
+                    log.counts[_SIMPLE_EVENTS[event]] += 1
+                if event in _RESTART_EVENTS:
+                    log.counts["restarts"] += 1
+                if not crashed and event not in _SIMPLE_EVENTS:
+                    continue
+                log.counts["crashes"] += crashed
+                actor = str(entry.get("actor", ""))
+                if event == "supervisor escalating":
+                    actor = f"{actor}/{entry.get('child', '')}"
+                at = self._run_time(entry.get("timestamp"))
+                if event == "actor parked":
+                    log.parks.append((at, actor))
+                if crashed and actor.startswith("node/agents/") and actor.count("/") == 3:
+                    if any(failure in reason for failure in MATRIX_FAILURES):
+                        log.matrix_crashes.append((at, actor.split("/")[2]))
+        return log
+
+    def _run_time(self, stamp: Any) -> float:
+        """A log timestamp (ISO, UTC) on the run's clock."""
+        try:
+            moment = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        except ValueError:
+            return math.nan
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp() - self.wall_offset
 
     def _inspect_store(self) -> None:
         """What the bot's database says at the end, and, for each problem message, its trace."""
@@ -994,33 +1347,6 @@ class ChaosRun:
         }
 
 
-def _stable_ports(count: int) -> list[int]:
-    """Free ports for agents that restart, below the kernel's ephemeral range.
-
-    A port picked by the kernel (port 0) comes from the ephemeral range, the
-    one outgoing connections get their local ports from: while a fake agent
-    is down, one of the thousands of connections of the run could take its
-    port (even connect to itself), and the agent could not come back.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    candidates = list(range(max(1024, low - 12000), low))
-    random.Random().shuffle(candidates)
-    ports = []
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise ChaosError(f"no {count} free ports below {low} on 127.0.0.1 for the fake agents")
-
-
 def _socket_path(workdir: Path) -> Path:
     """The control socket's path; a Unix socket path must stay under ~100 bytes."""
     path = workdir / "control.sock"
@@ -1044,10 +1370,13 @@ async def run_chaos(
     """
     if problems := options.problems():
         raise ChaosError("; ".join(problems))
+    if homeserver is not None and options.homeserver_outages:
+        raise ChaosError("homeserver outages stop the run's own Synapse only: "
+                         "give homeserver_outages=0 with a homeserver of your own")
     workdir = Path(workdir)
     started = time.monotonic()
     if homeserver is not None:
-        report = await _run_on(homeserver, workdir, options, write, mask)
+        report = await _run_on(homeserver, workdir, options, write, mask, own_homeserver=False)
     else:
         # Synapse on SQLite waits for every commit to reach the disk; on a
         # shared VM's disk that stalls all rooms at once for seconds, which
@@ -1058,8 +1387,11 @@ async def run_chaos(
         synapse_dir = Path(tempfile.mkdtemp(prefix="lambda-actors-chaos-synapse-", dir=base))
         write(f"Starting a throwaway Synapse in {synapse_dir} …")
         try:
-            homeserver = await trio.to_thread.run_sync(start_synapse, synapse_dir)
-            report = await _run_on(homeserver, workdir, options, write, mask)
+            # On a port below the ephemeral range: it is stopped and started
+            # again on the same port mid-run, and no outgoing connection may
+            # take the port meanwhile.
+            homeserver = await trio.to_thread.run_sync(start_stable_synapse, synapse_dir)
+            report = await _run_on(homeserver, workdir, options, write, mask, own_homeserver=True)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(stop_synapse, synapse_dir)
@@ -1076,7 +1408,13 @@ def _move(source: Path, target: Path) -> None:
 
 
 async def _run_on(
-    homeserver: Homeserver, workdir: Path, options: ChaosOptions, write: Callable[[str], Any], mask: SecretMask | None
+    homeserver: Homeserver,
+    workdir: Path,
+    options: ChaosOptions,
+    write: Callable[[str], Any],
+    mask: SecretMask | None,
+    *,
+    own_homeserver: bool,
 ) -> ChaosReport:
     names = [f"user{n:02d}" for n in range(options.users)]
     async with open_loopback_stack(workdir, agents=options.agents, users=names, homeserver=homeserver) as stack:
@@ -1090,7 +1428,7 @@ async def _run_on(
         # points agents.yaml at them (same users, same agent ids).
         agents = [
             RestartableAgent(FakeAgent(workdir / f"chaos-agent-{n}", port=port, **AGENT_OPTIONS))
-            for n, port in enumerate(_stable_ports(options.agents))
+            for n, port in enumerate(stable_ports(options.agents))
         ]
         for agent in agents:
             await agent.start(stack.nursery)
@@ -1098,11 +1436,11 @@ async def _run_on(
         stack.config_path.write_text(
             agents_yaml(stack.agents, {u.user_id: f"agent-{i % options.agents}" for i, u in enumerate(stack.users.values())})
         )
-        run = ChaosRun(stack, agents, options, workdir, write)
+        run = ChaosRun(stack, agents, options, workdir, write, own_homeserver=own_homeserver)
         if options.supervision is not None:
             shutil.copyfile(options.supervision, run.supervision_path)
         else:
-            run.supervision_path.write_text(CHAOS_SUPERVISION)
+            CHAOS.write(run.supervision_path)
         untouched = ", ".join(f"agent-{n}" for n in range(options.untouched_agents))
         write(
             f"{options.users} users, {options.agents} fake agents ({untouched} untouched), seed {options.seed}; "
@@ -1149,6 +1487,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of touched users' chaos messages answered slowly, streamed over 2.5 s (default: %(default)s)")
     add("--patience", type=float, default=d.patience,
         help="chance that a user waits for the previous answer in a room before writing again (default: %(default)s)")
+    add("--homeserver-outages", type=int, default=d.homeserver_outages,
+        help="times the run's Synapse is stopped and started again mid-run (default: %(default)s)")
+    add("--outage-min", type=float, default=d.outage_min, help="shortest homeserver outage, seconds (default: %(default)s)")
+    add("--outage-max", type=float, default=d.outage_max, help="longest homeserver outage, seconds (default: %(default)s)")
+    add("--retire", action=argparse.BooleanOptionalAction, default=d.retire,
+        help="remove the last touched agent from agents.yaml between two bot runs (default: on)")
+    add("--poisoned", type=int, default=d.poisoned,
+        help="messages that crash their room every time (the bot's poison fault hook), in one room (default: %(default)s)")
+    add("--flood", type=int, default=d.flood,
+        help="messages flooded into the poisoned room while it fails (default: %(default)s)")
+    add("--frame-floods", type=int, default=d.frame_floods,
+        help="answers after which a touched agent floods frames until its socket is closed (default: %(default)s)")
     add("--settle", type=float, default=d.settle, help="longest wait for the last answers, seconds (default: %(default)s)")
     add("--seed", type=int, default=d.seed, help="seed of every random choice of the run (default: %(default)s)")
     add("--supervision", type=Path, default=None, help="a supervision.toml for the bot instead of the run's own policy")
@@ -1184,12 +1534,12 @@ def run(args: argparse.Namespace) -> int:
             report = trio.run(partial(run_chaos, workdir, options, write=write, mask=mask))
         except BaseException as exc:
             out.flush()
-            if _leaves(exc, KeyboardInterrupt):
+            if leaves(exc, KeyboardInterrupt):
                 print("\nchaos: interrupted; everything it started is stopped.", file=sys.stderr)
                 return 130
-            if problems := _leaves(exc, Exception):
+            if failures := leaves(exc, Exception):
                 driver_log.write("".join(traceback.format_exception(exc)))
-                for problem in problems:
+                for problem in failures:
                     print(f"\nchaos: the run failed: {type(problem).__name__}: {problem}", file=sys.stderr)
                 print(f"chaos: its working directory is kept (tracebacks in driver.log): {workdir}", file=sys.stderr)
                 return 1
@@ -1210,8 +1560,3 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     return status
 
-
-def _leaves(exc: BaseException, kind: type[BaseException]) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner, kind)]
-    return [exc] if isinstance(exc, kind) else []

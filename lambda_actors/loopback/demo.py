@@ -38,53 +38,16 @@ from typing import Any, Awaitable, Callable, TextIO
 
 import trio
 
-from ..bot.actors.services import Timing
 from ..agent.fake import FakeAgent
 from ..agent.protocol import UserMessage
 from ..bot.logs import SecretMask, configure_logging
 from .homeserver import Homeserver
-from ..runtime.supervision_config import parse_supervision_config
+from ..runtime.groups import leaves
+from .profiles import LOOPBACK, LOOPBACK_TIMING
 from .stack import LoopbackStack, open_loopback_stack
 from .user import Answer, ScriptedUser, Seen
 
 __all__ = ["STEPS", "DemoReport", "StepResult", "add_arguments", "play_demo", "run"]
-
-#: Short enough that nothing in the demo waits long, long enough that no
-#: timeout fires by accident on a slow machine. ``edit_interval`` is below
-#: the fake agent's chunk spacing (``slow_interval``), so the streamed answer
-#: visibly grows by several edits.
-DEMO_TIMING = Timing(
-    agent_connect_timeout=5.0,
-    agent_status_timeout=5.0,
-    agent_idle_timeout=10.0,
-    confirmation_timeout=60.0,
-    edit_interval=0.3,
-    sync_timeout_ms=5_000,
-)
-
-#: The production shape (see ``supervision.toml``): agents are parked, not
-#: escalated, when they keep failing; but a crashed connection comes back
-#: within a fraction of a second, so the recovery step does not wait.
-DEMO_SUPERVISION = """
-[node.agents]
-on_exhausted = "park"
-intensity = 3
-period = 60.0
-cool_down = 30.0
-
-[node.agents."*"]
-on_exhausted = "park"
-intensity = 4
-period = 60.0
-cool_down = 30.0
-
-[node.agents."*"."*"]
-restart = "transient"
-
-[node.agents."*"."*".backoff]
-min = 0.1
-max = 1.0
-"""
 
 #: How long one expectation of a step may take before the step fails.
 STEP_TIMEOUT = 20.0
@@ -391,14 +354,13 @@ async def play_demo(
     report = DemoReport()
     if homeserver is None:
         write("Starting a throwaway Synapse, two fake agents and the bot …")
-    supervision = parse_supervision_config(DEMO_SUPERVISION, "the demo's supervision policy")
     async with open_loopback_stack(
         workdir,
         agents=2,
         users=("alice", "bob"),
         homeserver=homeserver,
-        timing=DEMO_TIMING,
-        supervision=supervision,
+        timing=LOOPBACK_TIMING,
+        supervision=LOOPBACK.config(),
         agent_options=AGENT_OPTIONS,
     ) as stack:
         if mask is not None:
@@ -490,10 +452,10 @@ def _play(workdir: Path, log_stream: TextIO) -> int:
         # Trio raises what happened inside a nursery (Ctrl-C included) as an
         # exception group, so both are looked for inside groups.
         sys.stdout.flush()  # the transcript first, then the error
-        if _leaves(exc, KeyboardInterrupt):
+        if leaves(exc, KeyboardInterrupt):
             print("\ndemo: interrupted; everything it started is stopped.", file=sys.stderr)
             return 130
-        if problems := _leaves(exc, Exception):
+        if problems := leaves(exc, Exception):
             print(f"\ndemo: failed: {type(problems[0]).__name__}: {problems[0]}", file=sys.stderr)
             return 1
         raise
@@ -505,9 +467,3 @@ def _play(workdir: Path, log_stream: TextIO) -> int:
     print(f"\ndemo: step {len(report.steps)} ({failed.title}) failed: {failed.summary}", file=sys.stderr)
     return 1
 
-
-def _leaves(exc: BaseException, kind: type[BaseException]) -> list[BaseException]:
-    """The exceptions of type ``kind`` in ``exc``, looking inside exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner, kind)]
-    return [exc] if isinstance(exc, kind) else []

@@ -11,20 +11,30 @@ module builds that once::
 
 The bot runs in this process (``start_bot``) or as a real ``lambda-actors
 run`` child process (``start_bot_process``), which is what a SIGKILL test or
-the chaos run kills.
+the chaos run kills. Either can be given injected faults (``faults={"poison"}``,
+chaos runs and tests only).
+
+The homeserver can be taken away and brought back (:func:`stop_homeserver`,
+:func:`restart_homeserver`: same directory, same port, same database), as a
+homeserver outage looks to the bot. A Synapse the stack starts itself listens
+on a port below the kernel's ephemeral range (:func:`stable_ports`), so no
+outgoing connection can take its port while it is down.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Iterable, Sequence
+from urllib.parse import urlsplit
 
 import trio
 
@@ -32,7 +42,7 @@ from ..bot.actors.node import run_bot
 from ..bot.actors.services import Timing
 from ..agent.fake import FakeAgent
 from ..bot.config import MatrixSettings, Secret, parse_agents_config
-from .homeserver import Homeserver, RegisteredUser, register_user, start_synapse, stop_synapse
+from .homeserver import Homeserver, HomeserverError, RegisteredUser, register_user, start_synapse, stop_synapse
 from ..matrix.client import MatrixClient
 from ..runtime.supervision_config import SupervisionConfig
 from .user import ScriptedUser
@@ -64,11 +74,16 @@ class LoopbackStack:
 
     # -- the bot in this process ----------------------------------------------------
 
-    async def start_bot(self, *, control_socket: Path | None = None) -> Any:
-        """Run the bot in this process (in the stack's nursery); return its root supervisor."""
+    async def start_bot(self, *, control_socket: Path | None = None, faults: Iterable[str] = ()) -> Any:
+        """Run the bot in this process (in the stack's nursery); return its root supervisor.
+
+        ``faults`` are injected faults (``"poison"``: a room crashes on a text containing ``[[poison]]``).
+        """
         agents = parse_agents_config(self.config_path.read_text(), source=str(self.config_path), base_dir=self.config_path.parent)
         self._stop, self._stopped = trio.Event(), trio.Event()
         stop, stopped = self._stop, self._stopped
+        # Only passed when asked for, so a bot without the fault hook still runs.
+        extra: dict[str, Any] = {"faults": frozenset(faults)} if faults else {}
 
         async def serve(task_status: trio.TaskStatus[Any]) -> None:
             try:
@@ -81,6 +96,7 @@ class LoopbackStack:
                     timing=self.timing,
                     control_socket=control_socket,
                     task_status=task_status,
+                    **extra,
                 )
             finally:
                 stopped.set()
@@ -98,9 +114,16 @@ class LoopbackStack:
     # -- the bot as a child process ---------------------------------------------------
 
     def start_bot_process(
-        self, supervision_path: Path, log_path: Path, *, control_socket: Path | None = None
+        self,
+        supervision_path: Path,
+        log_path: Path,
+        *,
+        control_socket: Path | None = None,
+        log_json: bool = False,
+        faults: Iterable[str] = (),
     ) -> subprocess.Popen[bytes]:
-        """Start ``lambda-actors run`` as a child process (its log goes to ``log_path``)."""
+        """Start ``lambda-actors run`` as a child process (its log goes to ``log_path``,
+        one JSON object a line with ``log_json``; ``faults`` go to ``LAMBDA_ACTORS_FAULTS``)."""
         env = {
             **os.environ,
             "MATRIX_HOMESERVER": self.homeserver.url,
@@ -108,11 +131,15 @@ class LoopbackStack:
             "MATRIX_PASSWORD": self.bot_user.password,
         }
         env.pop("MATRIX_ACCESS_TOKEN", None)
+        env.pop("LAMBDA_ACTORS_FAULTS", None)
+        if faults:
+            env["LAMBDA_ACTORS_FAULTS"] = ",".join(sorted(faults))
         log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
              "--supervision", str(supervision_path), "--data-dir", str(self.data_dir),
-             *(["--control-socket", str(control_socket)] if control_socket else [])],
+             *(["--control-socket", str(control_socket)] if control_socket else []),
+             *(["--log-json"] if log_json else [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -141,6 +168,16 @@ class LoopbackStack:
             process.kill()
             process.wait()
             raise
+
+    # -- the homeserver ---------------------------------------------------------------
+
+    async def stop_homeserver(self) -> None:
+        """Take the homeserver away (SIGTERM, as an outage or an upgrade would)."""
+        await trio.to_thread.run_sync(stop_homeserver, self.homeserver)
+
+    async def restart_homeserver(self) -> None:
+        """Bring it back: same directory, database and port, so every token and room is as before."""
+        self.homeserver = await trio.to_thread.run_sync(restart_homeserver, self.homeserver)
 
     # -- users --------------------------------------------------------------------------
 
@@ -173,12 +210,19 @@ class LoopbackStack:
             await self.terminate_bot_process()
 
 
-def agents_yaml(agents: Sequence[FakeAgent], user_agents: dict[str, str]) -> str:
-    """An agents.yaml for fake agents ``agent-0``, ``agent-1``, ... and a user → agent map."""
+def agents_yaml(agents: Sequence[FakeAgent], user_agents: dict[str, str], *, removed: Iterable[int] = ()) -> str:
+    """An agents.yaml for fake agents ``agent-0``, ``agent-1``, ... and a user → agent map.
+
+    Agents whose numbers are in ``removed`` are left out (their ids stay
+    those of their position), as an operator retiring an agent would.
+    """
+    gone = set(removed)
     lines = ["# Written by lambda_actors.loopback for a loopback run.", "user_agents:"]
     lines += [f'  "{user}": {agent}' for user, agent in user_agents.items()] or ["  {}"]
     lines += ["default_agent: null", "agents:"]
     for n, agent in enumerate(agents):
+        if n in gone:
+            continue
         lines += [
             f"  - id: agent-{n}",
             f'    label: "Agent {n}"',
@@ -206,7 +250,7 @@ async def open_loopback_stack(
     directory.mkdir(parents=True, exist_ok=True)
     own_homeserver = homeserver is None
     if own_homeserver:
-        homeserver = await trio.to_thread.run_sync(start_synapse, directory / "synapse")
+        homeserver = await trio.to_thread.run_sync(start_stable_synapse, directory / "synapse")
     assert homeserver is not None
     try:
         async with trio.open_nursery() as nursery:
@@ -239,3 +283,57 @@ async def open_loopback_stack(
     finally:
         if own_homeserver:
             await trio.to_thread.run_sync(stop_synapse, directory / "synapse")
+
+
+# -- the homeserver, restartable ---------------------------------------------------------
+
+
+def stable_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Free ports below the kernel's ephemeral range, for servers that go down and come back.
+
+    A port picked by the kernel (port 0) comes from the ephemeral range, the
+    one outgoing connections get their local ports from: while a server is
+    down, one of the thousands of connections of a run could take its port
+    (even connect to itself), and the server could not come back.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(max(1024, low - 12000), low))
+    random.Random().shuffle(candidates)
+    ports = []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OSError(f"no {count} free ports below {low} on {host}; free some, or narrow the ephemeral range")
+
+
+def start_stable_synapse(directory: Path) -> Homeserver:
+    """:func:`start_synapse` on a :func:`stable_ports` port (a few tries: the machine is shared)."""
+    for attempt in range(3):
+        try:
+            return start_synapse(directory, port=stable_ports(1)[0])
+        except HomeserverError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stop_homeserver(homeserver: Homeserver) -> None:
+    """Stop a Synapse started from ``homeserver.directory`` (blocking; run it in a thread)."""
+    stop_synapse(homeserver.directory)
+
+
+def restart_homeserver(homeserver: Homeserver) -> Homeserver:
+    """Start it again from the same directory on the same port (blocking; run it in a thread)."""
+    port = urlsplit(homeserver.url).port
+    if port is None:
+        raise ValueError(f"{homeserver.url} names no port; a restarted Synapse must keep its port")
+    return start_synapse(homeserver.directory, port=port)

@@ -5,21 +5,34 @@ It is an ordinary Matrix client (our own :class:`MatrixClient`): it syncs in
 the background, keeps every event it sees, and can wait for one without
 sleeping. :meth:`ScriptedUser.answer` puts together the bot's reply to one
 message from the ``org.lambda.source`` / ``org.lambda.done`` marks the bot
-puts on everything it says in answer to a message.
+puts on everything it says in answer to a message, and the kind of error it
+reports from ``org.lambda.error``.
+
+Like a person's client it rides out a homeserver that goes away for a while
+(the chaos run stops Synapse mid-run): its sync loop tries again, and
+:meth:`ScriptedUser.say` sends again with the same transaction id (so the
+message is posted once), until the homeserver is back or
+``outage_patience`` seconds have passed.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
-from ..bot.actors.services import DONE_KEY, SOURCE_KEY
+from ..bot.actors.services import DONE_KEY, ERROR_KEY, SOURCE_KEY
 from ..matrix import content as contents
 from ..matrix.client import MatrixClient
+from ..matrix.errors import HomeserverUnavailable, MatrixError
+
+#: How often a scripted user tries an unreachable homeserver again. Polling:
+#: a homeserver that is down sends no signal that it is back.
+OUTAGE_RETRY = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class Answer:
     files: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     edits: int = 0
+    #: The error kinds (``org.lambda.error``) of the bot's sends for it, in order.
+    errors: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -71,8 +86,11 @@ class Answer:
 
 
 class ScriptedUser:
-    def __init__(self, client: MatrixClient, *, sync_timeout_ms: int = 10_000) -> None:
+    def __init__(self, client: MatrixClient, *, sync_timeout_ms: int = 10_000, outage_patience: float = 120.0) -> None:
         self.client = client
+        self.outage_patience = outage_patience
+        #: How many requests found the homeserver away (each tried again).
+        self.outage_retries = 0
         self.seen: list[Seen] = []
         self.invites: list[Invitation] = []
         #: Who was typing, per room, each time that changed: (room_id, user ids).
@@ -89,13 +107,29 @@ class ScriptedUser:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sync for ever, recording what arrives (start it in a nursery)."""
-        token = None
-        body = await self.client.sync(None, timeout_ms=0)
+        body = await self._through_outages(lambda: self.client.sync(None, timeout_ms=0))
         token = self._record(body)
         task_status.started()
         while True:
-            body = await self.client.sync(token, timeout_ms=self._sync_timeout_ms)
+            body = await self._through_outages(
+                lambda: self.client.sync(token, timeout_ms=self._sync_timeout_ms), patience=math.inf
+            )
             token = self._record(body)
+
+    async def _through_outages(self, request: Callable[[], Awaitable[Any]], patience: float | None = None) -> Any:
+        """``await request()``, made again while the homeserver is away (down, or a 5xx from a
+        proxy in front of it) for up to ``patience`` seconds (default ``outage_patience``)."""
+        deadline = trio.current_time() + (self.outage_patience if patience is None else patience)
+        while True:
+            try:
+                return await request()
+            except (HomeserverUnavailable, MatrixError) as exc:
+                if isinstance(exc, MatrixError) and exc.status < 500:
+                    raise
+                if trio.current_time() + OUTAGE_RETRY > deadline:
+                    raise
+                self.outage_retries += 1
+                await trio.sleep(OUTAGE_RETRY)
 
     def _record(self, body: dict[str, Any]) -> str:
         rooms = body.get("rooms", {})
@@ -137,8 +171,9 @@ class ScriptedUser:
         return f"user-{self._txn_prefix}-{next(self._txn)}"
 
     async def say(self, room_id: str, text: str) -> str:
-        """Send a text message; return its event id."""
-        return await self.client.send(room_id, "m.room.message", contents.text(text), self._next_txn())
+        """Send a text message; return its event id (sent again, same txn id, while the homeserver is away)."""
+        txn = self._next_txn()
+        return await self._through_outages(lambda: self.client.send(room_id, "m.room.message", contents.text(text), txn))
 
     async def react(self, room_id: str, event_id: str, key: str) -> str:
         return await self.client.react(room_id, event_id, key, self._next_txn())
@@ -184,6 +219,8 @@ class ScriptedUser:
             else:
                 answer.parts[seen.event_id] = str(content.get("body", ""))
             answer.done = answer.done or bool(content.get(DONE_KEY))
+            if isinstance(kind := content.get(ERROR_KEY), str):
+                answer.errors.append(kind)
         return answer
 
     async def answer(self, source_event_id: str, timeout: float = 30.0) -> Answer:

@@ -15,14 +15,23 @@
 Every Synapse started here is stopped when the session ends, on failure and
 on Ctrl-C too (pytest runs session teardown), and is killed by the kernel if
 the pytest process itself is killed.
+
+Synapse's files live on tmpfs (``/dev/shm``) while it runs, as in the chaos
+run: Synapse on SQLite waits for every commit to reach the disk, and on a
+shared VM's disk that makes every send of the suite wait for it. After the
+session its directory (log included) is moved under pytest's temporary
+directory with the rest.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import trio
@@ -39,13 +48,22 @@ from lambda_actors.matrix import MatrixClient, SyncBatch, parse_sync
 MatrixUserFactory = Callable[..., RegisteredUser]
 
 
-def _run_synapse(tmp_path_factory: pytest.TempPathFactory, name: str, rate_limits: str) -> Iterator[Homeserver]:
-    directory = tmp_path_factory.mktemp(name)
-    server = start_synapse(directory, rate_limits=rate_limits)
+def _run_synapse(
+    tmp_path_factory: pytest.TempPathFactory, name: str, rate_limits: Literal["relaxed", "default"]
+) -> Iterator[Homeserver]:
+    kept = tmp_path_factory.mktemp(name)
+    shm = "/dev/shm"
+    directory = tempfile.mkdtemp(prefix=f"lambda-actors-test-{name}-", dir=shm) if os.access(shm, os.W_OK) else str(kept)
     try:
-        yield server
+        server = start_synapse(directory, rate_limits=rate_limits)
+        try:
+            yield server
+        finally:
+            stop_synapse(directory)
     finally:
-        stop_synapse(directory)
+        if directory != str(kept):
+            shutil.rmtree(kept)
+            shutil.move(directory, kept)
 
 
 @pytest.fixture(scope="session")
