@@ -50,6 +50,7 @@ import trio
 
 from ..config import AgentsConfig, MatrixSettings
 from ..logs import SecretMask
+from ..room_rules import drifted_bindings
 from ..store import Store, StoreError
 from ...matrix.client import MatrixClient
 from ...matrix.errors import HomeserverUnavailable, InvalidToken, MatrixError, RateLimited
@@ -163,6 +164,15 @@ async def run_bot(
         check_control_socket(Path(control_socket))
     store = open_store(data_dir)
     try:
+        # Rooms bound to an agent agents.yaml no longer has: one line here;
+        # each room tells its owner on their next message (room_rules, rule 7).
+        if drifted := drifted_bindings(store.bindings(), agents):
+            log.warning(
+                "bot.rooms_of_removed_agents",
+                rooms=len(drifted),
+                agents=sorted({b.agent_id for b in drifted}),
+                advice="each room tells its owner on their next message and continues with the owner's agent now, if any",
+            )
         await wait_for_homeserver(settings.homeserver, homeserver_wait)
         token, user_id, device_id = await open_session(settings, data_dir)
         if mask is not None:
