@@ -44,9 +44,10 @@ refused with an error saying so.
 Compaction (:meth:`Store.compact`, run periodically by the sync actor) keeps
 growth bounded. What duplicate detection needs, and therefore stays:
 
-- every unhandled inbox row, and the newest inbox row of each room (the sync
-  gap filler pages back through history until it meets a stored event; the
-  newest one is where it must stop, or old messages would come back as new);
+- every unhandled inbox row, and the newest timeline event of each room (the
+  sync gap filler pages back through history until it meets a stored event;
+  the newest one is where it must stop, or old messages would come back as
+  new; an invitation row is no timeline event, so it does not count);
 - handled inbox rows younger than the horizon (default a day): a sync or a
   history page that repeats them is recognised;
 - every unsent outbox row; a sent row younger than the horizon, or queued
@@ -270,6 +271,8 @@ class Store:
         # A fresh id per process: it is how `turns` tells "delivered by this
         # run of the bot" from "delivered before the last restart".
         self.boot_id = uuid.uuid4().hex
+        #: When /sync last answered (wall clock; set by ``ingest``), for /healthz.
+        self.last_ingest_at: float | None = None
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
@@ -337,6 +340,7 @@ class Store:
                 if cursor.rowcount and not handled:
                     rooms[room_id] = None
             self._set_meta(db, "sync_token", next_batch)
+        self.last_ingest_at = now
         return list(rooms)
 
     def unhandled(self, room_id: str, after_seq: int = 0) -> list[InboxEvent]:
@@ -471,6 +475,20 @@ class Store:
                     OutboxItem(cursor.lastrowid, item.txn_id, item.room_id, item.event_type, item.content, item.replaces_txn)
                 )
         return queued
+
+    def outbox_depth(self) -> int:
+        """Sends not yet acknowledged by the homeserver."""
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE event_id IS NULL").fetchone()[0])
+
+    def writable(self) -> bool:
+        """Whether the database takes a write now (for /healthz): a write
+        transaction is begun and rolled back, so nothing changes."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            return False
 
     def pending_sends(self) -> list[OutboxItem]:
         rows = self._db.execute(
@@ -697,7 +715,7 @@ class Store:
             (oldest_unhandled,) = db.execute("SELECT MIN(stored_at) FROM inbox WHERE handled = 0").fetchone()
             removed["inbox"] = db.execute(
                 "DELETE FROM inbox WHERE handled = 1 AND stored_at < ?"
-                " AND seq NOT IN (SELECT MAX(seq) FROM inbox GROUP BY room_id)",
+                " AND seq NOT IN (SELECT MAX(seq) FROM inbox WHERE event_id NOT LIKE 'invite:%' GROUP BY room_id)",
                 (cutoff,),
             ).rowcount
             outbox_cutoff = cutoff if oldest_unhandled is None else min(cutoff, oldest_unhandled)

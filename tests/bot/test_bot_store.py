@@ -269,6 +269,15 @@ def test_compaction_drops_old_handled_events_but_keeps_each_rooms_newest_and_the
     assert store.compact(horizon=DAY)["inbox"] == 0
 
 
+def test_an_invitation_row_never_stands_in_for_a_rooms_newest_event(store):
+    store.ingest([_event("$a1"), ("invite:!r:x:s1", "!r:x", {"type": "org.lambda.invite"}, False)], "t")
+    store.finish("$a1")
+    store.finish("invite:!r:x:s1")
+    store.compact(now=_later(), horizon=DAY)
+    # The gap filler must still find the room's last real event.
+    assert store.has_event("$a1") and not store.has_event("invite:!r:x:s1")
+
+
 def test_compaction_keeps_unsent_rows_confirmation_prompts_and_sends_of_turns_still_open(store):
     store.ingest([_event("$done"), _event("$open")], "t")
     store.enqueue([OutboxItem(0, "old-sent", "!r:x", "m.room.message", {"body": "a"})])
