@@ -112,6 +112,7 @@ __all__ = [
     "drifted_bindings",
     "file_refused",
     "file_staged",
+    "facts_needed",
     "find_marked",
     "homeserver_refused",
     "is_confirmation_answer",
@@ -144,6 +145,9 @@ class InjectedFault(Exception):
 class RoomFacts:
     """What the executor read for one event, just before asking the rules.
 
+    The first five are always read; the others only when :func:`facts_needed`
+    names them for the event (a plain text, the common case, needs none).
+
     ``parked`` maps a parked agent's id to the wall-clock time of its next
     try. ``room_slot_free_at`` is when the sender may have a room created
     again (set only when they are at their hourly limit). ``members`` is
@@ -155,7 +159,6 @@ class RoomFacts:
     binding: RoomBinding | None = None
     failures: int = 0
     owner_rooms: tuple[RoomBinding, ...] = ()
-    owner_space: str | None = None
     staged: tuple[StagedFile, ...] = ()
     staged_bytes: int = 0
     confirmations: tuple[PendingConfirmation, ...] = ()
@@ -667,6 +670,34 @@ class RoomRules:
                     )
                 )
         return reply(cmd.UnknownCommand(type(command).__name__).reply())
+
+
+#: Names of the optional facts (groups of :class:`RoomFacts` fields).
+OWNER_ROOMS, CONFIRMATIONS, STAGED, ROOMS_CREATED = "owner_rooms", "confirmations", "staged", "rooms_created"
+
+
+def facts_needed(event: Any) -> frozenset[str]:
+    """Which optional facts the rules read for this event: the executor reads
+    only those (each is a query; a plain text needs none)."""
+    if isinstance(event, (ev.Invite, ev.OtherEvent)):
+        return frozenset({OWNER_ROOMS})
+    if isinstance(event, ev.Reaction):
+        return frozenset({CONFIRMATIONS})
+    if isinstance(event, ev.FileMessage):
+        return frozenset({STAGED})
+    if isinstance(event, ev.TextMessage):
+        match cmd.parse_command(event.body):
+            case cmd.NewChat():
+                return frozenset({ROOMS_CREATED})
+            case cmd.ListChats():
+                return frozenset({OWNER_ROOMS})
+            case cmd.Yes() | cmd.No():
+                return frozenset({CONFIRMATIONS})
+            case cmd.ListStaged() | cmd.RemoveStaged():
+                return frozenset({STAGED})
+            case cmd.ShowContext():
+                return frozenset({STAGED, CONFIRMATIONS})
+    return frozenset()
 
 
 # -- the order of events ---------------------------------------------------------------

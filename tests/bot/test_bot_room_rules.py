@@ -29,7 +29,7 @@ AGENTS = AgentsConfig(
     limits=Limits(rooms_per_user_per_hour=3, staged_bytes_per_room=5000),
 )
 BOUND = RoomBinding(ROOM, ALICE, "agent-0", 7, "Chat 1", "!space:x")
-FACTS = r.RoomFacts(room_id=ROOM, bot_user_id=BOT, binding=BOUND, owner_rooms=(BOUND,), owner_space="!space:x")
+FACTS = r.RoomFacts(room_id=ROOM, bot_user_id=BOT, binding=BOUND, owner_rooms=(BOUND,))
 
 
 def text(body: str, sender: str = ALICE, event_id: str = "$t") -> ev.TextMessage:
@@ -441,3 +441,41 @@ def test_one_turn_at_a_time_in_order_and_answers_to_confirmations_pass_a_waiting
 def test_a_refusal_by_the_homeserver_is_told_with_its_code():
     say = r.homeserver_refused("rename this chat", "M_FORBIDDEN")
     assert say.error == "homeserver" and "rename this chat" in say.body and "M_FORBIDDEN" in say.body
+
+
+# -- only the facts a rule needs are read ------------------------------------------------------------
+
+PENDING_FACTS = replace(
+    FACTS,
+    confirmations=(PENDING,),
+    prompt_events={PENDING.request_id: "$p"},
+    staged=(StagedFile(11, "incoming/a", "a.txt", 10),),
+    staged_bytes=4990,
+    rooms_created_last_hour=3,
+    room_slot_free_at=NOW + 60,
+)
+_GROUPS = {
+    r.OWNER_ROOMS: ("owner_rooms",),
+    r.CONFIRMATIONS: ("confirmations", "prompt_events"),
+    r.STAGED: ("staged", "staged_bytes"),
+    r.ROOMS_CREATED: ("rooms_created_last_hour", "room_slot_free_at"),
+}
+_BODIES = ["hi", "!new", "!chats", "!yes", "!no", "!list", "!remove 1", "!remove all", "!context", "!help", "!clear", "!x"]
+
+
+@given(
+    st.one_of(
+        st.builds(text, st.one_of(st.sampled_from(_BODIES), st.text(max_size=30))),
+        st.builds(lambda k, t: ev.Reaction("$r", ROOM, ALICE, 1, k, t), st.sampled_from(["✅", "❌", "x"]), st.sampled_from(["$p", "$q"])),
+        st.builds(lambda n: replace(file(), size=n), st.one_of(st.none(), st.integers(0, 20))),
+        st.just(ev.OtherEvent("$e", ROOM, ALICE, 1, "m.room.encryption", {}, "")),
+    )
+)
+def test_the_rules_decide_the_same_with_only_the_facts_they_say_they_need(event):
+    needed = r.facts_needed(event)
+    defaults = r.RoomFacts(room_id=ROOM, bot_user_id=BOT)
+    lean = PENDING_FACTS
+    for group, names in _GROUPS.items():
+        if group not in needed:
+            lean = replace(lean, **{name: getattr(defaults, name) for name in names})
+    assert rules().handle(event, lean, NOW) == rules().handle(event, PENDING_FACTS, NOW)

@@ -151,38 +151,40 @@ class _Room:
         raise RuntimeError(f"the room rules asked again {_MAX_ASKS} times for event {item.event_id}")
 
     def _facts(self, item: InboxEvent, event: Any, members: frozenset[str] | None) -> rules.RoomFacts:
+        """What the rules need for this event, read from the store and the tree (only what they need)."""
         store = self.store
         binding = store.binding(self.room_id)
-        owner = binding.owner if binding is not None else getattr(event, "sender", None)
-        now = time.time()
         facts = rules.RoomFacts(
             room_id=self.room_id,
             bot_user_id=self.bot.user_id,
             binding=binding,
             failures=store.failures(item.event_id),
             members=members,
+            parked=self._parked(binding),
         )
+        # The owner whose rooms matter: the inviter for an invitation.
+        owner = binding.owner if binding is not None and not isinstance(event, ev.Invite) else getattr(event, "sender", None)
         if owner is None or event is None:
             return facts
-        confirmations = tuple(store.confirmations(self.room_id))
-        created = store.rooms_created_since(owner, now - rules.ROOM_WINDOW)
-        limit = self.bot.agents.limits.rooms_per_user_per_hour
-        return replace(
-            facts,
-            owner_rooms=tuple(store.user_rooms(owner)),
-            owner_space=store.user_space(owner),
-            staged=tuple(store.staged(self.room_id)),
-            staged_bytes=store.staged_bytes(self.room_id),
-            confirmations=confirmations,
-            prompt_events=(
-                {c.request_id: store.sent_event_id(c.prompt_txn) for c in confirmations}
-                if isinstance(event, ev.Reaction)
-                else {}
-            ),
-            parked=self._parked(binding),
-            rooms_created_last_hour=created,
-            room_slot_free_at=self._room_slot_free_at(owner, now) if created >= limit else None,
-        )
+        needed = rules.facts_needed(event)
+        changes: dict[str, Any] = {}
+        if rules.OWNER_ROOMS in needed:
+            changes["owner_rooms"] = tuple(store.user_rooms(owner))
+        if rules.CONFIRMATIONS in needed:
+            confirmations = tuple(store.confirmations(self.room_id))
+            changes["confirmations"] = confirmations
+            if isinstance(event, ev.Reaction):
+                changes["prompt_events"] = {c.request_id: store.sent_event_id(c.prompt_txn) for c in confirmations}
+        if rules.STAGED in needed:
+            changes["staged"] = tuple(store.staged(self.room_id))
+            changes["staged_bytes"] = store.staged_bytes(self.room_id)
+        if rules.ROOMS_CREATED in needed:
+            now = time.time()
+            created = store.rooms_created_since(owner, now - rules.ROOM_WINDOW)
+            changes["rooms_created_last_hour"] = created
+            if created >= self.bot.agents.limits.rooms_per_user_per_hour:
+                changes["room_slot_free_at"] = self._room_slot_free_at(owner, now)
+        return replace(facts, **changes)
 
     def _parked(self, binding: RoomBinding | None) -> dict[str, float]:
         """The room's agent, if it is parked, with the wall-clock time of its next try."""
