@@ -117,7 +117,7 @@ def _binding(owner="@alice:x", agent_id="agent-0", chat_id=7, **extra):
 
 
 def test_a_binding_the_bot_wrote_is_restored():
-    found = trusted_state("!r:x", (_state(BINDING_STATE, _binding()),), BOTS, set())
+    found = trusted_state("!r:x", (_state(BINDING_STATE, _binding()),), BOTS, {})
     assert found.binding == RoomBinding("!r:x", "@alice:x", "agent-0", 7, "Chat 1", "!s:x", False)
     assert found.chat_ids_seen == [7] and found.ignored == []
 
@@ -127,7 +127,7 @@ def test_a_binding_or_space_written_by_anyone_else_is_ignored():
         _state(BINDING_STATE, _binding(owner="@bob:x", agent_id="agent-1"), sender="@alice:x"),
         _state(SPACE_STATE, {"owner": "@bob:x"}, sender="@alice:x"),
     )
-    found = trusted_state("!r:x", forged, BOTS, set())
+    found = trusted_state("!r:x", forged, BOTS, {})
     assert found.binding is None and found.space_owner is None
     # Not even the forged chat id may move the bot's sequence.
     assert found.chat_ids_seen == []
@@ -135,28 +135,31 @@ def test_a_binding_or_space_written_by_anyone_else_is_ignored():
 
 
 def test_a_binding_whose_owner_moved_to_another_agent_is_not_restored_but_its_id_stays_used():
-    found = trusted_state("!r:x", (_state(BINDING_STATE, _binding(owner="@bob:x", chat_id=9)),), BOTS, set())
+    found = trusted_state("!r:x", (_state(BINDING_STATE, _binding(owner="@bob:x", chat_id=9)),), BOTS, {})
     assert found.binding is None
     assert found.chat_ids_seen == [9]
     assert "served by agent-1, not agent-0" in found.ignored[0]
-    gone = trusted_state("!r:x", (_state(BINDING_STATE, _binding(owner="@mallory:x")),), BOTS, set())
+    gone = trusted_state("!r:x", (_state(BINDING_STATE, _binding(owner="@mallory:x")),), BOTS, {})
     assert gone.binding is None and "served by nobody" in gone.ignored[0]
 
 
 def test_chat_ids_must_be_positive_integers_not_used_by_another_room():
     for bad in (-3, 0, True, "7", 7.0, 2**60):
-        found = trusted_state("!r:x", (_state(BINDING_STATE, _binding(chat_id=bad)),), BOTS, set())
+        found = trusted_state("!r:x", (_state(BINDING_STATE, _binding(chat_id=bad)),), BOTS, {})
         assert found.binding is None and found.chat_ids_seen == [], bad
-    taken = trusted_state("!r:x", (_state(BINDING_STATE, _binding(chat_id=7)),), BOTS, {7})
+    taken = trusted_state("!r:x", (_state(BINDING_STATE, _binding(chat_id=7)),), BOTS, {7: "!other:x"})
     assert taken.binding is None and "already another room's" in taken.ignored[0]
+    # Its own id, stored by a rebuild that a crash cut short, is no conflict.
+    again = trusted_state("!r:x", (_state(BINDING_STATE, _binding(chat_id=7)),), BOTS, {7: "!r:x"})
+    assert again.binding is not None
 
 
 def test_a_space_marker_is_believed_only_from_the_bot_for_a_served_user():
-    assert trusted_state("!r:x", (_state(SPACE_STATE, {"owner": "@alice:x"}),), BOTS, set()).space_owner == "@alice:x"
-    unserved = trusted_state("!r:x", (_state(SPACE_STATE, {"owner": "@mallory:x"}),), BOTS, set())
+    assert trusted_state("!r:x", (_state(SPACE_STATE, {"owner": "@alice:x"}),), BOTS, {}).space_owner == "@alice:x"
+    unserved = trusted_state("!r:x", (_state(SPACE_STATE, {"owner": "@mallory:x"}),), BOTS, {})
     assert unserved.space_owner is None and unserved.ignored
     # A state key other than "" is not ours.
-    assert trusted_state("!r:x", (_state(SPACE_STATE, {"owner": "@alice:x"}, state_key="x"),), BOTS, set()).space_owner is None
+    assert trusted_state("!r:x", (_state(SPACE_STATE, {"owner": "@alice:x"}, state_key="x"),), BOTS, {}).space_owner is None
 
 
 # -- the chat-id high-water mark ----------------------------------------------

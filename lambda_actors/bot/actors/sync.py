@@ -30,7 +30,7 @@ The sync actor also compacts the store every ``Timing.compaction_interval``
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import trio
 
@@ -189,7 +189,9 @@ async def rebuild_from_matrix(ctx: Any, bot: BotServices) -> None:
     """
     store, client = bot.store, bot.client
     restored = ignored = 0
-    used: set[int] = set()
+    # chat id -> room, of bindings already stored (a rebuild cut short by a
+    # crash runs again) and restored so far.
+    used = {b.chat_id: b.room_id for b in store.bindings()}
     for room_id in await client.joined_rooms():
         try:
             state = await client.room_state(room_id)
@@ -206,7 +208,7 @@ async def rebuild_from_matrix(ctx: Any, bot: BotServices) -> None:
             # Ours, even if the binding is not restored: never hand it out again.
             store.ensure_chat_id_above(chat_id)
         if found.binding is not None:
-            used.add(found.binding.chat_id)
+            used[found.binding.chat_id] = room_id
             store.bind_room(found.binding)
             restored += 1
     ctx.log.info("sync.rebuilt_from_matrix", rooms=restored, ignored=ignored)
@@ -224,12 +226,14 @@ class TrustedState:
         self.ignored: list[str] = []
 
 
-def trusted_state(room_id: str, state: Iterator[Any] | tuple[Any, ...], bot: BotServices, used: set[int]) -> TrustedState:
+def trusted_state(
+    room_id: str, state: Iterable[Any], bot: BotServices, used: Mapping[int, str]
+) -> TrustedState:
     """The binding and Space marker of a room, from its full state events.
 
     Believed only when: the state event's sender is the bot; for a binding,
     the owner still maps to that same agent in agents.yaml and the chat id
-    is a positive integer no other restored room uses (``used``); for a
+    is a positive integer no other room uses (``used``: chat id -> room); for a
     Space, its owner is a user the bot serves. Pure: no I/O.
     """
     found = TrustedState()
@@ -258,7 +262,7 @@ def trusted_state(room_id: str, state: Iterator[Any] | tuple[Any, ...], bot: Bot
             now = "nobody" if agent is None else agent.id
             found.ignored.append(f"{BINDING_STATE}: {owner} is now served by {now}, not {agent_id}")
             continue
-        if chat_id in used:
+        if used.get(chat_id, room_id) != room_id:
             found.ignored.append(f"{BINDING_STATE}: chat id {chat_id} is already another room's")
             continue
         space_id = content.get("space_id")
