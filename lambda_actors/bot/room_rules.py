@@ -420,7 +420,6 @@ class RoomRules:
             raise InjectedFault(f"injected poison fault: event {event.event_id} contains {POISON_MARK}")
         if isinstance(event, ev.Invite):
             return self._invite(event, facts)
-        actions: list[Action] = []
         binding = facts.binding
         if binding is None and isinstance(event, (ev.TextMessage, ev.FileMessage)):
             if self.agents.user_agents.get(event.sender, self.agents.default_agent) is not None:
@@ -429,33 +428,32 @@ class RoomRules:
                 if facts.members == {event.sender, facts.bot_user_id}:
                     agent = self.agents.agent_for(event.sender)
                     assert agent is not None
-                    binding = RoomBinding(facts.room_id, event.sender, agent.id, 0, "Direct chat")
+                    adopted = RoomBinding(facts.room_id, event.sender, agent.id, 0, "Direct chat")
                     return [
-                        Bind(binding, fresh_context=True),
+                        Bind(adopted, fresh_context=True),
                         Log("info", "room.direct_chat_adopted", {"room_id": facts.room_id, "owner": event.sender}),
                         Again(),
                     ]
+            # A room we are in but that is no chat (a Space, or a room we
+            # were refused from): say nothing, the owner's rooms are elsewhere.
+            return [Log("info", "room.message_in_unbound_room", {"sender": event.sender}), Finish()]
         if binding is None or event.sender != binding.owner:
-            if binding is None and isinstance(event, (ev.TextMessage, ev.FileMessage)):
-                # A room we are in but that is no chat (a Space, or a room we
-                # were refused from): say nothing, the owner's rooms are elsewhere.
-                actions.append(Log("info", "room.message_in_unbound_room", {"sender": event.sender}))
-            return [*actions, Finish()]
+            return [Finish()]
         if isinstance(event, ev.OtherEvent) and event.event_type == "m.room.encryption":
-            return [*actions, Finish((Say("encrypted", encrypted_notice(binding.owner, facts.owner_rooms), error=ERROR_ENCRYPTED),))]
+            return [Finish((Say("encrypted", encrypted_notice(binding.owner, facts.owner_rooms), error=ERROR_ENCRYPTED),))]
         agent = self._agent(binding.agent_id)
         if agent is None:
-            return [*actions, *self._drift(binding, facts)]
+            return self._drift(binding, facts)
         if isinstance(event, ev.Reaction):
-            return [*actions, *self._reaction(event, facts, binding)]
+            return self._reaction(event, facts, binding)
         if isinstance(event, ev.FileMessage):
-            return [*actions, *self._file(event, facts, agent)]
+            return self._file(event, facts, agent)
         if isinstance(event, ev.TextMessage):
             command = cmd.parse_command(event.body)
             if command is not None:
-                return [*actions, *self._command(event, command, facts, binding, agent, now)]
-            return [*actions, *self._text(event, facts, binding, agent, now)]
-        return [*actions, Finish()]
+                return self._command(event, command, facts, binding, agent, now)
+            return self._text(event, facts, binding, agent, now)
+        return [Finish()]
 
     def _agent(self, agent_id: str) -> AgentConfig | None:
         try:
