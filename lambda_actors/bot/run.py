@@ -8,13 +8,15 @@ to do (never a traceback):
   interrupted);
 - 1: the supervision tree gave up (its restarts ran out), or a bug (then a
   traceback follows: please report it);
-- 2: a configuration mistake: agents.yaml, supervision.toml or the
-  environment (every mistake at once, each with its file and entry);
+- 2: a configuration mistake: agents.yaml, supervision.toml, node.toml,
+  ``--http`` or the environment (every mistake at once, each with its file
+  and entry);
 - 3: the homeserver refused the credentials (wrong password or token);
 - 4: the homeserver did not answer at start (after ``--homeserver-wait``
   seconds of retries, each logged with the URL);
 - 5: a local path is unusable: ``--data-dir``, ``--control-socket``, the
-  database, or a configuration file that cannot be read.
+  database, a configuration file that cannot be read, or an ``--http``
+  address the API cannot listen on (a port already taken).
 
 The statuses are what a service manager keys on: the systemd unit in
 ``deploy/`` restarts the bot on failure except after 2, 3 and 5, which no
@@ -36,6 +38,7 @@ import trio
 from ..runtime.errors import IntensityExceeded
 from ..runtime.groups import leaves
 from ..runtime.supervision_config import SupervisionConfig, SupervisionConfigError, parse_supervision_config
+from ..node.config import DEFAULT_LISTEN, Listen, NodeConfig, NodeConfigError, load_node_config, parse_listen
 from .config import AgentsConfig, ConfigError, MatrixSettings, UnreadableConfig, load_agents_config
 from .logs import SecretMask, configure_logging
 
@@ -71,10 +74,10 @@ environment:
 exit status:
   0  clean stop (SIGINT or SIGTERM)
   1  the supervision tree gave up, or a bug (with a traceback: please report it)
-  2  configuration mistake (agents.yaml, supervision.toml, environment)
+  2  configuration mistake (agents.yaml, supervision.toml, node.toml, --http, environment)
   3  the homeserver refused the credentials
   4  the homeserver did not answer at start
-  5  a local path is unusable (data dir, control socket, database, config file)
+  5  a local path is unusable (data dir, control socket, database, config file, --http port)
 """
 
 
@@ -116,6 +119,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long to retry an unreachable homeserver at start before exiting with 4 (default: %(default)g)",
     )
+    parser.add_argument(
+        "--node-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="node.toml: the node's HTTP API and its clients (default: node.toml beside the agents.yaml; "
+        "a missing default file means all defaults)",
+    )
+    parser.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"where the HTTP API listens, or 'off' (default: node.toml's [api] listen, else {DEFAULT_LISTEN})",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
@@ -135,8 +152,11 @@ def _fail(status: int, message: str) -> int:
     return status
 
 
-def load_configuration(args: argparse.Namespace) -> tuple[AgentsConfig, SupervisionConfig, MatrixSettings]:
-    """agents.yaml, supervision.toml and the environment, every mistake of all three at once.
+def load_configuration(
+    args: argparse.Namespace,
+) -> tuple[AgentsConfig, SupervisionConfig, MatrixSettings, NodeConfig, Listen | None]:
+    """agents.yaml, supervision.toml, node.toml, --http and the environment,
+    every mistake of all of them at once.
 
     Raises :class:`ConfigError` (with ``problems``); :class:`UnreadableConfig`
     when every problem is a file that cannot be read.
@@ -171,10 +191,25 @@ def load_configuration(args: argparse.Namespace) -> tuple[AgentsConfig, Supervis
     except ConfigError as exc:
         problems.extend(exc.problems)
         unreadable = unreadable and isinstance(exc, UnreadableConfig)
+    node: NodeConfig | None = None
+    try:
+        # Beside agents.yaml by default, so it does not depend on the current folder.
+        default = config_path.parent / "node.toml" if config_path is not None else None
+        node = load_node_config(args.node_config or default, required=args.node_config is not None)
+    except NodeConfigError as exc:
+        problems.extend(str(exc).splitlines())
+        unreadable = False
+    listen = node.listen if node is not None else None
+    if args.http is not None:
+        try:
+            listen = parse_listen(args.http)
+        except ValueError as exc:
+            problems.append(f"--http: {exc}")
+            unreadable = False
     if problems:
         raise (UnreadableConfig if unreadable else ConfigError).of(problems)
-    assert agents is not None and supervision is not None and settings is not None
-    return agents, supervision, settings
+    assert agents is not None and supervision is not None and settings is not None and node is not None
+    return agents, supervision, settings, node, listen
 
 
 def _load_supervision(path: Path | None) -> SupervisionConfig:
@@ -201,7 +236,7 @@ def parse_faults(text: str) -> frozenset[str]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        agents, supervision, settings = load_configuration(args)
+        agents, supervision, settings, node, listen = load_configuration(args)
     except ConfigError as exc:
         status = EXIT_PATH if isinstance(exc, UnreadableConfig) else EXIT_CONFIG
         what = "a file cannot be read" if status == EXIT_PATH else "configuration error"
@@ -247,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
                     control_socket=args.control_socket,
                     faults=faults,
                     homeserver_wait=args.homeserver_wait,
+                    node=node,
+                    http=listen,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()

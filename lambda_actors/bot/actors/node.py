@@ -7,9 +7,12 @@
     ├── agents              one supervisor per configured agent: the isolation boundary
     │   └── <agent_id>      its connection actors, started on first use
     │       └── chat-<n>    one WebSocket per (agent, chat)
+    ├── approvals           the node's approval decisions (with node.toml)
+    ├── approval-callbacks  their signed callbacks
     ├── rooms               room actors, started on first use
     │   └── <room_id>
-    └── sync                the /sync long-poll, filling the inbox
+    ├── sync                the /sync long-poll, filling the inbox
+    └── http                the node's HTTP API (--http; lambda_actors/node)
 
 Children start in this order and stop in the reverse one, so on shutdown the
 sync loop stops first (no new work), then rooms, then agent connections
@@ -37,8 +40,9 @@ never piles up valid tokens: ten starts leave one.
 from __future__ import annotations
 
 import json
-import sqlite3
 import os
+import socket
+import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +61,8 @@ from ...matrix.errors import HomeserverUnavailable, InvalidToken, MatrixError, R
 from ...runtime.spec import ChildSpec, SupervisorSpec
 from ...runtime.supervision_config import SupervisionConfig
 from ...runtime.supervisor import Supervisor, serve_supervisor
+from ...node.config import Listen, NodeConfig
+from ...node.tree import NodeParts
 from .control import serve_control
 from .outbox import outbox_actor
 from .services import BotServices, Timing
@@ -77,18 +83,27 @@ __all__ = [
 ]
 
 
-def bot_children(bot: BotServices) -> list[ChildSpec | SupervisorSpec]:
+def bot_children(bot: BotServices, node: NodeParts | None = None) -> list[ChildSpec | SupervisorSpec]:
+    """The tree's children in start order (they stop in the reverse one).
+
+    With ``node`` (the HTTP API and approvals, :mod:`lambda_actors.node.tree`)
+    its actors go after the outbox and before the rooms, which ask them
+    about answers, and its listener last, so it stops first.
+    """
     return [
         ChildSpec("outbox", outbox_actor, args=(bot.store, bot.client)),
+        *(node.first() if node else []),
         SupervisorSpec("agents", children=[SupervisorSpec(agent.id) for agent in bot.agents.agents]),
         SupervisorSpec("rooms"),
         ChildSpec("sync", sync_actor, args=(bot,)),
+        *(node.last() if node else []),
     ]
 
 
 async def serve_node(
     bot: BotServices,
     config: SupervisionConfig | str | Path | None,
+    node: NodeParts | None = None,
     *,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -97,7 +112,7 @@ async def serve_node(
     ``sup = await nursery.start(serve_node, bot, config)``; ``await
     sup.aclose()`` stops it in order.
     """
-    await serve_supervisor(SupervisorSpec("node", bot_children(bot)), config, task_status=task_status)
+    await serve_supervisor(SupervisorSpec("node", bot_children(bot, node)), config, task_status=task_status)
 
 
 #: The bot logs in as this device every time: transaction ids are scoped to
@@ -151,17 +166,25 @@ async def run_bot(
     control_socket: Path | None = None,
     faults: frozenset[str] = frozenset(),
     homeserver_wait: float = DEFAULT_HOMESERVER_WAIT,
+    node: NodeConfig | None = None,
+    http: Listen | None = None,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Log in, run the tree until ``stop`` is set, then stop it in order.
 
+    With ``node`` the tree also runs the node's approvals and, with
+    ``http``, its HTTP API there (SPEC section 7); without, the chat bot alone.
+
     Raises a :class:`StartupError` (before anything is started) when a path,
-    the homeserver or the credentials are unusable; see the module docstring.
+    the homeserver, the credentials or the HTTP address are unusable; see
+    the module docstring.
     """
     data_dir = Path(data_dir)
     prepare_data_dir(data_dir)
     if control_socket is not None:
         check_control_socket(Path(control_socket))
+    if http is not None:
+        check_listen(http)
     store = open_store(data_dir)
     try:
         # Rooms bound to an agent agents.yaml no longer has: one line here;
@@ -179,8 +202,9 @@ async def run_bot(
             mask.add(token)
         async with MatrixClient(settings.homeserver, access_token=token, user_id=user_id, device_id=device_id) as client:
             bot = BotServices(store, client, agents, user_id, timing, faults=faults)
+            parts = None if node is None else NodeParts.build(bot, node, data_dir / DATABASE_FILE, http)
             async with trio.open_nursery() as nursery:
-                sup = await nursery.start(serve_node, bot, supervision)
+                sup = await nursery.start(serve_node, bot, supervision, parts)
                 if control_socket is not None:
                     try:
                         await nursery.start(serve_control, Path(control_socket), sup, store)
@@ -226,8 +250,30 @@ def prepare_data_dir(data_dir: Path) -> None:
         )
 
 
+def check_listen(listen: Listen) -> None:
+    """PathUnusable (exit 5) when the HTTP API cannot listen where asked.
+
+    Checked before the tree starts, so a port already taken is one line at
+    start and not a listener restarting in the background.
+    """
+    try:
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((listen.host, listen.port))
+    except OSError as exc:
+        raise PathUnusable(
+            f"--http {listen}: cannot listen there ({exc.strerror}); "
+            "choose another address with --http HOST:PORT, or --http off"
+        ) from None
+
+
+#: The database in the data directory (the approvals share it).
+DATABASE_FILE = "bot.sqlite3"
+
+
 def open_store(data_dir: Path) -> Store:
-    path = data_dir / "bot.sqlite3"
+    path = data_dir / DATABASE_FILE
     try:
         return Store.open(path)
     except StoreError as exc:
