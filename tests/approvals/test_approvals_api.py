@@ -60,12 +60,12 @@ class ShownViews:
     def room_for(self, approver: str, agent_id: str) -> str | None:
         return "!room:example.org" if approver in (ALICE, BOB) else None
 
-    async def show(self, record: Approval) -> None:
+    async def show(self, ctx, record: Approval) -> None:
         self.shown.append(record)
         self.changed.set()
         self.changed = trio.Event()
 
-    async def ask_which(self, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
+    async def ask_which(self, ctx, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
         self.asked.append((room_id, tuple(c.id for c in candidates)))
 
 
