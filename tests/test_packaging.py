@@ -13,9 +13,11 @@
 - Each core dependency has one floor (``name>=X``), which scripts/test installs
   exactly in .venv-floor to run tests/runtime.
 - Every ``type: ignore`` says why beside it.
+- The built wheel ships every module and the bot's supervision.toml, and
+  requires unconditionally only the core dependencies.
 
 Static checks (files are parsed, not imported) except the fresh-interpreter
-import test.
+import and the wheel build.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import ast
 import functools
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -277,3 +281,32 @@ def test_every_type_ignore_says_why():
             if re.search(r"#\s*type:\s*ignore", line) and not re.search(r"#\s*type:\s*ignore\[[^\]]+\]\s*#\s*\S", line):
                 bare.append(f"{rel}:{n}")
     assert not bare, f"a `type: ignore[code]` needs a reason beside it (`# type: ignore[code]  # why`): {bare}"
+
+
+def test_the_wheel_ships_every_module_and_the_package_data_and_requires_only_the_runtimes_dependencies(tmp_path):
+    # Built from a copy so the build's own folders (build/, *.egg-info) stay
+    # out of the tree; with the locked setuptools already in this venv, so no
+    # download (scripts/setup installs it from constraints.txt).
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "lambda_actors", source / "lambda_actors", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("lambda_actors-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+        metadata = archive.read(next(n for n in shipped if n.endswith(".dist-info/METADATA"))).decode()
+    wanted = {str(p.relative_to(ROOT)) for p in _files("lambda_actors")} | {"lambda_actors/bot/supervision.toml"}
+    assert not wanted - shipped, f"the wheel leaves out {sorted(wanted - shipped)}"
+    unconditional = {
+        line.removeprefix("Requires-Dist: ")
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist: ") and "extra ==" not in line
+    }
+    assert {str(Requirement(r)) for r in unconditional} == {str(r) for r in CORE}
+    assert {l.removeprefix("Provides-Extra: ") for l in metadata.splitlines() if l.startswith("Provides-Extra: ")} == set(EXTRAS)
