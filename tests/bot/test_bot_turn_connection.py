@@ -127,6 +127,7 @@ class Rig:
     room: Recorder
     client: DownHomeserver
     actor_error: list[BaseException]
+    scope: trio.CancelScope
 
     def deliver(self, event_id: str, text: str, room: Recorder | None = None) -> Deliver:
         self.store.ingest([(event_id, ROOM, {"type": "m.room.message"}, False)], "s1")
@@ -157,16 +158,18 @@ async def rig(fake_agent, tmp_path: Path, nursery):
     bot = BotServices(store=store, client=client, agents=agents, user_id="@bot:test", timing=TIMING)  # type: ignore[arg-type]
     ctx = Ctx()
     errors: list[BaseException] = []
+    scope = trio.CancelScope()
 
     async def run() -> None:
-        try:
-            await conn_module.connection_actor(ctx, bot, config, 7)
-        except BaseException as exc:  # recorded for the test to assert on
-            errors.append(exc)
-            raise
+        with scope:
+            try:
+                await conn_module.connection_actor(ctx, bot, config, 7)
+            except BaseException as exc:  # recorded for the test to assert on
+                errors.append(exc)
+                raise
 
     nursery.start_soon(run)
-    yield Rig(ctx, store, agent, Recorder(), client, errors)
+    yield Rig(ctx, store, agent, Recorder(), client, errors, scope)
 
 
 async def test_homeserver_failures_during_a_turn_do_not_fail_it_or_crash_the_connection(rig: Rig) -> None:
@@ -195,6 +198,16 @@ async def test_a_stop_mid_answer_tells_the_user_it_was_interrupted(rig: Rig) -> 
     assert final["body"].endswith(INTERRUPTED) and final[ERROR_KEY] == ERROR_INTERRUPTED
     assert "could not answer" not in final["body"]
     assert rig.store.is_handled("$1")
+
+
+async def test_a_kill_mid_answer_also_says_interrupted(rig: Rig) -> None:
+    await rig.send(rig.deliver("$1", "think [[stall]]"))
+    with trio.fail_after(HANG):
+        await rig.agent.wait_for_message(lambda m: "think" in m.text, chat_id=7)
+    rig.scope.cancel()  # what a supervisor's kill does
+    await rig.turn_done("$1")
+    final = rig.final("$1")
+    assert final["body"].endswith(INTERRUPTED) and final[ERROR_KEY] == ERROR_INTERRUPTED
 
 
 async def test_two_deliveries_are_both_answered_in_order_never_overwritten(rig: Rig) -> None:
