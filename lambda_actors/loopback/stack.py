@@ -136,10 +136,15 @@ class LoopbackStack:
             env["LAMBDA_ACTORS_FAULTS"] = ",".join(sorted(faults))
         log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
+            # The HTTP API on a port of its own: several bots (tests, chaos runs) may run at once.
+            [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path), "--http", "127.0.0.1:0",
              "--supervision", str(supervision_path), "--data-dir", str(self.data_dir),
              *(["--control-socket", str(control_socket)] if control_socket else []),
-             *(["--log-json"] if log_json else [])],
+             *(["--log-json"] if log_json else []),
+             # No HTTP API: a loopback bot talks Matrix only, and a fixed
+             # port would be taken by the previous process (or another bot
+             # on this machine) when it is restarted.
+             "--http", "off"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -183,8 +183,6 @@ async def run_bot(
     prepare_data_dir(data_dir)
     if control_socket is not None:
         check_control_socket(Path(control_socket))
-    if http is not None:
-        check_listen(http)
     store = open_store(data_dir)
     try:
         # Rooms bound to an agent agents.yaml no longer has: one line here;
@@ -202,6 +200,10 @@ async def run_bot(
             mask.add(token)
         async with MatrixClient(settings.homeserver, access_token=token, user_id=user_id, device_id=device_id) as client:
             bot = BotServices(store, client, agents, user_id, timing, faults=faults)
+            if http is not None:
+                # Checked last before the tree starts: a port taken is exit 5,
+                # after the homeserver and the credentials had their say.
+                check_listen(http)
             parts = None if node is None else NodeParts.build(bot, node, data_dir / DATABASE_FILE, http)
             async with trio.open_nursery() as nursery:
                 sup = await nursery.start(serve_node, bot, supervision, parts)
