@@ -121,9 +121,12 @@ class LoopbackStack:
         control_socket: Path | None = None,
         log_json: bool = False,
         faults: Iterable[str] = (),
+        http: str = "off",
+        node_config: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``lambda-actors run`` as a child process (its log goes to ``log_path``,
-        one JSON object a line with ``log_json``; ``faults`` go to ``LAMBDA_ACTORS_FAULTS``)."""
+        one JSON object a line with ``log_json``; ``faults`` go to ``LAMBDA_ACTORS_FAULTS``;
+        ``http`` is where its API listens, ``node_config`` its node.toml)."""
         env = {
             **os.environ,
             "MATRIX_HOMESERVER": self.homeserver.url,
@@ -136,15 +139,15 @@ class LoopbackStack:
             env["LAMBDA_ACTORS_FAULTS"] = ",".join(sorted(faults))
         log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            # The HTTP API on a port of its own: several bots (tests, chaos runs) may run at once.
-            [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path), "--http", "127.0.0.1:0",
+            [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
              "--supervision", str(supervision_path), "--data-dir", str(self.data_dir),
              *(["--control-socket", str(control_socket)] if control_socket else []),
              *(["--log-json"] if log_json else []),
-             # No HTTP API: a loopback bot talks Matrix only, and a fixed
-             # port would be taken by the previous process (or another bot
-             # on this machine) when it is restarted.
-             "--http", "off"],
+             *(["--node-config", str(node_config)] if node_config else []),
+             # No HTTP API unless asked: a fixed port would be taken by the
+             # previous process (or another bot on this machine) when it is
+             # restarted.
+             "--http", http],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
