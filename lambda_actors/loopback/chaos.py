@@ -597,7 +597,7 @@ def error_kind(body: str) -> str | None:
     return "other"
 
 
-# -- the run ------------------------------------------------------------------------
+# -- the bot's log -------------------------------------------------------------------
 
 
 @dataclass
@@ -607,6 +607,79 @@ class BotLog:
     counts: dict[str, int]
     parks: list[tuple[float, str]] = field(default_factory=list)  # (time, actor path)
     matrix_crashes: list[tuple[float, str]] = field(default_factory=list)  # (time, agent id) of connection crashes
+
+
+def read_bot_log(path: Path, wall_offset: float = 0.0) -> BotLog:
+    """The supervision events of a bot's JSON log (``--log-json``; every run of the process).
+
+    Timestamps (ISO, UTC) are put on the run's clock by subtracting
+    ``wall_offset`` (wall clock minus run clock). Lines that are not JSON
+    (a dying process's own output) are skipped.
+    """
+    log = BotLog(dict.fromkeys(_COUNTED, 0))
+    if not path.exists():
+        return log
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            event, reason = str(entry.get("event")), str(entry.get("reason", "normal"))
+            crashed = event in _CRASH_EVENTS and reason != "normal"
+            if event in _SIMPLE_EVENTS:
+                log.counts[_SIMPLE_EVENTS[event]] += 1
+            if event in _RESTART_EVENTS:
+                log.counts["restarts"] += 1
+            if not crashed and event not in _SIMPLE_EVENTS:
+                continue
+            log.counts["crashes"] += crashed
+            actor = str(entry.get("actor", ""))
+            if event == "supervisor escalating":
+                actor = f"{actor}/{entry.get('child', '')}"
+            at = _log_time(entry.get("timestamp")) - wall_offset
+            if event == "actor parked":
+                log.parks.append((at, actor))
+            if crashed and actor.startswith("node/agents/") and actor.count("/") == 3:
+                if any(failure in reason for failure in MATRIX_FAILURES):
+                    log.matrix_crashes.append((at, actor.split("/")[2]))
+    return log
+
+
+def _log_time(stamp: Any) -> float:
+    """A log timestamp (ISO, UTC) as seconds since the epoch; NaN if it is none."""
+    try:
+        moment = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return math.nan
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def agent_parks(log: BotLog, injected: dict[str, list[float]], window: float = PARK_CAUSE_WINDOW) -> tuple[int, int]:
+    """(parks of whole agents, of those caused by Matrix).
+
+    A park of ``node/agents/<id>`` is Matrix's when no fault was injected
+    into that agent (``injected[id]``: times) in the ``window`` seconds
+    before it, or when one of its connections crashed on a Matrix failure in
+    that time.
+    """
+    parks = by_matrix = 0
+    for at, path in log.parks:
+        parts = path.split("/")
+        if len(parts) != 3 or parts[:2] != ["node", "agents"]:
+            continue
+        parks += 1
+        ours = any(at - window <= t <= at for t in injected.get(parts[2], []))
+        matrix = any(at - window <= t <= at for t, agent in log.matrix_crashes if agent == parts[2])
+        by_matrix += matrix or not ours
+    return parks, by_matrix
+
+
+# -- the run ------------------------------------------------------------------------
 
 
 class ChaosRun:
@@ -1188,7 +1261,7 @@ class ChaosRun:
             value = getattr(report, key)
             if value is not None:
                 setattr(report, key, round(value, 1))
-        log = self._read_log()
+        log = read_bot_log(self.log_path, self.wall_offset)
         report.supervision = log.counts
         self._count_seams(records, log)
         with open(self.workdir / "messages.jsonl", "w", encoding="utf-8") as out:
@@ -1206,7 +1279,7 @@ class ChaosRun:
 
     def _count_seams(self, records: list[dict[str, Any]], log: "BotLog") -> None:
         """The figures of the newer fault classes, and what users saw per fault class."""
-        report, options = self.report, self.options
+        report = self.report
 
         def outcomes(selected: list[dict[str, Any]]) -> dict[str, int]:
             counted: dict[str, int] = {}
@@ -1225,17 +1298,8 @@ class ChaosRun:
         retired = [r for r in chaos if r["retired_room"] and r["after_retire"]]
         report.agent_removed_messages = len(retired)
         report.agent_removed_answered = sum(1 for r in retired if r["outcome"] == "answered")
-        # Parks of whole agents, and which of them Matrix caused.
-        by_id = {f"agent-{n}": n for n in range(options.agents)}
-        for at, path in log.parks:
-            parts = path.split("/")
-            if len(parts) != 3 or parts[:2] != ["node", "agents"] or parts[2] not in by_id:
-                continue
-            agent = by_id[parts[2]]
-            report.agent_parks += 1
-            injected = any(at - PARK_CAUSE_WINDOW <= t <= at for t in self.agent_faults[agent])
-            matrix = any(at - PARK_CAUSE_WINDOW <= t <= at for t, a in log.matrix_crashes if a == parts[2])
-            report.agents_parked_by_matrix += matrix or not injected
+        faults = {f"agent-{n}": times for n, times in self.agent_faults.items()}
+        report.agent_parks, report.agents_parked_by_matrix = agent_parks(log, faults)
         report.connection_crashes_by_matrix = len(log.matrix_crashes)
         report.faults = {
             "connection_kills": {"done": report.agent_kills, "found_none_running": report.agent_kill_misses},
@@ -1257,49 +1321,6 @@ class ChaosRun:
             "frame_floods": {"ordered": report.frame_floods, "supported": FRAME_FLOOD in MODES},
             "untouched_rooms": {"outcomes": outcomes([r for r in chaos if r["untouched"]])},
         }
-
-    def _read_log(self) -> "BotLog":
-        """The supervision events of the bot's JSON log (all runs of the bot process)."""
-        log = BotLog(dict.fromkeys(_COUNTED, 0))
-        if not self.log_path.exists():
-            return log
-        with open(self.log_path, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # a line the bot did not log (a crash's own output)
-                if not isinstance(entry, dict):
-                    continue
-                event, reason = str(entry.get("event")), str(entry.get("reason", "normal"))
-                crashed = event in _CRASH_EVENTS and reason != "normal"
-                if event in _SIMPLE_EVENTS:
-                    log.counts[_SIMPLE_EVENTS[event]] += 1
-                if event in _RESTART_EVENTS:
-                    log.counts["restarts"] += 1
-                if not crashed and event not in _SIMPLE_EVENTS:
-                    continue
-                log.counts["crashes"] += crashed
-                actor = str(entry.get("actor", ""))
-                if event == "supervisor escalating":
-                    actor = f"{actor}/{entry.get('child', '')}"
-                at = self._run_time(entry.get("timestamp"))
-                if event == "actor parked":
-                    log.parks.append((at, actor))
-                if crashed and actor.startswith("node/agents/") and actor.count("/") == 3:
-                    if any(failure in reason for failure in MATRIX_FAILURES):
-                        log.matrix_crashes.append((at, actor.split("/")[2]))
-        return log
-
-    def _run_time(self, stamp: Any) -> float:
-        """A log timestamp (ISO, UTC) on the run's clock."""
-        try:
-            moment = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-        except ValueError:
-            return math.nan
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment.timestamp() - self.wall_offset
 
     def _inspect_store(self) -> None:
         """What the bot's database says at the end, and, for each problem message, its trace."""

@@ -83,7 +83,7 @@ class SupervisionProfile:
         """The policy as a supervision.toml (what a bot process is given)."""
         return f"""\
 # Written by lambda_actors.loopback.profiles: the "{self.name}" supervision profile.
-# The shape of the repository's supervision.toml; only the numbers differ.
+# The shape of the shipped supervision.toml (lambda_actors/bot/supervision.toml); only the numbers differ.
 [defaults]
 restart = "permanent"
 shutdown = 5.0
