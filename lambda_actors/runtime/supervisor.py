@@ -187,8 +187,9 @@ class _Child:
         self.restarts = 0
         self.retry_at: float | None = None
         self.timer_token = 0
-        # Restart times charged to this child's own intensity (park mode only).
-        self.window: tuple[float, ...] = ()
+        # Restart times charged to this child's own intensity (park mode only;
+        # made on its first restart there).
+        self.window: deque[float] | None = None
         # Monitors on this child (made on first use: most children are never watched).
         self.watchers: Watchers | None = None
 
@@ -256,7 +257,7 @@ class Supervisor:
         self._children: dict[str, _Child] = {}
         self._order = count()
         # Restart times charged to this supervisor's intensity (escalate mode).
-        self._window: tuple[float, ...] = ()
+        self._window: deque[float] = deque()
         self._timers: list[tuple[float, int, _Child, int]] = []
         self._timer_seq = count()
         self._lot = trio.lowlevel.ParkingLot()
@@ -338,7 +339,7 @@ class Supervisor:
         if self._finalized:
             raise ActorStopped(self.path)
         c.attempt = 0
-        c.window = ()
+        c.window = None
         # Messages are held again from now on, even before it runs.
         self._revive(c)
         self._start_now_or_later(c, Started(c.path, trio.current_time()))
@@ -680,13 +681,15 @@ class Supervisor:
         return self._apply(c, self._decide(c, reason, now), reason, now, group=False)
 
     def _decide(self, c: _Child, reason: BaseException | None, now: float) -> Decision:
-        parked = self.policy.on_exhausted is OnExhausted.PARK
-        history = History(c.attempt, c.started_at, c.window if parked else self._window)
-        decision = decide(history, c.policy.restart, c.policy.backoff, self.policy, reason, now, self._tree.rng)
-        if parked:
-            c.window = decision.window
+        if self.policy.on_exhausted is OnExhausted.PARK:
+            window = c.window
+            if window is None:
+                window = c.window = deque()
         else:
-            self._window = decision.window
+            window = self._window
+        decision = decide(History(c.attempt, c.started_at, window), c.policy.restart, c.policy.backoff,
+                          self.policy, reason, now, self._tree.rng)
+        decision.update(window)
         return decision
 
     def _apply(self, c: _Child, d: Decision, reason: BaseException | None, now: float, group: bool) -> bool:
@@ -868,14 +871,14 @@ class Supervisor:
         self._stop_requested = False
         self._stop_for_good = False
         self._escalation = None
-        self._window = ()
+        self._window.clear()
         self._served = trio.Event()
         self._ensure_static_children()
         # A new incarnation starts its children afresh, as OTP does: no
         # backoff or intensity history carries over from the last one.
         for c in self._children.values():
             c.attempt = 0
-            c.window = ()
+            c.window = None
         escalation: IntensityExceeded | None = None
         try:
             async with trio.open_nursery() as nursery:
