@@ -21,9 +21,12 @@ down, is not the event's fault and is not counted.
 
 **One turn at a time.** A user message goes to the agent as a turn; the room
 delivers the next one only when the connection reports :class:`TurnDone`.
-The room monitors the connection holding the turn (``ctx.monitor``): when
-that connection's incarnation ends (``Down``) before it reported, the turn
-ends with an error instead of waiting for ever.
+The room monitors the connection holding the turn (``ctx.monitor``), with
+no polling: when that connection's incarnation ends (``Down``) the rules
+decide: answered already, the turn is over (its ``TurnDone`` may have died
+with it); restarting, the next incarnation is watched (the message may be in
+its mailbox); stopped for good, the turn ends with an error instead of
+waiting for ever.
 
 **Replay-safe creation.** Every room the bot creates (a Space, a chat) carries
 a marker derived from what caused it in its initial state; before creating,
