@@ -63,8 +63,6 @@ PROVIDED_BY = {
 # Files whose `type: ignore` comments do not yet say why (owners are fixing
 # them; shrink this, never grow it).
 IGNORES_WITHOUT_REASON_NOT_YET = {
-    "lambda_actors/runtime/spec.py",
-    "lambda_actors/runtime/supervisor.py",
     "lambda_actors/agent/client.py",
     "lambda_actors/matrix/_nio.py",
 }
