@@ -298,6 +298,9 @@ class Store:
             # only an OS crash can lose the last commits, and Matrix replays those.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
+            # After a checkpoint the WAL file is cut back to this size, so a
+            # burst does not leave a large file behind for good.
+            db.execute("PRAGMA journal_size_limit=4194304")
             _migrate(db, path)
         except BaseException:
             db.close()

@@ -102,7 +102,6 @@ async def test_an_idle_room_sender_exits_and_a_new_send_starts_another(autojump_
 
 async def test_a_stopping_outbox_sends_what_was_queued_last(autojump_clock, store):
     client = RecordingClient()
-    async with la.open_supervisor("node", [_outbox(store, client)]) as sup:
+    async with la.open_supervisor("node", [_outbox(store, client)]):
         store.enqueue([_row("last words")])  # told nobody
     assert client.sent == [("!r:x", "last words")]
-    assert sup is not None
