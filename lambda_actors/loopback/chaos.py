@@ -152,8 +152,10 @@ TOKENS = ("drop", "garbage", "crash", "double-end", "after-end", "unknown")
 #: lasts 8 s (shorter than the bot's 60 s idle timeout: a late answer, not
 #: an error).
 AGENT_OPTIONS: dict[str, Any] = {"chunks": 6, "slow_interval": 0.5, "stall_seconds": 8.0}
-#: The fake agents' misbehaviour that floods frames after END (when they have it).
+#: The fake agents' misbehaviour that floods frames after END (when they have it),
+#: and the text of each frame it floods.
 FRAME_FLOOD = "flood"
+FLOOD_TEXT = "(flood)"
 #: A park of an agent counts as caused by Matrix when no fault was injected
 #: into that agent this many seconds before it (the chaos profile's windows:
 #: connection restarts over ``connection_period`` make its supervisor
@@ -492,16 +494,22 @@ class ChaosReport:
     lost_tags: list[str] = field(default_factory=list)
     duplicated_tags: list[str] = field(default_factory=list)
     wrong_tags: list[str] = field(default_factory=list)
+    #: Answers showing text that is not from their message (another message's
+    #: tag, or frames an agent flooded after its END), whatever they ended with.
+    foreign_text: int = 0
+    foreign_tags: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, duplicated or answered wrongly; every poisoned message set aside; no agent parked by Matrix."""
+        """Nothing lost, duplicated, answered wrongly or with foreign text; every poisoned message set aside;
+        no agent parked by Matrix."""
         return (
             self.lost == 0
             and self.duplicated == 0
             and self.wrong == 0
             and self.poisoned_answered == self.poisoned
             and self.agents_parked_by_matrix == 0
+            and self.foreign_text == 0
         )
 
     @property
@@ -515,6 +523,7 @@ class ChaosReport:
             "no_duplicates": self.duplicated == 0,
             "poison_set_aside": self.poisoned_answered == self.poisoned,
             "no_agent_parked_by_matrix": self.agents_parked_by_matrix == 0,
+            "no_foreign_text": self.foreign_text == 0,
             "latency": self.latency_ok,
         }
         return data
@@ -530,7 +539,8 @@ class ChaosReport:
             f"messages sent       {self.sent} ({self.sent_calm} calm, {self.sent_chaos} under chaos)",
             f"answered            {self.answered}",
             f"errors shown        {self.errors} ({kinds})",
-            f"wrong answers       {self.wrong}",
+            f"wrong answers       {self.wrong}; answers with text not from their message {self.foreign_text}"
+            + (f"  {' '.join(self.foreign_tags[:10])}" if self.foreign_tags else ""),
             f"LOST                {self.lost}" + (f"  {' '.join(self.lost_tags[:10])}" if self.lost_tags else ""),
             f"DUPLICATED          {self.duplicated} (seen by users {self.duplicated_seen_by_user}, "
             f"at agents {self.duplicated_at_agent})" + (f"  {' '.join(self.duplicated_tags[:10])}" if self.duplicated_tags else ""),
@@ -1185,7 +1195,14 @@ class ChaosRun:
         for s in self.sent:
             seen = self.users[s.user].watcher.by_source.get(s.event_id, AnswerSeen())
             runs = deliveries.get(s.tag, [])
-            seen_twice = len(seen.answer_roots) > 1 or len(seen.done_roots) > 1
+            # A long answer is posted in parts: only a second part that starts
+            # the answer again (or a second "done") is a second answer.
+            starts = [r for r in seen.answer_roots if seen.roots[r].startswith(f"echo: {s.tag}")]
+            seen_twice = len(starts) > 1 or len(seen.done_roots) > 1
+            # Text that belongs to no answer of this message: another message's
+            # tag, or the frames an agent floods after its END.
+            if any(FLOOD_TEXT in body or any(t != s.tag for t in _TAG.findall(body)) for body in seen.roots.values()):
+                report.foreign_tags.append(s.tag)
             delivered_twice = len(set(runs)) < len(runs)
             report.duplicated_seen_by_user += seen_twice
             report.duplicated_at_agent += delivered_twice
@@ -1245,6 +1262,7 @@ class ChaosRun:
                 touched.append(latency)
         report.lost, report.wrong = len(report.lost_tags), len(report.wrong_tags)
         report.duplicated = len(report.duplicated_tags)
+        report.foreign_text = len(report.foreign_tags)
         report.error_kinds = kinds
         report.calm_p50_ms, report.calm_p99_ms = percentile(calm, 0.5), percentile(calm, 0.99)
         report.untouched_p50_ms, report.untouched_p99_ms = percentile(untouched, 0.5), percentile(untouched, 0.99)
@@ -1332,7 +1350,8 @@ class ChaosRun:
             self.report.store_unhandled = db.execute("SELECT COUNT(*) FROM inbox WHERE handled = 0").fetchone()[0]
             self.report.store_unsent = db.execute("SELECT COUNT(*) FROM outbox WHERE event_id IS NULL").fetchone()[0]
             traces = {}
-            problems = set(self.report.lost_tags) | set(self.report.duplicated_tags) | set(self.report.wrong_tags)
+            problems = (set(self.report.lost_tags) | set(self.report.duplicated_tags) | set(self.report.wrong_tags)
+                        | set(self.report.foreign_tags))
             for s in self.sent:
                 if s.tag in problems:
                     traces[s.tag] = self._trace(db, s)

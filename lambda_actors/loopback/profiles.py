@@ -11,8 +11,8 @@ things; this module is the one source:
   as ``lambda-actors run`` (the chaos run, the restart tests) keeps the
   production :class:`~lambda_actors.bot.actors.services.Timing`: that is
   what operators run, so that is what the chaos run measures.
-- :class:`SupervisionProfile`: the shape of the repository's
-  ``supervision.toml`` (connections restart with backoff under their
+- :class:`SupervisionProfile`: the shape of the shipped
+  ``lambda_actors/bot/supervision.toml`` (its ``[defaults]``; connections restart with backoff under their
   agent's supervisor, which escalates to ``node/agents``, which parks the
   agent; rooms that keep crashing are parked alone), with the few numbers
   that a loopback run needs to differ from production as fields.
