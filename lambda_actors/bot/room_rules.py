@@ -30,8 +30,12 @@ The rules, in the order they are applied to one event:
    rebound to it in a fresh context (saying so) and the event goes on;
    otherwise the agent is gone, and the event is answered so. One warning in
    the log per room, not one per event.
-8. **Confirmations.** ✅/❌ on the prompt, ``!yes``/``!no``: answer the
-   pending confirmation, once.
+8. **Confirmations and approvals.** ✅/❌ on a prompt, or ``!yes``/``!no``
+   in reply to it, answers that prompt: an agent's confirmation here, or a
+   request of the node's approval API, which goes to the node's approvals
+   actor (its gate decides: only the approver counts, answers sent before
+   the deadline count). A bare ``!yes``/``!no`` answers the one thing
+   waiting; with several it lists them and decides nothing.
 9. **Files** are staged for the next message, within the room's byte budget
    (``limits.staged_bytes_per_room``) and the agent's file size.
 10. **Commands** (``bot/commands.py``) are answered without the agent;
@@ -78,6 +82,8 @@ from .actors.services import (
     POISON_MARK,
     txn_id,
 )
+from ..approvals.gate import Answer
+from ..approvals.record import Via
 from ..matrix import events as ev
 
 __all__ = [
@@ -86,6 +92,8 @@ __all__ = [
     "POISON_LIMIT",
     "Again",
     "AnswerConfirmation",
+    "ApprovalPrompt",
+    "AskApprovals",
     "Bind",
     "CreateChat",
     "Deliver",
@@ -164,10 +172,22 @@ class RoomFacts:
     confirmations: tuple[PendingConfirmation, ...] = ()
     #: request id -> the event id of its prompt, for reactions.
     prompt_events: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
+    #: The node's approval requests waiting in this room for the event's sender.
+    approvals: tuple[ApprovalPrompt, ...] = ()
     parked: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     rooms_created_last_hour: int = 0
     room_slot_free_at: float | None = None
     members: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalPrompt:
+    """A pending approval request of the node's API (SPEC 7.1), as the room sees it."""
+
+    approval_id: str
+    action: str
+    #: The event id of its prompt, once posted (reactions and replies point at it).
+    prompt_event: str | None
 
 
 # -- what the rules ask for -------------------------------------------------------
@@ -326,6 +346,14 @@ class AnswerConfirmation:
 
 
 @dataclass(frozen=True)
+class AskApprovals:
+    """Hand an answer to the node's approvals actor, the one owner of those
+    decisions; it edits the prompt, or asks "which one?" itself."""
+
+    answer: Answer
+
+
+@dataclass(frozen=True)
 class Deliver:
     """Hand the text to the agent as a turn; ``undeliverable`` ends it if that fails."""
 
@@ -354,6 +382,7 @@ Action = (
     | Unstage
     | Download
     | AnswerConfirmation
+    | AskApprovals
     | Deliver
 )
 
@@ -534,7 +563,42 @@ class RoomRules:
             for pending in facts.confirmations:
                 if facts.prompt_events.get(pending.request_id) == event.target_event_id:
                     return [self._answer(pending, approved, binding)]
+            for prompt in facts.approvals:
+                if prompt.prompt_event is not None and prompt.prompt_event == event.target_event_id:
+                    return [AskApprovals(Answer(event.sender, approved, Via.REACTION, _seconds(event), prompt.approval_id))]
         return [Finish()]
+
+    def _yes_no(self, event: ev.TextMessage, approved: bool, facts: RoomFacts, binding: RoomBinding) -> list[Action]:
+        """``!yes`` / ``!no``: a reply answers the prompt it replies to; a bare
+        one answers the one thing waiting, and with several it asks which (it
+        never guesses)."""
+        if event.reply_to is not None:
+            for pending in facts.confirmations:
+                if facts.prompt_events.get(pending.request_id) == event.reply_to:
+                    return [self._answer(pending, approved, binding)]
+            for prompt in facts.approvals:
+                if prompt.prompt_event == event.reply_to:
+                    return [AskApprovals(Answer(event.sender, approved, Via.COMMAND, _seconds(event), prompt.approval_id))]
+        waiting = [c.action for c in facts.confirmations] + [a.action for a in facts.approvals]
+        if not waiting:
+            return [Finish((Say("reply", "Nothing is waiting for your answer."),))]
+        if len(facts.confirmations) == 1 and not facts.approvals:
+            return [self._answer(facts.confirmations[0], approved, binding)]
+        if facts.approvals and not facts.confirmations:
+            # One or several of the node's requests: its gate decides, or asks.
+            return [AskApprovals(Answer(event.sender, approved, Via.COMMAND, _seconds(event)))]
+        listed = "\n".join(f"{n}. {action}" for n, action in enumerate(waiting, 1))
+        return [
+            Finish(
+                (
+                    Say(
+                        "reply",
+                        f"Several things are waiting for your answer here:\n{listed}\n"
+                        "I did not guess: reply to the one you mean with !yes or !no, or react ✅ / ❌ on it.",
+                    ),
+                )
+            )
+        ]
 
     def _answer(self, pending: PendingConfirmation, approved: bool, binding: RoomBinding) -> AnswerConfirmation:
         verdict = "✅ Approved" if approved else "❌ Refused"
@@ -636,9 +700,7 @@ class RoomRules:
                     Finish((Say("reply", f"Started over: {agent.label} now sees a fresh conversation here."),)),
                 ]
             case cmd.Yes() | cmd.No():
-                if not facts.confirmations:
-                    return reply("Nothing is waiting for your answer.")
-                return [self._answer(facts.confirmations[0], isinstance(command, cmd.Yes), binding)]
+                return self._yes_no(event, isinstance(command, cmd.Yes), facts, binding)
             case cmd.ListStaged():
                 if not facts.staged:
                     return reply("No files are waiting.")
@@ -656,14 +718,14 @@ class RoomRules:
                 return [Unstage((chosen.seq,)), Finish((Say("reply", f"Removed {chosen.filename}."),))]
             case cmd.ShowContext():
                 state = self._unavailable(agent, facts) or "available"
-                pending = facts.confirmations
+                pending = [c.action for c in facts.confirmations] + [a.action for a in facts.approvals]
                 return reply(
                     "\n".join(
                         [
                             f"Agent: {agent.label} ({agent.id}) — {state}",
                             f"Chat id: {binding.chat_id}",
                             f"Waiting files: {', '.join(f.filename for f in facts.staged) or 'none'}",
-                            f"Waiting for your answer: {pending[0].action if pending else 'nothing'}",
+                            f"Waiting for your answer: {'; '.join(pending) if pending else 'nothing'}",
                         ]
                     )
                 )
@@ -672,6 +734,7 @@ class RoomRules:
 
 #: Names of the optional facts (groups of :class:`RoomFacts` fields).
 OWNER_ROOMS, CONFIRMATIONS, STAGED, ROOMS_CREATED = "owner_rooms", "confirmations", "staged", "rooms_created"
+APPROVALS = "approvals"
 
 
 def facts_needed(event: Any) -> frozenset[str]:
@@ -680,7 +743,7 @@ def facts_needed(event: Any) -> frozenset[str]:
     if isinstance(event, (ev.Invite, ev.OtherEvent)):
         return frozenset({OWNER_ROOMS})
     if isinstance(event, ev.Reaction):
-        return frozenset({CONFIRMATIONS})
+        return frozenset({CONFIRMATIONS, APPROVALS})
     if isinstance(event, ev.FileMessage):
         return frozenset({STAGED})
     if isinstance(event, ev.TextMessage):
@@ -690,11 +753,11 @@ def facts_needed(event: Any) -> frozenset[str]:
             case cmd.ListChats():
                 return frozenset({OWNER_ROOMS})
             case cmd.Yes() | cmd.No():
-                return frozenset({CONFIRMATIONS})
+                return frozenset({CONFIRMATIONS, APPROVALS})
             case cmd.ListStaged() | cmd.RemoveStaged():
                 return frozenset({STAGED})
             case cmd.ShowContext():
-                return frozenset({STAGED, CONFIRMATIONS})
+                return frozenset({STAGED, CONFIRMATIONS, APPROVALS})
     return frozenset()
 
 
@@ -812,6 +875,12 @@ def file_staged(filename: str, count: int) -> Say:
 def file_refused(filename: str, reason: str) -> Say:
     """A file that could not be taken: malformed or unfetchable media, unsafe, too big."""
     return Say("file", f"⚠ I could not take {filename!r}: {reason}. Please check the file and send it again.", error=ERROR_FILE)
+
+
+def _seconds(event: ev.RoomEvent) -> float:
+    """When the event was sent (its ``origin_server_ts``), in seconds: an
+    answer counts if it was sent before the deadline (SPEC 7.1)."""
+    return event.origin_server_ts / 1000
 
 
 def _is_group(invite: ev.Invite) -> bool:

@@ -170,10 +170,14 @@ class ScriptedUser:
     def _next_txn(self) -> str:
         return f"user-{self._txn_prefix}-{next(self._txn)}"
 
-    async def say(self, room_id: str, text: str) -> str:
-        """Send a text message; return its event id (sent again, same txn id, while the homeserver is away)."""
+    async def say(self, room_id: str, text: str, *, reply_to: str | None = None) -> str:
+        """Send a text message (in reply to ``reply_to``); return its event id
+        (sent again, same txn id, while the homeserver is away)."""
         txn = self._next_txn()
-        return await self._through_outages(lambda: self.client.send(room_id, "m.room.message", contents.text(text), txn))
+        content = contents.text(text)
+        if reply_to is not None:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        return await self._through_outages(lambda: self.client.send(room_id, "m.room.message", content, txn))
 
     async def react(self, room_id: str, event_id: str, key: str) -> str:
         return await self.client.react(room_id, event_id, key, self._next_txn())

@@ -27,7 +27,7 @@ from ..approvals.api import approval_routes
 from ..approvals.callbacks import Poke, callback_actor
 from ..approvals.matrix_views import MatrixViews
 from ..approvals.store import ApprovalStore
-from ..bot.actors.services import AGENTS_PATH, BotServices
+from ..bot.actors.services import AGENTS_PATH, APPROVALS_PATH, BotServices
 from ..runtime.context import ActorContext
 from ..runtime.errors import ActorError
 from ..runtime.registry import Registry
@@ -39,9 +39,8 @@ from .health import AgentHealth, Facts
 from .http import http_actor
 from .metrics import NodeMetrics, Snapshot
 
-__all__ = ["APPROVALS_PATH", "NodeParts", "open_approval_store"]
+__all__ = ["NodeParts", "open_approval_store"]
 
-APPROVALS_PATH = "node/approvals"
 CALLBACKS_PATH = "node/approval-callbacks"
 
 
@@ -67,9 +66,10 @@ class NodeParts:
     registry: Registry | None = None
 
     @classmethod
-    def build(cls, bot: BotServices, config: NodeConfig, database: Path, listen: Listen | None) -> NodeParts:
-        approvals = open_approval_store(database)
-        parts = cls(bot, approvals, NodeApi(config, NodeMetrics(), lambda: parts.facts()), listen)
+    def build(cls, bot: BotServices, config: NodeConfig, listen: Listen | None) -> NodeParts:
+        """``bot.approvals`` is the store the rooms read (see :func:`open_approval_store`)."""
+        assert bot.approvals is not None
+        parts = cls(bot, bot.approvals, NodeApi(config, NodeMetrics(), lambda: parts.facts()), listen)
         parts.api.metrics.watch(parts.snapshot)
         return parts
 

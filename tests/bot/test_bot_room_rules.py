@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lambda_actors.approvals.gate import Answer
+from lambda_actors.approvals.record import Via
 from lambda_actors.bot import room_rules as r
 from lambda_actors.bot.actors.services import ERROR_KEY, POISON_MARK
 from lambda_actors.bot.commands import HELP_TEXT
@@ -217,10 +219,56 @@ def test_a_reaction_on_the_prompt_answers_the_confirmation():
     assert rules().handle(ev.Reaction("$r", ROOM, ALICE, 1, "🎉", "$prompt"), facts, NOW) == [r.Finish()]
 
 
-def test_yes_and_no_answer_the_oldest_pending_confirmation_or_say_nothing_waits():
+def test_yes_and_no_answer_the_one_pending_confirmation_or_say_nothing_waits():
     assert finish_bodies(rules().handle(text("!yes"), FACTS, NOW)) == ["Nothing is waiting for your answer."]
     [answer] = rules().handle(text("!no"), replace(FACTS, confirmations=(PENDING,)), NOW)
     assert answer.approved is False and answer.request_id == PENDING.request_id
+
+
+APPROVAL = r.ApprovalPrompt("apr_1", "deploy", "$approval-prompt")
+OTHER_APPROVAL = r.ApprovalPrompt("apr_2", "drop the table", "$other-prompt")
+
+
+def reply(body: str, to: str) -> ev.TextMessage:
+    return ev.TextMessage("$t", ROOM, ALICE, 1_700_000_000_500, "m.text", body, reply_to=to)
+
+
+def test_a_reaction_on_an_approval_prompt_goes_to_the_nodes_gate_with_its_send_time():
+    facts = replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL))
+    [ask] = rules().handle(ev.Reaction("$r", ROOM, ALICE, 1_700_000_000_500, "❌", "$other-prompt"), facts, NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, False, Via.REACTION, 1_700_000_000.5, "apr_2"))
+
+
+def test_a_yes_in_reply_to_a_prompt_answers_that_prompt_whatever_else_waits():
+    facts = replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL), confirmations=(PENDING,), prompt_events={PENDING.request_id: "$prompt"})
+    [ask] = rules().handle(reply("!yes", "$approval-prompt"), facts, NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, True, Via.COMMAND, 1_700_000_000.5, "apr_1"))
+    [answer] = rules().handle(reply("!no", "$prompt"), facts, NOW)
+    assert isinstance(answer, r.AnswerConfirmation) and answer.approved is False
+
+
+def test_a_bare_yes_with_only_approvals_waiting_lets_the_gate_decide_or_ask():
+    [ask] = rules().handle(text("!yes"), replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL)), NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, True, Via.COMMAND, 0.001, None))
+
+
+@pytest.mark.parametrize(
+    "waiting",
+    [
+        {"confirmations": (PENDING,), "approvals": (APPROVAL,)},
+        {"confirmations": (PENDING, replace(PENDING, request_id="agent-0:req2", action="rename y"))},
+    ],
+)
+def test_a_bare_yes_with_several_things_waiting_lists_them_and_decides_nothing(waiting):
+    actions = rules().handle(text("!yes"), replace(FACTS, **waiting), NOW)
+    [body] = finish_bodies(actions)
+    assert "I did not guess" in body and "1. delete x" in body and "2. " in body
+    assert not any(isinstance(a, (r.AnswerConfirmation, r.AskApprovals)) for a in actions)
+
+
+def test_context_lists_everything_waiting_for_an_answer():
+    [body] = finish_bodies(rules().handle(text("!context"), replace(FACTS, confirmations=(PENDING,), approvals=(APPROVAL,)), NOW))
+    assert "Waiting for your answer: delete x; deploy" in body
 
 
 # -- 9. files -----------------------------------------------------------------------------------

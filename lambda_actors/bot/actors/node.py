@@ -62,7 +62,7 @@ from ...runtime.spec import ChildSpec, SupervisorSpec
 from ...runtime.supervision_config import SupervisionConfig
 from ...runtime.supervisor import Supervisor, serve_supervisor
 from ...node.config import Listen, NodeConfig
-from ...node.tree import NodeParts
+from ...node.tree import NodeParts, open_approval_store
 from .control import serve_control
 from .outbox import outbox_actor
 from .services import BotServices, Timing
@@ -199,12 +199,13 @@ async def run_bot(
         if mask is not None:
             mask.add(token)
         async with MatrixClient(settings.homeserver, access_token=token, user_id=user_id, device_id=device_id) as client:
-            bot = BotServices(store, client, agents, user_id, timing, faults=faults)
             if http is not None:
                 # Checked last before the tree starts: a port taken is exit 5,
                 # after the homeserver and the credentials had their say.
                 check_listen(http)
-            parts = None if node is None else NodeParts.build(bot, node, data_dir / DATABASE_FILE, http)
+            approvals = None if node is None else open_approval_store(data_dir / DATABASE_FILE)
+            bot = BotServices(store, client, agents, user_id, timing, faults=faults, approvals=approvals)
+            parts = None if node is None else NodeParts.build(bot, node, http)
             async with trio.open_nursery() as nursery:
                 sup = await nursery.start(serve_node, bot, supervision, parts)
                 if control_socket is not None:

@@ -48,10 +48,13 @@ from typing import Any
 
 import trio
 
+from ...approvals.gate import Answer, Ignored
+from ...approvals.matrix_views import prompt_txn
+from ...approvals.messages import Answered
 from ...matrix import events as ev
 from ...matrix.errors import HomeserverUnavailable, InvalidToken, MatrixError, MatrixFailure, MediaTooLarge, RateLimited
 from ...runtime.context import ActorContext
-from ...runtime.errors import ActorError
+from ...runtime.errors import ActorError, CallError
 from ...runtime.monitors import Down
 from ...runtime.state import Status
 from .. import room_rules as rules
@@ -59,7 +62,16 @@ from ..files import UnsafeAgentFile, remove_incoming, save_incoming
 from ..store import InboxEvent, OutboxItem, RoomBinding
 from .connection import connection_address
 from .outbox import tell_outbox
-from .services import AGENTS_PATH, BINDING_STATE, SPACE_STATE, BotServices, notice, quietly
+from .services import (
+    AGENTS_PATH,
+    APPROVALS_PATH,
+    BINDING_STATE,
+    ERROR_UNDELIVERABLE,
+    SPACE_STATE,
+    BotServices,
+    notice,
+    quietly,
+)
 from .turns import ConfirmAnswer, Deliver, TurnDone
 
 #: Marks an invitation in the inbox (invites have no timeline event of their own).
@@ -178,6 +190,12 @@ class _Room:
             changes["confirmations"] = confirmations
             if isinstance(event, ev.Reaction):
                 changes["prompt_events"] = {c.request_id: store.sent_event_id(c.prompt_txn) for c in confirmations}
+        if rules.APPROVALS in needed and self.bot.approvals is not None:
+            changes["approvals"] = tuple(
+                rules.ApprovalPrompt(r.id, r.action, store.sent_event_id(prompt_txn(r.id)))
+                for r in self.bot.approvals.pending()
+                if r.room_id == self.room_id and r.approver == getattr(event, "sender", None)
+            )
         if rules.STAGED in needed:
             changes["staged"] = tuple(store.staged(self.room_id))
             changes["staged_bytes"] = store.staged_bytes(self.room_id)
@@ -280,6 +298,8 @@ class _Room:
                     await self._unstage(seqs)
                 case rules.Download():
                     await self._download(item, action)
+                case rules.AskApprovals(answer=answer):
+                    await self._ask_approvals(item, answer)
                 case rules.AnswerConfirmation():
                     await self._answer_confirmation(item, action)
                 case rules.Deliver():
@@ -404,6 +424,23 @@ class _Room:
             # Its connection is gone, and with it the turn that asked.
             self.ctx.log.info("room.confirmation_for_a_gone_connection", request_id=action.request_id)
         await self._finish(item.event_id, [self._notice(item, action.say)])
+
+    async def _ask_approvals(self, item: InboxEvent, answer: Answer) -> None:
+        """The node's approvals actor judges the answer (and edits the prompt,
+        or asks which one); the event is handled once it has."""
+        try:
+            # A call, but it cannot block a loop serving others: the approvals
+            # actor never calls rooms back, and this room serves only itself.
+            verdict = await self.ctx.registry.lookup(APPROVALS_PATH).call(Answered(self.room_id, item.event_id, answer))
+        except (ActorError, CallError):
+            say = rules.Say("reply", _ANSWER_NOT_RECORDED, error=ERROR_UNDELIVERABLE)
+            await self._finish(item.event_id, [self._notice(item, say)])
+            return
+        if verdict == Ignored("too late"):
+            await self._finish(item.event_id, [self._notice(item, rules.Say("reply", _TOO_LATE))])
+            return
+        self.ctx.log.info("room.approval_answer", verdict=type(verdict).__name__, event_id=item.event_id)
+        await self._finish(item.event_id)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -573,3 +610,6 @@ async def _quiet_state(client: Any, room_id: str, event_type: str) -> Any:
     except MatrixError:
         return None
 
+
+_ANSWER_NOT_RECORDED = "⚠ I could not record your answer just now; please answer again in a moment."
+_TOO_LATE = "That request expired before your answer: no answer by its deadline means no."

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable
 
 from ..config import AgentsConfig
+from ...approvals.store import ApprovalStore
 from ..store import OutboxItem, Store
 from ...matrix import content as contents
 from ...matrix.client import MatrixClient
@@ -30,6 +31,8 @@ SPACE_STATE = "org.lambda.space"
 OUTBOX_PATH = "node/outbox"
 AGENTS_PATH = "node/agents"
 ROOMS_PATH = "node/rooms"
+#: The node's approvals actor (lambda_actors/node/tree.py), when the node runs it.
+APPROVALS_PATH = "node/approvals"
 
 #: Content key naming the user message an answer or notice belongs to.
 SOURCE_KEY = "org.lambda.source"
@@ -109,6 +112,9 @@ class BotServices:
     timing: Timing = Timing()
     #: Injected faults (chaos runs and tests only; empty in production).
     faults: frozenset[str] = frozenset()
+    #: The node's approval records, when the node runs its approvals (rooms
+    #: read which requests wait for an answer in them; None: none ever do).
+    approvals: ApprovalStore | None = None
 
 
 def txn_id(kind: str, *cause: str) -> str:
