@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             chosen.add_arguments(sub)
     args = parser.parse_args(argv)
+    assert chosen is not None  # the sub-command is required, so argparse exited without one
     return int(chosen.run(args) or 0)
 
 

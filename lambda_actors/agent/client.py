@@ -437,7 +437,7 @@ async def _upgrade(
     try:
         with trio.fail_at(deadline):
             return await trio_websocket.wrap_client_stream(
-                nursery, stream, host_header, resource, max_message_size=max_frame_size  # type: ignore[arg-type]
+                nursery, stream, host_header, resource, max_message_size=max_frame_size  # type: ignore[arg-type]  # trio-websocket types stream as SocketStream; SSLStream works too
             )
     except trio.TooSlowError:
         # trio-websocket also ends up here when the TCP connection dies
@@ -456,7 +456,8 @@ async def _await_status(
                 error = _closed_error(url, exc.reason, max_frame_size, mid_answer=False)
                 if isinstance(error, FrameTooLarge):
                     raise error from None
-                raise NoStatus(url, f"the agent closed the socket before sending STATUS ({error.code})") from None
+                code = error.code if isinstance(error, AgentClosed) else None
+                raise NoStatus(url, f"the agent closed the socket before sending STATUS (close code {code})") from None
             frame = protocol.parse_frame(data, max_size=max_frame_size)
             if isinstance(frame, Status):
                 return frame
@@ -479,7 +480,7 @@ def _reraise_from_group(
     exception of trio-websocket's reader task (which runs in the nursery)
     becomes one of ours.
     """
-    found = leaves(group)
+    found: list[BaseException] = leaves(group)
     if body_error is not None and any(exc is body_error for exc in found):
         context = body_error.__context__
         try:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -342,7 +342,7 @@ def _error(frame: Mapping[str, Any]) -> AgentError:
     )
 
 
-_AGENT_PARSERS = {
+_AGENT_PARSERS: dict[str, Callable[[dict[str, Any]], AgentFrame]] = {
     _STATUS: _status,
     _TEXT_CHUNK: lambda f: TextChunk(text=_required_str(f, "text")),
     _TOOL_CALL_CHUNK: _tool_call,
@@ -389,7 +389,7 @@ def _confirm_response(frame: Mapping[str, Any]) -> ConfirmResponse:
     return ConfirmResponse(request_id=_required_str(frame, "request_id"), approved=approved)
 
 
-_CLIENT_PARSERS = {_USER_MESSAGE: _user_message, _CONFIRM_RESPONSE: _confirm_response}
+_CLIENT_PARSERS: dict[str, Callable[[dict[str, Any]], ClientFrame]] = {_USER_MESSAGE: _user_message, _CONFIRM_RESPONSE: _confirm_response}
 
 
 def parse_client_frame(data: object, *, max_size: int = MAX_FRAME_SIZE) -> ClientFrame:

@@ -473,7 +473,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (item.txn_id, item.room_id, item.event_type, json.dumps(item.content), item.replaces_txn, now),
             )
-            if cursor.rowcount:
+            if cursor.rowcount and cursor.lastrowid is not None:  # a row was inserted: it has a rowid
                 queued.append(
                     OutboxItem(cursor.lastrowid, item.txn_id, item.room_id, item.event_type, item.content, item.replaces_txn)
                 )
@@ -542,7 +542,8 @@ class Store:
         """
         with self._transaction() as db:
             cursor = db.execute("INSERT INTO chat_ids (room_id) VALUES (?)", (room_id,))
-            return int(cursor.lastrowid)
+            assert cursor.lastrowid is not None  # an INSERT always sets it
+            return cursor.lastrowid
 
     def ensure_chat_id_above(self, chat_id: int) -> None:
         """Make the sequence continue above ``chat_id`` (rebuilding from Matrix:

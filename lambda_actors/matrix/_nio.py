@@ -81,7 +81,7 @@ def parse(response_class: type[R], body: Any, *args: Any, status: int = 200) -> 
     its schema; a 2xx body that does not match is a homeserver we do not
     understand, which the caller must hear about.
     """
-    result = response_class.from_dict(body if isinstance(body, dict) else {}, *args)  # type: ignore[attr-defined]
+    result = response_class.from_dict(body if isinstance(body, dict) else {}, *args)  # type: ignore[attr-defined]  # every nio Response class has from_dict; the base is untyped
     if isinstance(result, nio.responses.ErrorResponse):
         errcode = result.status_code if isinstance(result.status_code, str) else "M_BAD_JSON"
         raise MatrixError(

@@ -14,6 +14,7 @@ requests in flight finish, for up to ``graceful_timeout`` seconds.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
@@ -48,7 +49,10 @@ async def http_actor(
                 stopping.set()
 
         nursery.start_soon(until_stopped)
-        binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stopping.wait))
+        # hypercorn types its app parameter with its own ASGI TypedDicts,
+        # starlette with plain mappings: the same protocol, spelt twice.
+        framework = cast(Any, app)
+        binds = await nursery.start(partial(serve, framework, config, shutdown_trigger=stopping.wait))
         api.urls = list(binds)
         api.listening.set()
         ctx.log.info("http.listening", on=binds)

@@ -42,7 +42,7 @@ class Request(Generic[T]):
     def __init__(self, msg: T) -> None:
         self.msg = msg
         self._caller: trio.lowlevel.Task | None = None
-        self._result: outcome.Outcome | None = None
+        self._result: outcome.Outcome[T] | None = None
         self._state = _PENDING
         # The in-flight set of the incarnation that took this request, so an
         # answered request leaves it and a crash can fail what is left.
@@ -70,7 +70,7 @@ class Request(Generic[T]):
         """Make the caller's ``call`` raise ``exc``."""
         self._settle(outcome.Error(exc))
 
-    def _settle(self, result: outcome.Outcome) -> None:
+    def _settle(self, result: outcome.Outcome[T]) -> None:
         state = self._state
         if state != _PENDING:
             if state == _ABANDONED:

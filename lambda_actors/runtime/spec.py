@@ -7,6 +7,7 @@ built, so a bad one fails where it is written, not when it first crashes.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ ActorFn = Callable[..., Awaitable[None]]
 
 _CHILD_FIELDS = ("restart", "shutdown", "backoff", "mailbox_capacity", "overflow", "call_timeout")
 _SUP_FIELDS = ("strategy", "intensity", "period", "on_exhausted", "cool_down")
-_ENUMS: dict[str, type] = {
+_ENUMS: dict[str, type[enum.Enum]] = {
     "restart": Restart, "overflow": Overflow, "strategy": Strategy, "on_exhausted": OnExhausted,
 }
 

@@ -23,6 +23,7 @@ field by field. Everything wrong in the file is reported at once, in one
 
 from __future__ import annotations
 
+import enum
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ __all__ = ["SupervisionConfig", "SupervisionConfigError", "load_supervision_conf
 
 _EMPTY: Mapping[str, Any] = {}
 
-_ENUM_KEYS: dict[str, type] = {
+_ENUM_KEYS: dict[str, type[enum.Enum]] = {
     "restart": Restart, "overflow": Overflow, "strategy": Strategy, "on_exhausted": OnExhausted,
 }
 _SECONDS_OR_INFINITY = {"shutdown", "call_timeout"}
@@ -119,8 +120,8 @@ def parse_supervision_config(text: str, source: str = "supervision.toml") -> Sup
     problems: list[tuple[str, str]] = []
     defaults: Mapping[str, Any] = _EMPTY
     entries: dict[tuple[str, ...], Mapping[str, Any]] = {}
-    for key, value in data.items():
-        if key == "defaults":
+    for name, value in data.items():
+        if name == "defaults":
             if not isinstance(value, dict):
                 problems.append(("defaults", "must be a table: write [defaults]"))
                 continue
@@ -130,9 +131,9 @@ def parse_supervision_config(text: str, source: str = "supervision.toml") -> Sup
                                  "put per-path settings in their own table, e.g. [node.store]"))
             defaults = layer
         elif isinstance(value, dict):
-            _walk(value, (key,), entries, problems)
+            _walk(value, (name,), entries, problems)
         else:
-            problems.append((key, _unknown_key_hint(key)))
+            problems.append((name, _unknown_key_hint(name)))
     # Every value judged by the one validation (Policy.problems), with what
     # the file set around it, whatever else is wrong: each mistake once, at once.
     base = Policy().merged(defaults)

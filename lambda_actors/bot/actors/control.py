@@ -148,8 +148,12 @@ async def serve_control(
     listener = trio.SocketListener(sock)
     log.info("control.listening", path=str(path))
     task_status.started()
+
+    async def session(stream: trio.SocketStream) -> None:
+        await _session(stream, root, store)
+
     try:
-        await trio.serve_listeners(lambda stream: _session(stream, root, store), [listener])
+        await trio.serve_listeners(session, [listener])
     finally:
         with trio.CancelScope(shield=True):
             path.unlink(missing_ok=True)

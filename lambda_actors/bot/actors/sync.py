@@ -99,7 +99,8 @@ async def fill_gaps(ctx: Any, bot: BotServices, body: dict[str, Any]) -> list[tu
         if membership != "join" or not timeline.limited or timeline.prev_batch is None:
             continue
         older: list[dict[str, Any]] = []
-        start, pages = timeline.prev_batch, 0
+        start: str | None = timeline.prev_batch
+        pages = 0
         while start and pages < bot.timing.backfill_pages:
             page = await bot.client.messages(room_id, start=start, direction="b", limit=100)
             pages += 1
@@ -108,7 +109,8 @@ async def fill_gaps(ctx: Any, bot: BotServices, body: dict[str, Any]) -> list[tu
             older.extend(chunk if known is None else chunk[:known])
             if known is not None or not chunk:
                 break
-            start = page.get("end")
+            end = page.get("end")
+            start = end if isinstance(end, str) else None  # no "end": the start of the room
         else:
             if start:
                 ctx.log.warning("sync.gap_too_large", room_id=room_id, pages=pages, events=len(older))
