@@ -171,7 +171,11 @@ class _Gate:
         return verdict
 
     async def expire_due(self) -> None:
-        for record in expire_due(self.store.pending(), self.clock()):
+        now = self.clock()
+        first = self.store.next_expiry()
+        if first is None or first > now:
+            return  # the common case: one indexed query, no scan
+        for record in expire_due(self.store.pending(), now):
             await self.move(record)
 
     async def move(self, decided: Approval) -> Approval:
@@ -185,6 +189,8 @@ class _Gate:
         return decided
 
     def answer_waiters(self) -> None:
+        if not self.waiting:
+            return
         now = self.clock()
         for approval_id in list(self.waiting):
             record = self.store.get(approval_id)
