@@ -572,6 +572,23 @@ class ChaosReport:
         ]
 
 
+def answered_twice(seen: AnswerSeen, tag: str) -> bool:
+    """Whether the user saw two answers to message ``tag``.
+
+    A long answer is posted in parts, and a notice may come first (an agent
+    removed): only a second message that starts the answer again, or a
+    second one marked done, is a second answer.
+    """
+    starts = [root for root in seen.answer_roots if seen.roots[root].startswith(f"echo: {tag}")]
+    return len(starts) > 1 or len(seen.done_roots) > 1
+
+
+def shows_foreign_text(seen: AnswerSeen, tag: str) -> bool:
+    """Whether the answer to ``tag`` shows text from no answer of it: another
+    message's tag, or frames an agent flooded after its END."""
+    return any(FLOOD_TEXT in body or any(t != tag for t in _TAG.findall(body)) for body in seen.roots.values())
+
+
 def percentile(values: list[float], fraction: float) -> float | None:
     """Nearest-rank percentile (``fraction`` 0.99 for p99); None for no values."""
     if not values:
@@ -1195,13 +1212,8 @@ class ChaosRun:
         for s in self.sent:
             seen = self.users[s.user].watcher.by_source.get(s.event_id, AnswerSeen())
             runs = deliveries.get(s.tag, [])
-            # A long answer is posted in parts: only a second part that starts
-            # the answer again (or a second "done") is a second answer.
-            starts = [r for r in seen.answer_roots if seen.roots[r].startswith(f"echo: {s.tag}")]
-            seen_twice = len(starts) > 1 or len(seen.done_roots) > 1
-            # Text that belongs to no answer of this message: another message's
-            # tag, or the frames an agent floods after its END.
-            if any(FLOOD_TEXT in body or any(t != s.tag for t in _TAG.findall(body)) for body in seen.roots.values()):
+            seen_twice = answered_twice(seen, s.tag)
+            if shows_foreign_text(seen, s.tag):
                 report.foreign_tags.append(s.tag)
             delivered_twice = len(set(runs)) < len(runs)
             report.duplicated_seen_by_user += seen_twice

@@ -11,7 +11,16 @@ import json
 from pathlib import Path
 
 from lambda_actors.bot.actors.services import DONE_KEY, ERROR_AGENT_REMOVED, ERROR_KEY, SOURCE_KEY
-from lambda_actors.loopback.chaos import ChaosOptions, Watcher, agent_parks, expected_echo, read_bot_log
+from lambda_actors.loopback.chaos import (
+    AnswerSeen,
+    ChaosOptions,
+    Watcher,
+    agent_parks,
+    answered_twice,
+    expected_echo,
+    read_bot_log,
+    shows_foreign_text,
+)
 from lambda_actors.loopback.profiles import CHAOS, LOOPBACK
 from lambda_actors.loopback.user import Seen
 from lambda_actors.runtime.supervision_config import load_supervision_config
@@ -108,3 +117,17 @@ def test_options_refuse_homeserver_outages_that_would_fill_the_phase():
 def test_the_expected_echo_leaves_out_every_token_the_poison_mark_included():
     assert expected_echo("m-u01-p000 supervisor park [[poison]]") == "echo: m-u01-p000 supervisor park"
     assert expected_echo("m-u01-c003 hi [[slow]]") == "echo: m-u01-c003 hi"
+
+
+def test_a_long_answer_in_parts_is_one_answer_and_a_restarted_answer_is_two():
+    parts = AnswerSeen(roots={"$1": "echo: m-u01-c002 a long", "$2": " answer, continued"}, done_roots={"$2"})
+    assert not answered_twice(parts, "m-u01-c002")
+    again = AnswerSeen(roots={"$1": "echo: m-u01-c002 a lo", "$2": "echo: m-u01-c002 a long answer"}, done_roots={"$2"})
+    assert answered_twice(again, "m-u01-c002")
+    assert answered_twice(AnswerSeen(roots={"$1": "x", "$2": "y"}, done_roots={"$1", "$2"}), "m-u01-c002")
+
+
+def test_flooded_frames_or_another_messages_echo_are_foreign_text():
+    assert shows_foreign_text(AnswerSeen(roots={"$1": " (flood) (flood)"}), "m-u07-c008")
+    assert shows_foreign_text(AnswerSeen(roots={"$1": "echo: m-u07-c007 earlier"}), "m-u07-c008")
+    assert not shows_foreign_text(AnswerSeen(roots={"$1": "echo: m-u02-f0001 flood"}), "m-u02-f0001")
