@@ -72,8 +72,13 @@ async def sync_actor(ctx: Any, bot: BotServices) -> None:
     for room_id in store.rooms_with_unhandled():
         wake_room(ctx, bot, room_id)
     next_compaction = trio.current_time()
+    # The first sync of a run does not wait: it catches up with what came
+    # while the bot was away at once, and tells /healthz that the homeserver
+    # answers; the long-poll starts from the second.
+    timeout_ms = 0
     while True:
-        body = await client.sync(token, timeout_ms=bot.timing.sync_timeout_ms, filter_id=filter_id)
+        body = await client.sync(token, timeout_ms=timeout_ms, filter_id=filter_id)
+        timeout_ms = bot.timing.sync_timeout_ms
         entries = list(inbox_entries(body, bot.user_id, first_sync=token is None))
         if token is not None:
             entries = [*await fill_gaps(ctx, bot, body), *entries]
