@@ -20,17 +20,21 @@ Synapse's files live on tmpfs (``/dev/shm``) while it runs, as in the chaos
 run: Synapse on SQLite waits for every commit to reach the disk, and on a
 shared VM's disk that makes every send of the suite wait for it. After the
 session its directory (log included) is moved under pytest's temporary
-directory with the rest.
+directory with the rest; one left on tmpfs by a killed session is removed
+by a later session once it is an hour old and its Synapse is gone.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -53,7 +57,11 @@ def _run_synapse(
 ) -> Iterator[Homeserver]:
     kept = tmp_path_factory.mktemp(name)
     shm = "/dev/shm"
-    directory = tempfile.mkdtemp(prefix=f"lambda-actors-test-{name}-", dir=shm) if os.access(shm, os.W_OK) else str(kept)
+    if os.access(shm, os.W_OK):
+        _remove_stale(Path(shm))
+        directory = tempfile.mkdtemp(prefix=f"{_SHM_PREFIX}{name}-", dir=shm)
+    else:
+        directory = str(kept)
     try:
         server = start_synapse(directory, rate_limits=rate_limits)
         try:
@@ -64,6 +72,27 @@ def _run_synapse(
         if directory != str(kept):
             shutil.rmtree(kept)
             shutil.move(directory, kept)
+
+
+_SHM_PREFIX = "lambda-actors-test-"
+#: A directory on tmpfs older than this whose Synapse is not running was left
+#: by a test session that was killed (no teardown ran): its RAM is freed.
+_STALE_AFTER = 3600.0
+
+
+def _remove_stale(shm: Path) -> None:
+    """Remove Synapse directories of killed sessions (never one whose Synapse still runs)."""
+    for directory in shm.glob(f"{_SHM_PREFIX}*"):
+        try:
+            if time.time() - directory.stat().st_mtime < _STALE_AFTER:
+                continue  # perhaps a session starting right now
+            state = directory / "synapse.json"
+            pid = int(json.loads(state.read_text())["pid"]) if state.exists() else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid is not None and Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
