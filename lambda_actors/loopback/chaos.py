@@ -123,11 +123,11 @@ from .user import ScriptedUser
 
 __all__ = ["ChaosOptions", "ChaosReport", "add_arguments", "run", "run_chaos"]
 
-#: A restarted bot answers on its control socket before its first sync has
-#: replayed what its predecessor left unhandled; latency samples sent this
-#: soon after are still counted as "during the outage" (measured: messages
-#: sent from the moment the control socket answers are answered as fast as
-#: any other, so the margin only covers the replay itself).
+#: An outage (the bot's or the homeserver's) lasts, for the latency figures,
+#: until the backlog it left is answered: the last message sent while it was
+#: down. Messages sent before then wait behind that backlog whatever their
+#: room, so they are counted "during the outage" and reported apart. Samples
+#: sent this soon after that end are counted in it too.
 OUTAGE_MARGIN = 1.0
 #: A patient user waits at most this long for the previous answer in a room.
 PATIENCE_LIMIT = 90.0
@@ -1204,7 +1204,17 @@ class ChaosRun:
             recovered.append(back if first is None else first)
             report.homeserver_down_s.append(round(back - stop, 1))
             report.homeserver_recovered_s.append(None if first is None else round(first - back, 1))
-        homeserver_windows = [(stop, end) for (stop, _), end in zip(self.homeserver_windows, recovered)]
+        def drained(stop: float, back: float) -> float:
+            # An outage lasts until its backlog is answered: a message sent
+            # before the last one sent while it was down has been answered
+            # waits behind that backlog, whatever room it is in.
+            dones = [self.users[s.user].watcher.by_source.get(s.event_id, AnswerSeen()).done_at
+                     for s in self.sent if stop <= s.sent_at <= back]
+            return max((t for t in dones if t is not None), default=back)
+
+        homeserver_windows = [(stop, max(end, drained(stop, back)))
+                              for (stop, back), end in zip(self.homeserver_windows, recovered)]
+        bot_windows = [(killed, max(back, drained(killed, back))) for killed, back in self.outages]
         retired_rooms = {s.room_id for s in self.sent if self.retire_plan and s.agent == self.retire_plan[0]}
         kinds: dict[str, int] = {}
         calm, untouched, untouched_all, untouched_homeserver, touched = [], [], [], [], []
@@ -1222,7 +1232,7 @@ class ChaosRun:
             if seen_twice or delivered_twice:
                 report.duplicated_tags.append(s.tag)
             bot_outage = any(s.sent_at <= back + OUTAGE_MARGIN and (seen.done_at or math.inf) >= killed
-                             for killed, back in self.outages)
+                             for killed, back in bot_windows)
             homeserver_outage = any(s.sent_at <= end + OUTAGE_MARGIN and (seen.done_at or math.inf) >= stop
                                     for stop, end in homeserver_windows)
             record: dict[str, Any] = {
