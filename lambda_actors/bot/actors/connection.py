@@ -35,8 +35,7 @@ The rules of the connection itself:
    (:class:`~lambda_actors.agent.client.TooManyFrames`) and the next turn
    reconnects. Frames just after an answer's ``END`` get ``late_frame_grace``
    to arrive before the next message is sent, so they are not taken for its
-   answer; an agent still sending past that grace gets the next message on
-   a fresh socket, which carries none of the old one's frames.
+   answer.
 6. **Idle connections close** after ``connection_idle_close`` with no turn;
    the actor then exits (it is transient).
 """
@@ -162,8 +161,6 @@ class _Connection:
         self.deliver: Deliver | None = None
         #: When the last answer ended (Trio clock), for the late-frame grace.
         self.ended_at = -math.inf
-        #: When the socket last sent a frame while no answer was open.
-        self.late_at = -math.inf
         self.stopping = False
         self.socket_gone = False
         self.nursery: trio.Nursery
@@ -238,7 +235,6 @@ class _Connection:
     async def _serve(self, conn: AgentConnection) -> None:
         """Serve turns on one open socket until it is idle, gone between answers, or we stop."""
         error: AgentConnectionError | None = None
-        self.late_at = -math.inf
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_frames, conn)
             try:
@@ -247,13 +243,6 @@ class _Connection:
                     await trio.sleep_until(self.ended_at + self.timing.late_frame_grace)
                     self._take_ready(conn)
                     if self.socket_gone or self.stopping or not len(self.deliveries):
-                        break
-                    if self.late_at > self.ended_at + self.timing.late_frame_grace:
-                        # Still talking past the grace after its END: what it
-                        # sends next would read as the next answer. The next
-                        # message goes on a fresh socket, which has none of it.
-                        self.ctx.log.info("connection.fresh_socket", agent=self.agent.id, chat_id=self.chat_id)
-                        self.socket_gone = True
                         break
                     await self._run_turn(conn, self.deliveries.take())
                     if self.stopping:
@@ -313,7 +302,6 @@ class _Connection:
         try:
             async for frame in conn:
                 if isinstance(frame, Late):
-                    self.late_at = trio.current_time()
                     if self.outside.frame():
                         error = TooManyFrames(
                             conn.url,
