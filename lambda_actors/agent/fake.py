@@ -114,6 +114,8 @@ MODES: dict[str, str] = {
     "flood": "after END, send frames without pause until the socket is closed",
 }
 
+#: USER_MESSAGEs one socket may have waiting for their answer.
+_MAX_QUEUED = 16
 _TOKEN = re.compile(r"\[\[([a-z][a-z-]*)(?::([^\[\]\s]*))?\]\]")
 _SPACED_TOKEN = re.compile(r"[ \t]*" + _TOKEN.pattern)
 _ESCAPING_PATH = "../../../../etc/passwd"
@@ -433,7 +435,9 @@ class FakeAgent:
 
     async def _converse(self, session: _Session) -> None:
         silent = bool(self._take(session.chat_id, lambda mode: mode == "no-status"))
-        send_message, messages = trio.open_memory_channel[UserMessage](math.inf)
+        # Bounded: the bot sends one message at a time per chat; a client
+        # that queues more than this is hung up on, as a real agent would.
+        send_message, messages = trio.open_memory_channel[UserMessage](_MAX_QUEUED)
         async with trio.open_nursery() as nursery:
             if not silent:
                 await self._send_or_hang_up(session, Status(state="ready", chat_id=session.chat_id))
@@ -445,7 +449,11 @@ class FakeAgent:
                     self.received.append(Received(session.chat_id, session.number, frame))
                     self._notify()
                     if isinstance(frame, UserMessage):
-                        send_message.send_nowait(frame)
+                        try:
+                            send_message.send_nowait(frame)
+                        except trio.WouldBlock:
+                            log.warning("fake_agent.too_many_queued", chat_id=session.chat_id, limit=_MAX_QUEUED)
+                            break
                     elif isinstance(frame, ConfirmResponse):
                         session.decide(frame)
             except trio_websocket.ConnectionClosed:

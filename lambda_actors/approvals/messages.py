@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .gate import Answer
 from .request import ApprovalRequest
 
-__all__ = ["Answered", "Cancel", "Conflict", "Read", "Submit", "Unservable"]
+__all__ = ["Answered", "Cancel", "Conflict", "NotFound", "Read", "Submit", "Unservable"]
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,9 @@ class ApprovalStore:
         self._db = db
         db.executescript(SCHEMA)
 
+    def close(self) -> None:
+        self._db.close()
+
     # -- records --------------------------------------------------------------------
 
     def create(self, record: Approval, signing_key: str | None = None) -> tuple[Approval, bool]:

@@ -62,6 +62,7 @@ from ...runtime.spec import ChildSpec, SupervisorSpec
 from ...runtime.supervision_config import SupervisionConfig
 from ...runtime.supervisor import Supervisor, serve_supervisor
 from ...node.config import Listen, NodeConfig
+from ...approvals.store import ApprovalStore
 from ...node.tree import NodeParts, open_approval_store
 from .control import serve_control
 from .outbox import outbox_actor
@@ -184,6 +185,7 @@ async def run_bot(
     if control_socket is not None:
         check_control_socket(Path(control_socket))
     store = open_store(data_dir)
+    approvals: ApprovalStore | None = None
     try:
         # Rooms bound to an agent agents.yaml no longer has: one line here;
         # each room tells its owner on their next message (room_rules, rule 7).
@@ -203,7 +205,8 @@ async def run_bot(
                 # Checked last before the tree starts: a port taken is exit 5,
                 # after the homeserver and the credentials had their say.
                 check_listen(http)
-            approvals = None if node is None else open_approval_store(data_dir / DATABASE_FILE)
+            if node is not None:
+                approvals = open_approval_store(data_dir / DATABASE_FILE)
             bot = BotServices(store, client, agents, user_id, timing, faults=faults, approvals=approvals)
             parts = None if node is None else NodeParts.build(bot, node, http)
             async with trio.open_nursery() as nursery:
@@ -225,6 +228,8 @@ async def run_bot(
                 nursery.cancel_scope.cancel()
             log.info("bot.stopped")
     finally:
+        if approvals is not None:
+            approvals.close()
         store.close()
 
 
