@@ -38,7 +38,15 @@ import trio
 from ..runtime.errors import IntensityExceeded
 from ..runtime.groups import leaves
 from ..runtime.supervision_config import SupervisionConfig, SupervisionConfigError, parse_supervision_config
-from ..node.config import DEFAULT_LISTEN, Listen, NodeConfig, NodeConfigError, load_node_config, parse_listen
+from ..node.config import (
+    DEFAULT_LISTEN,
+    Listen,
+    NodeConfig,
+    NodeConfigError,
+    load_node_config,
+    parse_listen,
+    unbuilt_mode,
+)
 from .config import AgentsConfig, ConfigError, MatrixSettings, UnreadableConfig, load_agents_config
 from .logs import SecretMask, configure_logging
 
@@ -198,6 +206,12 @@ def load_configuration(
         node = load_node_config(args.node_config or default, required=args.node_config is not None)
     except NodeConfigError as exc:
         problems.extend(str(exc).splitlines())
+        unreadable = False
+    # A mode the file may name (SPEC 10) but this version cannot run: refused
+    # here, with the configuration mistakes (exit 2), before anything starts.
+    refused = unbuilt_mode(node) if node is not None else None
+    if refused is not None:
+        problems.append(refused)
         unreadable = False
     listen = node.listen if node is not None else None
     if args.http is not None:

@@ -6,12 +6,16 @@ each with its key path and the fix, as agents.yaml's are. The file is
 secret-free: an API client is known by the SHA-256 of its token, never the
 token itself, so the file can be committed and shown.
 
-Only the keys that exist today are accepted; an unknown key is refused by
-name (usually a typo), so a setting is never silently ignored.
+Every key of SPEC section 10 is accepted; an unknown key is refused by name
+(usually a typo), so a setting is never silently ignored. The execution
+modes ``matrix`` and ``federation`` parse (the file is the SPEC's), but
+:data:`BUILT_MODES` says which ones a node can run today; ``run`` refuses the
+others at start (see :func:`unbuilt_mode`).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import ipaddress
@@ -25,16 +29,23 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BUILT_MODES",
     "DEFAULT_LISTEN",
     "SCOPES",
     "ApiClient",
+    "DagBroadcast",
+    "DagConfig",
+    "DagLocal",
+    "ExecutionMode",
     "Listen",
     "NodeConfig",
     "NodeConfigError",
+    "NodeHeartbeat",
     "load_node_config",
     "new_token",
     "parse_listen",
     "parse_node_config",
+    "unbuilt_mode",
 ]
 
 #: The scopes a client may hold (SPEC section 7).
@@ -42,6 +53,21 @@ SCOPES = frozenset({"approvals", "agents", "dag"})
 DEFAULT_LISTEN = "127.0.0.1:8470"
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: A room alias (#name:server) or id (!opaque:server); "" means the default alias.
+_ROOM = re.compile(r"[#!][^:\s]+:[^\s]+")
+
+
+class ExecutionMode(enum.StrEnum):
+    """SPEC 8.3: where a run's tasks execute."""
+
+    LOCAL = "local"  #: this node runs the tasks; no Matrix at all
+    HYBRID = "hybrid"  #: this node runs the tasks and broadcasts their status
+    MATRIX = "matrix"  #: tasks offered in the run's room, taken by nodes that accept them
+    FEDERATION = "federation"  #: a coordinator assigns tasks to named nodes
+
+
+#: The modes a node can run today (several nodes come later).
+BUILT_MODES = frozenset({ExecutionMode.LOCAL, ExecutionMode.HYBRID})
 
 
 class NodeConfigError(Exception):
@@ -80,12 +106,65 @@ class ApiClient:
 
 
 @dataclass(frozen=True)
+class DagLocal:
+    """``[dag.local]``: this node's own task slots."""
+
+    #: Tasks of all runs at once on this node (each run's own limit applies too).
+    max_workers: int = 4
+    #: The agent a CLI-written task gets when it names none.
+    default_agent: str = "agent-0"
+
+
+@dataclass(frozen=True)
+class DagConfig:
+    """``[dag]``: how DAG runs execute on this node (SPEC 8)."""
+
+    execution_mode: ExecutionMode = ExecutionMode.HYBRID
+    #: Command tasks run local programs: off unless the operator says so.
+    allow_commands: bool = False
+    accept_remote_tasks: bool = False
+    local: DagLocal = field(default_factory=DagLocal)
+
+
+@dataclass(frozen=True)
+class DagBroadcast:
+    """``[matrix.dag_broadcast]``: the status room of SPEC 8.1."""
+
+    enabled: bool = True
+    #: An alias or room id; "" means ``#dag-status-<node_id>:<server>``.
+    room: str = ""
+    batch_interval_ms: int = 500
+    #: Whether ``cis.dag.task.output`` events are sent.
+    broadcast_output: bool = True
+
+    def room_for(self, node_id: str, server: str) -> str:
+        return self.room or f"#dag-status-{node_id}:{server}"
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    """``[matrix.node_heartbeat]``: the heartbeat room of SPEC 8.2."""
+
+    enabled: bool = True
+    #: An alias or room id; "" means ``#node-heartbeat-default:<server>``.
+    room: str = ""
+    interval_secs: int = 30
+    include_resources: bool = True
+
+    def room_for(self, server: str) -> str:
+        return self.room or f"#node-heartbeat-default:{server}"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str = field(default_factory=lambda: _default_node_id())
     #: None when the API is switched off (``--http off``).
     listen: Listen | None = field(default_factory=lambda: parse_listen(DEFAULT_LISTEN))
     clients: tuple[ApiClient, ...] = ()
     source: str = "<defaults>"
+    dag: DagConfig = field(default_factory=DagConfig)
+    dag_broadcast: DagBroadcast = field(default_factory=DagBroadcast)
+    node_heartbeat: NodeHeartbeat = field(default_factory=NodeHeartbeat)
 
     def client_for(self, token: str) -> ApiClient | None:
         """The client holding ``token``; every client is compared, so the time
@@ -95,6 +174,19 @@ class NodeConfig:
             if client.accepts(token):
                 found = client
         return found
+
+
+def unbuilt_mode(config: NodeConfig) -> str | None:
+    """The line ``run`` refuses to start with when ``[dag] execution_mode``
+    names a mode this version cannot run yet; None when it can."""
+    mode = config.dag.execution_mode
+    if mode in BUILT_MODES:
+        return None
+    built = " or ".join(repr(str(m)) for m in ExecutionMode if m in BUILT_MODES)
+    return (
+        f"{config.source}: dag.execution_mode: {str(mode)!r} is not built yet"
+        f" (several nodes come later); use {built}"
+    )
 
 
 def new_token() -> tuple[str, str]:
@@ -150,9 +242,6 @@ def parse_node_config(text: str, *, source: str = "<node config>") -> NodeConfig
         problems.append((where, what))
 
     _unknown(data, "", {"node_id", "api", "dag", "matrix"}, problem)
-    for later in ("dag", "matrix"):
-        if later in data:
-            problem(later, "is not used by this version yet (DAG runs come later); remove the section")
     node_id = data.get("node_id", None)
     if node_id is None:
         node_id = _default_node_id()
@@ -212,9 +301,107 @@ def parse_node_config(text: str, *, source: str = "<node config>") -> NodeConfig
             if unknown:
                 problem(f"{where}.scopes", f"unknown scope(s) {unknown}; the scopes are {sorted(SCOPES)}")
         clients.append(ApiClient(name, str(digest).lower(), frozenset(s for s in scopes if s in SCOPES)))
+    dag, broadcast, heartbeat = _dag_sections(data, problem)
     if problems:
         raise NodeConfigError(source, problems)
-    return NodeConfig(node_id=node_id, listen=listen, clients=tuple(clients), source=source)
+    return NodeConfig(
+        node_id=node_id, listen=listen, clients=tuple(clients), source=source,
+        dag=dag, dag_broadcast=broadcast, node_heartbeat=heartbeat,
+    )
+
+
+# -- [dag] and [matrix.*] ---------------------------------------------------------------
+#
+# Each section is a table of its keys: (kind, check, what a good value is).
+# One reader walks them all, so every key gets the same refusal wording and
+# a mistake in one never hides a mistake in another.
+
+
+def _bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _int_in(low: int, high: int) -> Any:
+    def check(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    return check
+
+
+def _mode(value: Any) -> bool:
+    return isinstance(value, str) and value in {str(m) for m in ExecutionMode}
+
+
+def _agent(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and value == value.strip()
+
+
+def _room(value: Any) -> bool:
+    return isinstance(value, str) and (value == "" or bool(_ROOM.fullmatch(value)))
+
+
+_MODES_TEXT = " | ".join(str(m) for m in ExecutionMode)
+_ROOM_TEXT = "a room alias ('#name:server') or id ('!id:server'), or \"\" for the default"
+
+_DAG_KEYS: dict[str, tuple[Any, str]] = {
+    "execution_mode": (_mode, f"must be one of {_MODES_TEXT}"),
+    "allow_commands": (_bool, "must be true or false"),
+    "accept_remote_tasks": (_bool, "must be true or false"),
+}
+_DAG_LOCAL_KEYS: dict[str, tuple[Any, str]] = {
+    "max_workers": (_int_in(1, 1024), "must be a whole number of task slots from 1 to 1024"),
+    "default_agent": (_agent, "must be an agent id (a configured agent's id or a registered agent's DID)"),
+}
+_BROADCAST_KEYS: dict[str, tuple[Any, str]] = {
+    "enabled": (_bool, "must be true or false"),
+    "room": (_room, f"must be {_ROOM_TEXT}"),
+    "batch_interval_ms": (_int_in(1, 60_000), "must be whole milliseconds from 1 to 60000 (default 500)"),
+    "broadcast_output": (_bool, "must be true or false"),
+}
+_HEARTBEAT_KEYS: dict[str, tuple[Any, str]] = {
+    "enabled": (_bool, "must be true or false"),
+    "room": (_room, f"must be {_ROOM_TEXT}"),
+    "interval_secs": (_int_in(1, 86_400), "must be whole seconds from 1 to 86400 (default 30)"),
+    "include_resources": (_bool, "must be true or false"),
+}
+
+
+def _section(
+    data: dict[str, Any], where: str, keys: dict[str, tuple[Any, str]], problem: Any, *, tables: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The section's good values (bad ones reported and left out, so the
+    default stands in) and its sub-tables named in ``tables``."""
+    table = _table(data, where, problem)
+    _unknown(table, where, set(keys) | set(tables), problem)
+    good: dict[str, Any] = {}
+    for key, (check, fix) in keys.items():
+        if key in table:
+            if check(table[key]):
+                good[key] = table[key]
+            else:
+                problem(f"{where}.{key}", f"{fix}; it is {table[key]!r}")
+    return good, {name: table.get(name, {}) for name in tables}
+
+
+def _table(data: dict[str, Any], where: str, problem: Any) -> dict[str, Any]:
+    key = where.rpartition(".")[2]
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problem(where, f"must be a table ([{where}])")
+        return {}
+    return value
+
+
+def _dag_sections(data: dict[str, Any], problem: Any) -> tuple[DagConfig, DagBroadcast, NodeHeartbeat]:
+    dag, subs = _section(data, "dag", _DAG_KEYS, problem, tables=frozenset({"local"}))
+    local, _ = _section(subs, "dag.local", _DAG_LOCAL_KEYS, problem)
+    if "execution_mode" in dag:
+        dag["execution_mode"] = ExecutionMode(dag["execution_mode"])
+    matrix = _table(data, "matrix", problem)
+    _unknown(matrix, "matrix", {"dag_broadcast", "node_heartbeat"}, problem)
+    broadcast, _ = _section(matrix, "matrix.dag_broadcast", _BROADCAST_KEYS, problem)
+    heartbeat, _ = _section(matrix, "matrix.node_heartbeat", _HEARTBEAT_KEYS, problem)
+    return DagConfig(**dag, local=DagLocal(**local)), DagBroadcast(**broadcast), NodeHeartbeat(**heartbeat)
 
 
 def _unknown(table: dict[str, Any], where: str, allowed: set[str], problem: Any, *, secrets_hint: bool = False) -> None:

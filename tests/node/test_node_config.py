@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
 import pytest
 
 from lambda_actors.node.config import (
+    DagBroadcast,
+    DagConfig,
+    DagLocal,
+    ExecutionMode,
     Listen,
     NodeConfig,
     NodeConfigError,
+    NodeHeartbeat,
     load_node_config,
     new_token,
     parse_listen,
     parse_node_config,
+    unbuilt_mode,
 )
 
 GOOD_HASH = hashlib.sha256(b"secret-token").hexdigest()
@@ -131,3 +138,148 @@ def test_the_token_command_prints_a_line_node_toml_accepts(tmp_path):
     config = parse_node_config(snippet)
     assert config.client_for(token).name == "ci"
     assert config.client_for(token).scopes == frozenset({"approvals"})
+
+
+# --- [dag] and [matrix.*] (SPEC section 10) --------------------------------------------
+
+
+def test_the_dag_and_matrix_defaults_are_the_specs():
+    config = parse_node_config("")
+    assert config.dag == DagConfig(
+        execution_mode=ExecutionMode.HYBRID, allow_commands=False, accept_remote_tasks=False,
+        local=DagLocal(max_workers=4, default_agent="agent-0"),
+    )
+    assert config.dag_broadcast == DagBroadcast(enabled=True, room="", batch_interval_ms=500, broadcast_output=True)
+    assert config.node_heartbeat == NodeHeartbeat(enabled=True, room="", interval_secs=30, include_resources=True)
+    assert config == NodeConfig(node_id=config.node_id, source=config.source)
+
+
+def test_the_dag_and_matrix_sections_are_read():
+    config = parse_node_config(
+        """
+node_id = "node-a"
+[dag]
+execution_mode = "local"
+allow_commands = true
+accept_remote_tasks = true
+[dag.local]
+max_workers = 16
+default_agent = "did:key:z6Mk"
+[matrix.dag_broadcast]
+enabled = false
+room = "#runs:example.org"
+batch_interval_ms = 250
+broadcast_output = false
+[matrix.node_heartbeat]
+enabled = false
+room = "!abc:example.org"
+interval_secs = 5
+include_resources = false
+"""
+    )
+    assert config.dag == DagConfig(ExecutionMode.LOCAL, True, True, DagLocal(16, "did:key:z6Mk"))
+    assert config.dag_broadcast == DagBroadcast(False, "#runs:example.org", 250, False)
+    assert config.node_heartbeat == NodeHeartbeat(False, "!abc:example.org", 5, False)
+
+
+def test_the_default_rooms_are_the_specs_aliases():
+    config = parse_node_config('node_id = "node-a"')
+    assert config.dag_broadcast.room_for(config.node_id, "example.org") == "#dag-status-node-a:example.org"
+    assert config.node_heartbeat.room_for("example.org") == "#node-heartbeat-default:example.org"
+    named = parse_node_config('[matrix.dag_broadcast]\nroom = "#x:y"\n[matrix.node_heartbeat]\nroom = "#h:y"\n')
+    assert named.dag_broadcast.room_for("node-a", "example.org") == "#x:y"
+    assert named.node_heartbeat.room_for("example.org") == "#h:y"
+
+
+def test_every_dag_and_matrix_problem_is_reported_at_once_with_its_path():
+    with pytest.raises(NodeConfigError) as caught:
+        parse_node_config(
+            """
+[dag]
+execution_mode = "cluster"
+allow_commands = "yes"
+accept_remote_tasks = 1
+max_workers = 4
+[dag.local]
+max_workers = 0
+default_agent = ""
+[matrix]
+homeserver = "https://x"
+[matrix.dag_broadcast]
+enabled = "true"
+room = "dag-status"
+batch_interval_ms = 0.5
+broadcast_outputs = true
+[matrix.node_heartbeat]
+room = "#no-server"
+interval_secs = 0
+include_resources = "no"
+""",
+            source="node.toml",
+        )
+    problems = dict(caught.value.problems)
+    assert list(problems) == [
+        "dag.max_workers",
+        "dag.execution_mode",
+        "dag.allow_commands",
+        "dag.accept_remote_tasks",
+        "dag.local.max_workers",
+        "dag.local.default_agent",
+        "matrix.homeserver",
+        "matrix.dag_broadcast.broadcast_outputs",
+        "matrix.dag_broadcast.enabled",
+        "matrix.dag_broadcast.room",
+        "matrix.dag_broadcast.batch_interval_ms",
+        "matrix.node_heartbeat.room",
+        "matrix.node_heartbeat.interval_secs",
+        "matrix.node_heartbeat.include_resources",
+    ]
+    # Each says what a good value is.
+    assert "local | hybrid | matrix | federation" in problems["dag.execution_mode"]
+    assert "unknown key" in problems["dag.max_workers"] and "local" in problems["dag.max_workers"]
+    assert "broadcast_output" in problems["matrix.dag_broadcast.broadcast_outputs"]
+    assert "1 to 1024" in problems["dag.local.max_workers"]
+    assert "#name:server" in problems["matrix.dag_broadcast.room"]
+    assert "true or false" in problems["matrix.node_heartbeat.include_resources"]
+
+
+def test_sections_that_are_not_tables_are_refused_by_path():
+    with pytest.raises(NodeConfigError) as caught:
+        parse_node_config('dag = "local"\nmatrix = 1\n')
+    assert [p for p, _ in caught.value.problems] == ["dag", "matrix"]
+    with pytest.raises(NodeConfigError) as caught:
+        parse_node_config('[dag]\nlocal = 4\n[matrix]\ndag_broadcast = true\nnode_heartbeat = []\n')
+    assert [p for p, _ in caught.value.problems] == ["dag.local", "matrix.dag_broadcast", "matrix.node_heartbeat"]
+
+
+@pytest.mark.parametrize("mode", ["local", "hybrid"])
+def test_the_built_modes_start(mode):
+    assert unbuilt_mode(parse_node_config(f'[dag]\nexecution_mode = "{mode}"\n')) is None
+
+
+@pytest.mark.parametrize("mode", ["matrix", "federation"])
+def test_modes_not_built_yet_parse_but_are_named_as_such(mode):
+    config = parse_node_config(f'[dag]\nexecution_mode = "{mode}"\n', source="node.toml")
+    assert config.dag.execution_mode == ExecutionMode(mode)
+    line = unbuilt_mode(config)
+    assert line is not None and "\n" not in line
+    assert line.startswith("node.toml: dag.execution_mode: ")
+    assert "not built yet" in line and "'local' or 'hybrid'" in line
+
+
+def test_run_refuses_a_mode_not_built_yet_with_one_line_and_exit_2(tmp_path):
+    (tmp_path / "agents.yaml").write_text(
+        'agents:\n  - id: agent-0\n    base_url: "http://127.0.0.1:9/agent_0/"\n    workspace_path: "work/0"\n'
+    )
+    (tmp_path / "node.toml").write_text('[dag]\nexecution_mode = "federation"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MATRIX_", "LAMBDA_ACTORS_"))}
+    env.update(
+        MATRIX_HOMESERVER="http://127.0.0.1:9", MATRIX_USER_ID="@lambda:example.org", MATRIX_PASSWORD="unused"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "lambda_actors", "run", "--config", "agents.yaml"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "dag.execution_mode: 'federation' is not built yet" in result.stderr
