@@ -326,6 +326,9 @@ def _write_overrides(directory: Path, port: int, rate_limits: str) -> str:
         # Password hashing at the default cost takes ~0.25 s per registration
         # or login; a throwaway server has no passwords worth that.
         "bcrypt_rounds": 4,
+        # Delayed events (MSC4140): nodes schedule their own `offline` state
+        # with them, so a dead node is marked by the homeserver (SPEC 8.2).
+        "max_event_delay_duration": "24h",
     }
     if rate_limits == "relaxed":
         overrides.update(_RELAXED_RATE_LIMITS)

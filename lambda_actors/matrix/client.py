@@ -43,7 +43,13 @@ from .events import RoomEvent, parse_events
 from .retry import RetryPolicy
 from .transport import LONG_POLL_MARGIN_S, Transport
 
-__all__ = ["BOT_SYNC_FILTER", "Download", "MatrixClient", "Session"]
+__all__ = ["BOT_SYNC_FILTER", "DELAYED_EVENT_ACTIONS", "Download", "MatrixClient", "Session"]
+
+#: MSC4140's wire names: the query parameter that delays a send or state
+#: write, where pending delayed events are managed, and what can be done to one.
+DELAY_PARAMETER = "org.matrix.msc4140.delay"
+DELAYED_EVENTS_PATH = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
+DELAYED_EVENT_ACTIONS = frozenset({"restart", "cancel", "send"})
 
 # A sync filter for a bot: room timelines and state, nothing it would ignore
 # anyway (presence, typing, receipts, account data), members loaded lazily.
@@ -97,6 +103,9 @@ class MatrixClient:
         self._transport = Transport(homeserver_url, access_token=access_token, retry=retry, http=http)
         self.user_id = user_id
         self.device_id = device_id
+        # Which form of the delayed-event actions the homeserver takes
+        # (see update_delayed_event); learnt on first use.
+        self._delayed_action_in_body = False
 
     def __repr__(self) -> str:
         return f"MatrixClient({self._transport.public_url!r}, user_id={self.user_id!r}, device_id={self.device_id!r})"
@@ -419,6 +428,99 @@ class MatrixClient:
         await self._transport.request(
             "PUT", path, json.dumps(dict(content)), idempotent=True, what=f"PUT account_data {event_type}"
         )
+
+    # -- delayed events (MSC4140) ----------------------------------------------------
+    #
+    # An event the homeserver sends later unless told otherwise: a node's
+    # delayed `offline` is its dead-man's switch (SPEC 8.2). Synapse takes the
+    # delay as a query parameter on the ordinary send and state endpoints and
+    # manages the pending event under DELAYED_EVENTS_PATH. Feature-detect with
+    # :meth:`versions` (``org.matrix.msc4140`` in ``unstable_features``).
+
+    async def versions(self) -> dict[str, Any]:
+        """The homeserver's ``/_matrix/client/versions`` answer (spec versions, unstable features)."""
+        body = await self._transport.request(
+            "GET", "/_matrix/client/versions", authenticated=False, idempotent=True, what="GET versions"
+        )
+        if not isinstance(body, dict):
+            raise MatrixError(200, "M_BAD_JSON", "the homeserver's /versions answer is not a JSON object")
+        return body
+
+    async def send_delayed(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], txn_id: str, *, delay_ms: int
+    ) -> str:
+        """Schedule an event to be sent in *delay_ms*; return its ``delay_id``.
+
+        Not retried on an ambiguous failure: Synapse does not deduplicate
+        delayed sends by transaction id, and a second pending copy nobody
+        restarts would fire on its own. After such a failure, look in
+        :meth:`delayed_events` and cancel what is not wanted.
+        """
+        method, path, body = _nio.authenticated(nio.Api.room_send, room_id, event_type, dict(content), txn_id)
+        return await self._schedule(method, path, body, delay_ms, what=f"PUT send {event_type} (delayed)")
+
+    async def put_state_delayed(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = "", *, delay_ms: int
+    ) -> str:
+        """Schedule a state event to be set in *delay_ms*; return its ``delay_id``
+        (not retried on an ambiguous failure, as :meth:`send_delayed`)."""
+        method, path, body = _nio.authenticated(
+            nio.Api.room_put_state, room_id, event_type, dict(content), state_key=state_key
+        )
+        return await self._schedule(method, path, body, delay_ms, what=f"PUT state {event_type} (delayed)")
+
+    async def update_delayed_event(self, delay_id: str, action: str) -> bool:
+        """``restart`` (the delay counts again from now), ``cancel`` or ``send``
+        (now) a delayed event; False when the homeserver has no such delayed
+        event any more (it fired, was cancelled or was lost), True otherwise.
+
+        Synapse releases differ: newer ones offer ``.../{delay_id}/{action}``,
+        older ones only ``.../{delay_id}`` with ``{"action": ...}``. The first
+        form is tried; an endpoint the homeserver does not know (M_UNRECOGNIZED)
+        switches this client to the second for good.
+        """
+        if action not in DELAYED_EVENT_ACTIONS:
+            raise ValueError(f"action must be one of {sorted(DELAYED_EVENT_ACTIONS)}, not {action!r}")
+        target = f"{DELAYED_EVENTS_PATH}/{quote(delay_id, safe='')}"
+        what = f"POST delayed_events {action}"
+        try:
+            if not self._delayed_action_in_body:
+                try:
+                    await self._transport.request("POST", f"{target}/{action}", "{}", idempotent=True, what=what)
+                    return True
+                except MatrixError as exc:
+                    if exc.errcode != "M_UNRECOGNIZED":
+                        raise
+                    self._delayed_action_in_body = True
+            body = json.dumps({"action": action})
+            await self._transport.request("POST", target, body, idempotent=True, what=what)
+        except MatrixError as exc:
+            # A retried cancel or send whose first try went through lands
+            # here too: the event is gone either way, which is what was asked.
+            if exc.status == 404 and exc.errcode == "M_NOT_FOUND":
+                return False
+            raise
+        return True
+
+    async def delayed_events(self) -> tuple[dict[str, Any], ...]:
+        """Our pending delayed events, as the homeserver lists them (each with
+        ``delay_id``, ``room_id``, ``type``, ``state_key`` when a state event)."""
+        body = await self._transport.request("GET", DELAYED_EVENTS_PATH, idempotent=True, what="GET delayed_events")
+        listed = body.get("delayed_events") if isinstance(body, dict) else None
+        if not isinstance(listed, list):
+            raise MatrixError(200, "M_BAD_JSON", "the homeserver's delayed_events answer has no list")
+        return tuple(item for item in listed if isinstance(item, dict) and isinstance(item.get("delay_id"), str))
+
+    async def _schedule(self, method: str, path: str, body: str | None, delay_ms: int, *, what: str) -> str:
+        if not isinstance(delay_ms, int) or delay_ms <= 0:
+            raise ValueError(f"delay_ms must be a positive whole number of milliseconds, not {delay_ms!r}")
+        separator = "&" if "?" in path else "?"
+        path = f"{path}{separator}{DELAY_PARAMETER}={delay_ms}"
+        answer = await self._transport.request(method, path, body, idempotent=False, what=what)
+        delay_id = answer.get("delay_id") if isinstance(answer, dict) else None
+        if not isinstance(delay_id, str) or not delay_id:
+            raise MatrixError(200, "M_BAD_JSON", f"{what}: the homeserver's answer has no delay_id")
+        return delay_id
 
     # -- internals -----------------------------------------------------------------
 
