@@ -242,6 +242,12 @@ class _Task:
     left_when_blocked: float | None = None
 
 
+def _due_at(task: _Task) -> float:
+    """When the task's timer fires (only asked of tasks that have one)."""
+    times = [t for t in (task.deadline, task.retry_at) if t is not None]
+    return min(times, default=float("inf"))
+
+
 class Scheduler:
     """One run's schedule; see the module's docstring for the rules."""
 
@@ -262,6 +268,7 @@ class Scheduler:
         self._ready: dict[str, _Task] = {}
         self._timed: set[str] = set()  #: tasks with a deadline or a retry time
         self._started = False
+        self._interrupted: list[str] = []  #: restored tasks whose attempt died with the node
         self._announced_wake: float | None = None
         self._counts = {status: 0 for status in TaskStatus}
         self._counts[TaskStatus.PENDING] = len(spec.tasks)
@@ -292,7 +299,10 @@ class Scheduler:
                 task.failures = fact.failures
             else:
                 task.failures = max(fact.attempts - (0 if fact.status is TaskStatus.FAILED else 1), 0)
-            status = TaskStatus.PENDING if fact.status in (TaskStatus.RUNNING, TaskStatus.BLOCKED) else fact.status
+            status = fact.status
+            if status in (TaskStatus.RUNNING, TaskStatus.BLOCKED):
+                status = TaskStatus.PENDING
+                machine._interrupted.append(task_id)
             machine._set(task, status)
             if status is TaskStatus.COMPLETED:
                 machine.outputs[task_id] = fact.output or ""
@@ -353,6 +363,10 @@ class Scheduler:
             return actions
         if self.status is RunStatus.CREATED:
             self._move_run(RunStatus.RUNNING, actions)
+        for task_id in self._interrupted:
+            # Stored as running: written back as pending until its new attempt starts.
+            task = self._tasks[task_id]
+            actions.append(self._changed(task, task.attempts, reason="the node restarted; a new attempt follows"))
         # Restored: anything pending whose upstream already failed is skipped
         # now (the node may have stopped between the failure and the skips).
         for task in self._tasks.values():
@@ -474,11 +488,8 @@ class Scheduler:
         actions: list[Action] = []
         if self.status.final:
             return actions
-        due = sorted(
-            (t for t in (self._tasks[i] for i in self._timed) if (t.deadline or t.retry_at or 0.0) <= now),
-            key=lambda t: (t.deadline if t.deadline is not None else t.retry_at or 0.0, t.spec.id),
-        )
-        for task in due:
+        timed = [(_due_at(t), t.spec.id, t) for t in (self._tasks[i] for i in self._timed)]
+        for _, _, task in sorted(d for d in timed if d[0] <= now):
             if task.deadline is not None and task.live is not None:
                 self._fail_attempt(task, "timed out", now, actions, abandon=True)
             elif task.retry_at is not None and task.status is TaskStatus.PENDING:
@@ -615,7 +626,9 @@ class Scheduler:
             failed = self._counts[TaskStatus.FAILED] > 0
             self._move_run(RunStatus.FAILED if failed else RunStatus.COMPLETED, actions)
             actions.append(RunFinished(self.status, self.progress()))
-        due = None if self.status.final else self.next_due()
+        if self.status.final:
+            return actions  # RunFinished is the last action: no timer is needed after it
+        due = self.next_due()
         if due != self._announced_wake:
             self._announced_wake = due
             actions.append(WakeAt(due))

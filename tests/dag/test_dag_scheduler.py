@@ -301,7 +301,8 @@ def test_resume_from_facts() -> None:
     }
     s = Scheduler.restore(spec, RunStatus.RUNNING, facts)
     acts = s.start(50)
-    assert statuses(acts) == [("b", TaskStatus.RUNNING)]
+    # The cut-off attempt is written back as pending, then the new one starts.
+    assert statuses(acts) == [("b", TaskStatus.PENDING), ("b", TaskStatus.RUNNING)]
     assert StartAttempt("b", 3, 50 + 1800.0) in acts  # a new attempt
     assert s.task_status("a") is TaskStatus.COMPLETED
     assert s.outputs["a"] == "A"
