@@ -26,8 +26,9 @@ import trio
 
 from ..runtime.context import ActorContext
 from ..runtime.request import Request
+from .agent import confirmation_record
 from .gate import AskWhich, Decided, Ignored, expire_due, judge
-from .messages import Answered, Cancel, Conflict, NotFound, Read, Submit, Unservable
+from .messages import Answered, Cancel, Confirm, Conflict, NotFound, Read, Submit, Unservable, Withdraw
 from .record import Approval, Source, Status, Via, decide
 from .store import ApprovalStore, new_approval_id
 
@@ -121,6 +122,10 @@ class _Gate:
                     msg.reply(record)
                 case Answered() as answered:
                     msg.reply(await self.answered(answered))
+                case Confirm() as confirm:
+                    msg.reply(await self.confirm(confirm))
+                case Withdraw(room_id=room_id, agent_id=agent_id):
+                    msg.reply(await self.withdraw(room_id, agent_id))
                 case other:
                     msg.fail(TypeError(f"the approvals actor does not take {type(other).__name__}"))
         except (Conflict, Unservable, NotFound) as exc:
@@ -159,6 +164,35 @@ class _Gate:
         record, created = self.store.create(record, signing_key=submit.token if request.callback_url else None)
         if created:
             await self.views.show(self.ctx, record)
+        return record, created
+
+    async def confirm(self, confirm: Confirm) -> Approval:
+        """An agent's confirmation (:mod:`.agent`): the record its id names, or a new one."""
+        earlier = self.store.get(confirm.approval_id)
+        if earlier is not None:
+            return earlier
+        record, _ = self.store.create(confirmation_record(confirm, now=self.clock()))
+        await self.views.show(self.ctx, record)
+        return record
+
+    async def withdraw(self, room_id: str, agent_id: str) -> int:
+        """Cancel the agent's confirmations still pending in the room."""
+        now = self.clock()
+        orphans = [
+            r for r in self.store.pending()
+            if r.source is Source.AGENT and r.room_id == room_id and r.agent_id == agent_id
+        ]
+        for record in orphans:
+            await self.move(decide(record, Status.CANCELLED, Via.API, at=now))
+        return len(orphans)
+
+    async def ask(self, record: Approval, signing_key: str | None) -> tuple[Approval, bool]:
+        """A record made elsewhere (a registration's): stored and shown once."""
+        earlier = self.store.get(record.id)
+        if earlier is not None:
+            return earlier, False
+        record, created = self.store.create(record, signing_key=signing_key)
+        await self.views.show(self.ctx, record)
         return record, created
 
     async def answered(self, answered: Answered) -> Decided | AskWhich | Ignored:

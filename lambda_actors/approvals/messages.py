@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .gate import Answer
 from .request import ApprovalRequest
 
-__all__ = ["Answered", "Cancel", "Conflict", "NotFound", "Read", "Submit", "Unservable"]
+__all__ = ["Answered", "Cancel", "Confirm", "Conflict", "NotFound", "Read", "Submit", "Unservable", "Withdraw"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,30 @@ class Answered:
     room_id: str
     event_id: str
     answer: Answer
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """An agent's connection asks the room's owner to confirm an action
+    (:mod:`.agent`). Replies the record: new and shown, or the one this id
+    already names (a turn replayed after a crash), final or not."""
+
+    approval_id: str
+    agent_id: str
+    room_id: str
+    approver: str
+    action: str
+    details: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """A turn ended: withdraw ``agent_id``'s confirmations still pending in
+    ``room_id`` (nobody waits for their answer). Replies how many."""
+
+    room_id: str
+    agent_id: str
 
 
 class Conflict(Exception):

@@ -30,12 +30,13 @@ The rules, in the order they are applied to one event:
    rebound to it in a fresh context (saying so) and the event goes on;
    otherwise the agent is gone, and the event is answered so. One warning in
    the log per room, not one per event.
-8. **Confirmations and approvals.** ✅/❌ on a prompt, or ``!yes``/``!no``
-   in reply to it, answers that prompt: an agent's confirmation here, or a
-   request of the node's approval API, which goes to the node's approvals
-   actor (its gate decides: only the approver counts, answers sent before
-   the deadline count). A bare ``!yes``/``!no`` answers the one thing
-   waiting; with several it lists them and decides nothing.
+8. **Approvals.** ✅/❌ on a prompt, or ``!yes``/``!no`` in reply to it,
+   answers that prompt; a bare ``!yes``/``!no`` answers what is waiting for
+   its sender here. Every one goes to the node's approvals actor, one gate
+   for the API's requests and the agents' confirmations alike (they are the
+   same records): it decides (only the approver counts, answers sent before
+   the deadline count) or, with several waiting, asks which and decides
+   nothing. With nothing waiting the rules say so themselves.
 9. **Files** are staged for the next message, within the room's byte budget
    (``limits.staged_bytes_per_room``) and the agent's file size.
 10. **Commands** (``bot/commands.py``) are answered without the agent;
@@ -67,7 +68,7 @@ from typing import Any
 
 from . import commands as cmd
 from .config import AgentConfig, AgentsConfig
-from .store import PendingConfirmation, RoomBinding, StagedFile
+from .store import RoomBinding, StagedFile
 from .actors.services import (
     ERROR_AGENT_REMOVED,
     ERROR_AGENT_UNAVAILABLE,
@@ -91,7 +92,6 @@ __all__ = [
     "DENY_KEYS",
     "POISON_LIMIT",
     "Again",
-    "AnswerConfirmation",
     "ApprovalPrompt",
     "AskApprovals",
     "Bind",
@@ -169,10 +169,8 @@ class RoomFacts:
     owner_rooms: tuple[RoomBinding, ...] = ()
     staged: tuple[StagedFile, ...] = ()
     staged_bytes: int = 0
-    confirmations: tuple[PendingConfirmation, ...] = ()
-    #: request id -> the event id of its prompt, for reactions.
-    prompt_events: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
-    #: The node's approval requests waiting in this room for the event's sender.
+    #: The node's approval records waiting in this room for the event's
+    #: sender: the API's requests and the agents' confirmations.
     approvals: tuple[ApprovalPrompt, ...] = ()
     parked: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     rooms_created_last_hour: int = 0
@@ -182,7 +180,7 @@ class RoomFacts:
 
 @dataclass(frozen=True)
 class ApprovalPrompt:
-    """A pending approval request of the node's API (SPEC 7.1), as the room sees it."""
+    """A pending approval record (SPEC 7.1; an API request or an agent's confirmation), as the room sees it."""
 
     approval_id: str
     action: str
@@ -334,18 +332,6 @@ class Download:
 
 
 @dataclass(frozen=True)
-class AnswerConfirmation:
-    """Resolve the confirmation and tell its connection; ``say`` is posted only
-    if this answer was the one that resolved it."""
-
-    request_id: str
-    approved: bool
-    agent_id: str
-    chat_id: int
-    say: Say
-
-
-@dataclass(frozen=True)
 class AskApprovals:
     """Hand an answer to the node's approvals actor, the one owner of those
     decisions; it edits the prompt, or asks "which one?" itself."""
@@ -381,7 +367,6 @@ Action = (
     | RenameRoom
     | Unstage
     | Download
-    | AnswerConfirmation
     | AskApprovals
     | Deliver
 )
@@ -555,14 +540,11 @@ class RoomRules:
         )
         return [*actions, Bind(new, fresh_context=True), Post(told), Again()]
 
-    # -- confirmations ------------------------------------------------------------------
+    # -- approvals -----------------------------------------------------------------------
 
     def _reaction(self, event: ev.Reaction, facts: RoomFacts, binding: RoomBinding) -> list[Action]:
         approved = True if event.key in APPROVE_KEYS else False if event.key in DENY_KEYS else None
         if approved is not None:
-            for pending in facts.confirmations:
-                if facts.prompt_events.get(pending.request_id) == event.target_event_id:
-                    return [self._answer(pending, approved, binding)]
             for prompt in facts.approvals:
                 if prompt.prompt_event is not None and prompt.prompt_event == event.target_event_id:
                     return [AskApprovals(Answer(event.sender, approved, Via.REACTION, _seconds(event), prompt.approval_id))]
@@ -570,41 +552,15 @@ class RoomRules:
 
     def _yes_no(self, event: ev.TextMessage, approved: bool, facts: RoomFacts, binding: RoomBinding) -> list[Action]:
         """``!yes`` / ``!no``: a reply answers the prompt it replies to; a bare
-        one answers the one thing waiting, and with several it asks which (it
-        never guesses)."""
+        one goes to the gate, which decides the one thing waiting or, with
+        several, asks which (it never guesses)."""
         if event.reply_to is not None:
-            for pending in facts.confirmations:
-                if facts.prompt_events.get(pending.request_id) == event.reply_to:
-                    return [self._answer(pending, approved, binding)]
             for prompt in facts.approvals:
                 if prompt.prompt_event == event.reply_to:
                     return [AskApprovals(Answer(event.sender, approved, Via.COMMAND, _seconds(event), prompt.approval_id))]
-        waiting = [c.action for c in facts.confirmations] + [a.action for a in facts.approvals]
-        if not waiting:
+        if not facts.approvals:
             return [Finish((Say("reply", "Nothing is waiting for your answer."),))]
-        if len(facts.confirmations) == 1 and not facts.approvals:
-            return [self._answer(facts.confirmations[0], approved, binding)]
-        if facts.approvals and not facts.confirmations:
-            # One or several of the node's requests: its gate decides, or asks.
-            return [AskApprovals(Answer(event.sender, approved, Via.COMMAND, _seconds(event)))]
-        listed = "\n".join(f"{n}. {action}" for n, action in enumerate(waiting, 1))
-        return [
-            Finish(
-                (
-                    Say(
-                        "reply",
-                        f"Several things are waiting for your answer here:\n{listed}\n"
-                        "I did not guess: reply to the one you mean with !yes or !no, or react ✅ / ❌ on it.",
-                    ),
-                )
-            )
-        ]
-
-    def _answer(self, pending: PendingConfirmation, approved: bool, binding: RoomBinding) -> AnswerConfirmation:
-        verdict = "✅ Approved" if approved else "❌ Refused"
-        return AnswerConfirmation(
-            pending.request_id, approved, binding.agent_id, pending.chat_id, Say("confirm", f"{verdict}: {pending.action}")
-        )
+        return [AskApprovals(Answer(event.sender, approved, Via.COMMAND, _seconds(event)))]
 
     # -- files ----------------------------------------------------------------------------
 
@@ -718,7 +674,7 @@ class RoomRules:
                 return [Unstage((chosen.seq,)), Finish((Say("reply", f"Removed {chosen.filename}."),))]
             case cmd.ShowContext():
                 state = self._unavailable(agent, facts) or "available"
-                pending = [c.action for c in facts.confirmations] + [a.action for a in facts.approvals]
+                pending = [a.action for a in facts.approvals]
                 return reply(
                     "\n".join(
                         [
@@ -733,8 +689,7 @@ class RoomRules:
 
 
 #: Names of the optional facts (groups of :class:`RoomFacts` fields).
-OWNER_ROOMS, CONFIRMATIONS, STAGED, ROOMS_CREATED = "owner_rooms", "confirmations", "staged", "rooms_created"
-APPROVALS = "approvals"
+OWNER_ROOMS, STAGED, ROOMS_CREATED, APPROVALS = "owner_rooms", "staged", "rooms_created", "approvals"
 
 
 def facts_needed(event: Any) -> frozenset[str]:
@@ -743,7 +698,7 @@ def facts_needed(event: Any) -> frozenset[str]:
     if isinstance(event, (ev.Invite, ev.OtherEvent)):
         return frozenset({OWNER_ROOMS})
     if isinstance(event, ev.Reaction):
-        return frozenset({CONFIRMATIONS, APPROVALS})
+        return frozenset({APPROVALS})
     if isinstance(event, ev.FileMessage):
         return frozenset({STAGED})
     if isinstance(event, ev.TextMessage):
@@ -753,11 +708,11 @@ def facts_needed(event: Any) -> frozenset[str]:
             case cmd.ListChats():
                 return frozenset({OWNER_ROOMS})
             case cmd.Yes() | cmd.No():
-                return frozenset({CONFIRMATIONS, APPROVALS})
+                return frozenset({APPROVALS})
             case cmd.ListStaged() | cmd.RemoveStaged():
                 return frozenset({STAGED})
             case cmd.ShowContext():
-                return frozenset({STAGED, CONFIRMATIONS, APPROVALS})
+                return frozenset({STAGED, APPROVALS})
     return frozenset()
 
 

@@ -25,10 +25,10 @@ What lives here, and why each table exists:
     the room), each user's Space, and the never-reused chat id sequence
     (``AUTOINCREMENT`` guarantees that within one database; the high-water
     mark reserved in the bot's account data guarantees it across a lost one).
-``staged`` / ``confirmations``
-    Files waiting for the next text (with their size), and agent questions
-    waiting for ``!yes``. A confirmation is only ever inserted, never
-    replaced: a second one with the same key is refused, not swapped in.
+``staged``
+    Files waiting for the next text (with their size). (Agent questions
+    waiting for ``!yes`` are approval records, ``approvals/store.py``, in
+    the same file; their old ``confirmations`` table is gone, migration 2.)
 ``failures`` / ``dead_letters``
     How many times handling an event crashed its actor (persisted at once, so
     the count survives the crash it counts), and the events set aside after
@@ -53,7 +53,7 @@ growth bounded. What duplicate detection needs, and therefore stays:
 - every unsent outbox row; a sent row younger than the horizon, or queued
   after the oldest unhandled inbox row was stored (it may belong to a turn
   still to be answered after a restart, which asks ``has_send`` and edits it
-  by its transaction id), or named by a pending confirmation's prompt;
+  by its transaction id);
 - turns of events not yet handled, and any younger than the horizon;
 - failure counts of unhandled events; the newest dead letters (1,000).
 
@@ -172,6 +172,12 @@ _MIGRATIONS: tuple[str, ...] = (
     UPDATE turns SET started_at = :now;
     ALTER TABLE staged ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
     """,
+    # Agent confirmations became approval records (approvals/agent.py). One
+    # left pending here has no agent waiting for it: its socket did not
+    # survive the restart this migration runs in.
+    """
+    DROP TABLE confirmations;
+    """,
 )
 
 #: The version a database has once every migration ran.
@@ -250,17 +256,6 @@ class DeadLetter:
 
 class StoreError(Exception):
     """The database cannot be used as it is; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class PendingConfirmation:
-    request_id: str
-    room_id: str
-    chat_id: int
-    action: str
-    details: str
-    prompt_txn: str
-    deadline: float
 
 
 class Store:
@@ -679,34 +674,6 @@ class Store:
                     removed.append(StagedFile(*row))
         return removed
 
-    # -- confirmations --------------------------------------------------------
-
-    def add_confirmation(self, confirmation: PendingConfirmation) -> bool:
-        """Record a pending confirmation; False (and nothing changed) when one
-        with the same ``request_id`` is already pending. Never a replace: a
-        colliding key must not delete somebody else's question."""
-        c = confirmation
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO confirmations"
-                " (request_id, room_id, chat_id, action, details, prompt_txn, deadline) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (c.request_id, c.room_id, c.chat_id, c.action, c.details, c.prompt_txn, c.deadline),
-            )
-            return cursor.rowcount > 0
-
-    def confirmations(self, room_id: str) -> list[PendingConfirmation]:
-        rows = self._db.execute(
-            "SELECT request_id, room_id, chat_id, action, details, prompt_txn, deadline"
-            " FROM confirmations WHERE room_id = ? ORDER BY deadline",
-            (room_id,),
-        ).fetchall()
-        return [PendingConfirmation(*row) for row in rows]
-
-    def resolve_confirmation(self, request_id: str) -> bool:
-        """Remove a pending confirmation; False when it was already answered."""
-        with self._transaction() as db:
-            return db.execute("DELETE FROM confirmations WHERE request_id = ?", (request_id,)).rowcount > 0
-
     # -- compaction -------------------------------------------------------------
 
     def compact(self, now: float | None = None, horizon: float = COMPACTION_HORIZON) -> dict[str, int]:
@@ -724,8 +691,7 @@ class Store:
             ).rowcount
             outbox_cutoff = cutoff if oldest_unhandled is None else min(cutoff, oldest_unhandled)
             removed["outbox"] = db.execute(
-                "DELETE FROM outbox WHERE event_id IS NOT NULL AND queued_at < ?"
-                " AND txn_id NOT IN (SELECT prompt_txn FROM confirmations)",
+                "DELETE FROM outbox WHERE event_id IS NOT NULL AND queued_at < ?",
                 (outbox_cutoff,),
             ).rowcount
             removed["turns"] = db.execute(

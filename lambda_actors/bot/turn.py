@@ -20,15 +20,19 @@ The rules of a turn:
 3. **Failure.** :meth:`Turn.fail` (the socket failed, the bot is stopping)
    keeps what arrived and appends the marker: an agent failure
    (:func:`failure_text`) or :data:`~lambda_actors.bot.streaming.INTERRUPTED`.
-4. **Confirmations.** A confirmation request becomes a prompt in the room and
-   a pending confirmation under a key namespaced by agent and chat
+4. **Confirmations.** A confirmation request becomes an :class:`Ask`: the
+   connection makes it a record of the node's approvals (one gate for
+   everything the owner answers; ``approvals/agent.py``), numbered within
+   the answer for its id, under a key namespaced by agent and chat
    (:func:`confirmation_key`), so no agent can reach another's. Its text is
    cut to ``Limits.confirmation_chars`` with a note, never refused. The
-   owner's answer (by key) is passed to the agent; a key that is not this
-   turn's is ignored; a request id used twice in one turn is refused at once,
-   so the agent never waits for an answer that cannot come. With no answer
-   by the deadline the store decides who was first (:class:`Expire`, then
-   :meth:`Turn.expired`): the expiry says "no" only if the owner did not.
+   record's decision, or its deadline's default deny, comes back by key
+   (:meth:`Turn.decided`) and is passed to the agent; a key that is not
+   this turn's is ignored; a request id used twice in one turn is refused
+   at once, so the agent never waits for an answer that cannot come. If no
+   verdict arrives by the deadline plus :data:`VERDICT_GRACE` (the gate is
+   away), or the gate cannot be asked at all (:meth:`Turn.not_asked`), the
+   turn says no itself: no answer never means yes.
 5. **Files.** Each ``SEND_FILE`` becomes a :class:`Fetch` (numbered, for
    its transaction id), at most ``Limits.answer_files`` per answer; past
    that, one note and the rest are ignored.
@@ -68,7 +72,6 @@ __all__ = [
     "Action",
     "Ask",
     "Deliveries",
-    "Expire",
     "Fetch",
     "Finish",
     "Log",
@@ -88,6 +91,11 @@ AGENT_FAILED = "agent_failed"
 INTERRUPTED_KIND = "interrupted"
 FILE_KIND = "file"
 LIMIT_KIND = "limit"
+
+#: How long past a confirmation's deadline a turn waits for the gate's
+#: verdict before it says no itself (the record expires on time; this only
+#: matters when the approvals actor could not say so).
+VERDICT_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -126,12 +134,13 @@ class Say:
 
 @dataclass(frozen=True)
 class Ask:
-    """Record a pending confirmation under ``key`` and post its prompt."""
+    """Ask the owner through the node's approvals: confirmation ``number`` of
+    this answer, under ``key``; its verdict comes back by :meth:`Turn.decided`."""
 
     key: str
+    number: int
     action: str
     details: str
-    body: str
 
 
 @dataclass(frozen=True)
@@ -140,14 +149,6 @@ class Reply:
 
     request_id: str
     approved: bool
-
-
-@dataclass(frozen=True)
-class Expire:
-    """A confirmation's time is up: resolve ``key`` in the store, and report
-    whether this expiry was first with :meth:`Turn.expired`."""
-
-    key: str
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,11 @@ class Log:
     fields: tuple[tuple[str, Any], ...] = ()
 
 
-Action = Show | Say | Ask | Reply | Expire | Fetch | Finish | Log
+Action = Show | Say | Ask | Reply | Fetch | Finish | Log
 
 
 def confirmation_key(namespace: str, request_id: str) -> str:
-    """The store key of a confirmation: the agent's id inside its chat's namespace.
+    """The key of a confirmation: the agent's id inside its chat's namespace.
 
     Agent ids hold no ``/``, so two agents (or two chats) never make the same key.
     """
@@ -221,8 +222,8 @@ def failure_text(label: str, error: AgentConnectionError) -> str:
 class _Pending:
     request_id: str
     action: str
-    deadline: float
-    expiring: bool = False
+    #: When the turn says no itself if no verdict came (the deadline plus the grace).
+    give_up_at: float
 
 
 class Turn:
@@ -255,7 +256,7 @@ class Turn:
         """When :meth:`tick` has something to do, if nothing else happens first."""
         if self.finished:
             return None
-        times = [c.deadline for c in self._pending.values() if not c.expiring]
+        times = [c.give_up_at for c in self._pending.values()]
         due = self.stream.next_due()
         if due is not None:
             times.append(due)
@@ -303,38 +304,39 @@ class Turn:
         return [Log("connection.frame_ignored", "debug", (("frame", type(frame).__name__),))]
 
     def tick(self, now: float) -> list[Action]:
-        """Time passed: due edits, and confirmations whose time is up."""
+        """Time passed: due edits, and confirmations the gate never gave a verdict on."""
         if self.finished:
             return []
         actions: list[Action] = []
-        for key, pending in self._pending.items():
-            if not pending.expiring and pending.deadline <= now:
-                pending.expiring = True
-                actions.append(Expire(key))
+        for key, pending in list(self._pending.items()):
+            if pending.give_up_at <= now:
+                del self._pending[key]
+                actions += [
+                    Log("connection.confirmation_without_verdict", "warning", (("key", key),)),
+                    Say("expired", (self.event_id, key), f"⌛ No answer reached me in time, so no: {pending.action}"),
+                    Reply(pending.request_id, False),
+                ]
         actions.extend(self._show(self.stream.tick(now)))
         return actions
 
-    def answer(self, key: str, approved: bool) -> list[Action]:
-        """The owner answered confirmation ``key`` (the room resolved it in the store)."""
+    def decided(self, key: str, approved: bool) -> list[Action]:
+        """The gate's verdict on confirmation ``key`` (the owner's answer, or no
+        at the deadline): the agent is told."""
         pending = self._pending.pop(key, None)
         if pending is None or self.finished:
             return [Log("connection.stale_confirmation_answer", fields=(("key", key),))]
         return [Reply(pending.request_id, approved)]
 
-    def expired(self, key: str, first: bool) -> list[Action]:
-        """The outcome of an :class:`Expire`: ``first`` when the store resolved
-        the key for it (the owner had not answered)."""
-        if not first:
-            # The owner answered at the same moment; their answer is on its
-            # way through the mailbox and is taken by :meth:`answer`.
-            return []
+    def not_asked(self, key: str) -> list[Action]:
+        """The gate could not be asked (not running, or the room has no owner):
+        the agent hears no at once, the owner why."""
         pending = self._pending.pop(key, None)
         if pending is None or self.finished:
             return []
-        body = f"⌛ No answer in time, so no: {pending.action}"
+        body = f"⚠ {self.settings.label} asked for your approval, but I could not ask you just now, so it was told no: {pending.action}"
         return [
-            Log("connection.confirmation_expired", fields=(("key", key),)),
-            Say("expired", (self.event_id, key), body),
+            Log("connection.confirmation_not_asked", "warning", (("key", key),)),
+            Say("unasked", (self.event_id, key), body),
             Reply(pending.request_id, False),
         ]
 
@@ -371,18 +373,14 @@ class Turn:
                 Log("connection.confirmation_id_reused", "warning", (("key", key),)),
                 Reply(confirm.request_id, False),
             ]
+        number = len(self._asked)
         self._asked.add(key)
         room = self.settings.limits.confirmation_chars
         action = clip(confirm.action, room)
         details = clip(confirm.details, max(room - len(action), 0)) if confirm.details else ""
-        minutes = self.settings.confirmation_timeout / 60
-        body = (
-            f"🔐 {self.settings.label} asks for your permission to: {action}\n"
-            f"{details}\n"
-            f"Answer !yes or !no (or react ✅ / ❌). No answer within {minutes:g} min means no."
-        )
-        self._pending[key] = _Pending(confirm.request_id, action, now + self.settings.confirmation_timeout)
-        return [Ask(key, action, details, body)]
+        give_up_at = now + self.settings.confirmation_timeout + VERDICT_GRACE
+        self._pending[key] = _Pending(confirm.request_id, action, give_up_at)
+        return [Ask(key, number, action, details)]
 
     def _fetch(self, path: str) -> list[Action]:
         number = self._files

@@ -273,7 +273,7 @@ async def file_from_agent(demo: Demo) -> str:
 
 async def confirmation(demo: Demo) -> str:
     event_id = await demo.say("tidy up my workspace [[confirm]]")
-    await demo.notice(demo.chat1, "asks for your permission", "the bot to ask for permission")
+    await demo.notice(demo.chat1, "asks for your approval", "the bot to ask for permission")
     await demo.say("!yes")
     await demo.reply(event_id, lambda a: ": approved" in a.text, "the agent's answer saying approved")
     return "the agent asked, alice said !yes, the agent went ahead"

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from lambda_actors.bot.store import SCHEMA_VERSION, OutboxItem, PendingConfirmation, RoomBinding, Store
+from lambda_actors.bot.store import SCHEMA_VERSION, OutboxItem, RoomBinding, Store
 
 #: ``_SCHEMA`` of lambda_actors/bot/store.py at commit 4d2fca7, verbatim: the
 #: layout every database made before schema versions has.
@@ -130,7 +130,9 @@ def test_every_row_of_a_v0_database_survives_the_migration(migrated):
     assert migrated.next_chat_number("@alice:x") == 3
     assert migrated.binding("!r:x") == RoomBinding("!r:x", "@alice:x", "agent-0", 41, "Chat 2", "!space:x", False)
     assert [(f.path, f.filename, f.size) for f in migrated.staged("!r:x")] == [("incoming/b.txt", "b.txt", 0)]
-    assert migrated.confirmations("!r:x") == [PendingConfirmation("q1", "!r:x", 41, "rm", "-rf", "txn-q", 99.5)]
+    # Its pending confirmation is gone with its table: confirmations are
+    # approval records now, and no agent waits across the restart.
+    assert migrated._db.execute("SELECT name FROM sqlite_master WHERE name = 'confirmations'").fetchone() is None
     assert migrated.new_chat_id("!n:x") == 42  # the sequence continues, never reused
 
 

@@ -16,7 +16,7 @@ from lambda_actors.bot.actors.services import ERROR_KEY, POISON_MARK
 from lambda_actors.bot.commands import HELP_TEXT
 from lambda_actors.bot.config import AgentConfig, AgentsConfig
 from lambda_actors.bot.limits import Limits
-from lambda_actors.bot.store import PendingConfirmation, RoomBinding, StagedFile
+from lambda_actors.bot.store import RoomBinding, StagedFile
 from lambda_actors.matrix import events as ev
 
 BOT, ALICE, BOB, MALLORY = "@bot:x", "@alice:x", "@bob:x", "@mallory:x"
@@ -206,24 +206,7 @@ def test_bindings_to_retired_agents_are_found_at_start():
     assert r.drifted_bindings([BOUND, retired, archived], AGENTS) == [retired]
 
 
-# -- 8. confirmations --------------------------------------------------------------------------
-
-PENDING = PendingConfirmation("agent-0:req1", ROOM, 7, "delete x", "", "la.confirm.1", NOW + 600)
-
-
-def test_a_reaction_on_the_prompt_answers_the_confirmation():
-    facts = replace(FACTS, confirmations=(PENDING,), prompt_events={PENDING.request_id: "$prompt"})
-    [answer] = rules().handle(ev.Reaction("$r", ROOM, ALICE, 1, "✅", "$prompt"), facts, NOW)
-    assert answer == r.AnswerConfirmation(PENDING.request_id, True, "agent-0", 7, r.Say("confirm", "✅ Approved: delete x"))
-    assert rules().handle(ev.Reaction("$r", ROOM, ALICE, 1, "✅", "$other"), facts, NOW) == [r.Finish()]
-    assert rules().handle(ev.Reaction("$r", ROOM, ALICE, 1, "🎉", "$prompt"), facts, NOW) == [r.Finish()]
-
-
-def test_yes_and_no_answer_the_one_pending_confirmation_or_say_nothing_waits():
-    assert finish_bodies(rules().handle(text("!yes"), FACTS, NOW)) == ["Nothing is waiting for your answer."]
-    [answer] = rules().handle(text("!no"), replace(FACTS, confirmations=(PENDING,)), NOW)
-    assert answer.approved is False and answer.request_id == PENDING.request_id
-
+# -- 8. approvals (the API's requests and the agents' confirmations: one gate) -------------------
 
 APPROVAL = r.ApprovalPrompt("apr_1", "deploy", "$approval-prompt")
 OTHER_APPROVAL = r.ApprovalPrompt("apr_2", "drop the table", "$other-prompt")
@@ -233,42 +216,36 @@ def reply(body: str, to: str) -> ev.TextMessage:
     return ev.TextMessage("$t", ROOM, ALICE, 1_700_000_000_500, "m.text", body, reply_to=to)
 
 
-def test_a_reaction_on_an_approval_prompt_goes_to_the_nodes_gate_with_its_send_time():
+def test_a_reaction_on_a_prompt_goes_to_the_nodes_gate_with_its_send_time():
     facts = replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL))
     [ask] = rules().handle(ev.Reaction("$r", ROOM, ALICE, 1_700_000_000_500, "❌", "$other-prompt"), facts, NOW)
     assert ask == r.AskApprovals(Answer(ALICE, False, Via.REACTION, 1_700_000_000.5, "apr_2"))
+    assert rules().handle(ev.Reaction("$r", ROOM, ALICE, 1, "✅", "$elsewhere"), facts, NOW) == [r.Finish()]
+    assert rules().handle(ev.Reaction("$r", ROOM, ALICE, 1, "🎉", "$approval-prompt"), facts, NOW) == [r.Finish()]
 
 
 def test_a_yes_in_reply_to_a_prompt_answers_that_prompt_whatever_else_waits():
-    facts = replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL), confirmations=(PENDING,), prompt_events={PENDING.request_id: "$prompt"})
+    facts = replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL))
     [ask] = rules().handle(reply("!yes", "$approval-prompt"), facts, NOW)
     assert ask == r.AskApprovals(Answer(ALICE, True, Via.COMMAND, 1_700_000_000.5, "apr_1"))
-    [answer] = rules().handle(reply("!no", "$prompt"), facts, NOW)
-    assert isinstance(answer, r.AnswerConfirmation) and answer.approved is False
+    [ask] = rules().handle(reply("!no", "$other-prompt"), facts, NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, False, Via.COMMAND, 1_700_000_000.5, "apr_2"))
 
 
-def test_a_bare_yes_with_only_approvals_waiting_lets_the_gate_decide_or_ask():
-    [ask] = rules().handle(text("!yes"), replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL)), NOW)
-    assert ask == r.AskApprovals(Answer(ALICE, True, Via.COMMAND, 0.001, None))
+@pytest.mark.parametrize("waiting", [(APPROVAL,), (APPROVAL, OTHER_APPROVAL)])
+def test_a_bare_yes_or_no_goes_to_the_gate_which_decides_the_one_waiting_or_asks_which(waiting):
+    # One gate, not two: the rules never pick among records themselves.
+    [ask] = rules().handle(text("!no"), replace(FACTS, approvals=waiting), NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, False, Via.COMMAND, 0.001, None))
 
 
-@pytest.mark.parametrize(
-    "waiting",
-    [
-        {"confirmations": (PENDING,), "approvals": (APPROVAL,)},
-        {"confirmations": (PENDING, replace(PENDING, request_id="agent-0:req2", action="rename y"))},
-    ],
-)
-def test_a_bare_yes_with_several_things_waiting_lists_them_and_decides_nothing(waiting):
-    actions = rules().handle(text("!yes"), replace(FACTS, **waiting), NOW)
-    [body] = finish_bodies(actions)
-    assert "I did not guess" in body and "1. delete x" in body and "2. " in body
-    assert not any(isinstance(a, (r.AnswerConfirmation, r.AskApprovals)) for a in actions)
+def test_a_bare_yes_with_nothing_waiting_says_so_and_asks_nobody():
+    assert finish_bodies(rules().handle(text("!yes"), FACTS, NOW)) == ["Nothing is waiting for your answer."]
 
 
 def test_context_lists_everything_waiting_for_an_answer():
-    [body] = finish_bodies(rules().handle(text("!context"), replace(FACTS, confirmations=(PENDING,), approvals=(APPROVAL,)), NOW))
-    assert "Waiting for your answer: delete x; deploy" in body
+    [body] = finish_bodies(rules().handle(text("!context"), replace(FACTS, approvals=(APPROVAL, OTHER_APPROVAL)), NOW))
+    assert "Waiting for your answer: deploy; drop the table" in body
 
 
 # -- 9. files -----------------------------------------------------------------------------------
@@ -386,7 +363,7 @@ def test_any_text_from_the_owner_gets_a_defined_outcome_and_every_warning_carrie
     if busy:
         room_rules.turn_started("$busy")
     actions = room_rules.handle(text(body), replace(FACTS, failures=failures), NOW)
-    assert actions and isinstance(actions[-1], (r.Finish, r.Deliver, r.Wait, r.CreateChat, r.AnswerConfirmation))
+    assert actions and isinstance(actions[-1], (r.Finish, r.Deliver, r.Wait, r.CreateChat, r.AskApprovals))
     for say in says(actions):
         if say.body.startswith("⚠"):
             assert say.error is not None
@@ -443,7 +420,7 @@ def test_error_kinds_travel_in_the_notice_content():
 
 def _process(room_rules: r.RoomRules, inbox: list, handled: set, delivered: list) -> None:
     """The room actor's loop over its inbox (room.py's ``process``), with the rules alone."""
-    facts = replace(FACTS, confirmations=(PENDING,))
+    facts = replace(FACTS, approvals=(APPROVAL,))
     waiting = False
     for event in inbox:
         if event.event_id in handled or not r.admit(event.event_id, event, room_rules.in_flight, waiting):
@@ -495,8 +472,7 @@ def test_a_refusal_by_the_homeserver_is_told_with_its_code():
 
 PENDING_FACTS = replace(
     FACTS,
-    confirmations=(PENDING,),
-    prompt_events={PENDING.request_id: "$p"},
+    approvals=(r.ApprovalPrompt("apr_1", "deploy", "$p"),),
     staged=(StagedFile(11, "incoming/a", "a.txt", 10),),
     staged_bytes=4990,
     rooms_created_last_hour=3,
@@ -504,7 +480,7 @@ PENDING_FACTS = replace(
 )
 _GROUPS = {
     r.OWNER_ROOMS: ("owner_rooms",),
-    r.CONFIRMATIONS: ("confirmations", "prompt_events"),
+    r.APPROVALS: ("approvals",),
     r.STAGED: ("staged", "staged_bytes"),
     r.ROOMS_CREATED: ("rooms_created_last_hour", "room_slot_free_at"),
 }

@@ -8,7 +8,6 @@ import pytest
 from lambda_actors.bot.store import (
     SCHEMA_VERSION,
     OutboxItem,
-    PendingConfirmation,
     RoomBinding,
     StagedFile,
     Store,
@@ -104,14 +103,11 @@ def test_state_survives_reopening(tmp_path):
     s.bind_room(RoomBinding("!r:x", "@a:x", "agent-0", 7, "Chat 1", "!space:x"))
     s.set_user_space("@a:x", "!space:x")
     s.stage("!r:x", "incoming/1-a.txt", "a.txt")
-    s.add_confirmation(PendingConfirmation("q1", "!r:x", 7, "rm", "-rf", "txn", 99.0))
     s.close()
     s = Store.open(tmp_path / "db")
     assert s.binding("!r:x") == RoomBinding("!r:x", "@a:x", "agent-0", 7, "Chat 1", "!space:x", False)
     assert s.user_space("@a:x") == "!space:x"
     assert [f.path for f in s.staged("!r:x")] == ["incoming/1-a.txt"]
-    assert s.resolve_confirmation("q1") is True
-    assert s.resolve_confirmation("q1") is False
     assert s.next_chat_number("@a:x") == 1
     assert s.next_chat_number("@a:x") == 2
     s.close()
@@ -193,15 +189,6 @@ def test_rooms_created_since_counts_only_rooms_the_bot_created_in_the_window(sto
     assert store.binding("!b:x").archived
 
 
-def test_a_confirmation_with_a_taken_key_never_replaces_the_pending_one(store):
-    mine = PendingConfirmation("q1", "!r:x", 7, "rm", "mine", "txn-mine", 99.0)
-    theirs = PendingConfirmation("q1", "!s:x", 8, "rm", "theirs", "txn-theirs", 99.0)
-    assert store.add_confirmation(mine) is True
-    assert store.add_confirmation(theirs) is False
-    assert store.confirmations("!r:x") == [mine]
-    assert store.confirmations("!s:x") == []
-
-
 def test_data_dir_and_database_files_are_private(tmp_path):
     data = tmp_path / "data"
     s = Store.open(data / "bot.sqlite3")
@@ -278,13 +265,10 @@ def test_an_invitation_row_never_stands_in_for_a_rooms_newest_event(store):
     assert store.has_event("$a1") and not store.has_event("invite:!r:x:s1")
 
 
-def test_compaction_keeps_unsent_rows_confirmation_prompts_and_sends_of_turns_still_open(store):
+def test_compaction_keeps_unsent_rows_and_sends_of_turns_still_open(store):
     store.ingest([_event("$done"), _event("$open")], "t")
     store.enqueue([OutboxItem(0, "old-sent", "!r:x", "m.room.message", {"body": "a"})])
     store.mark_sent("old-sent", "$1")
-    store.enqueue([OutboxItem(0, "prompt", "!r:x", "m.room.message", {"body": "ok?"})])
-    store.mark_sent("prompt", "$2")
-    store.add_confirmation(PendingConfirmation("q", "!r:x", 1, "rm", "", "prompt", 1.0))
     store.enqueue([OutboxItem(0, "unsent", "!r:x", "m.room.message", {"body": "b"})])
     store.finish("$done")
     # $open is unhandled: rows queued after it was stored may be its answer,
@@ -296,7 +280,7 @@ def test_compaction_keeps_unsent_rows_confirmation_prompts_and_sends_of_turns_st
     store.finish("$open")
     store.finish("$open2")
     assert store.compact(now=_later(), horizon=DAY)["outbox"] == 2  # old-sent, answer-part
-    assert store.has_send("prompt") and store.has_send("unsent")
+    assert store.has_send("unsent")
     assert not store.has_send("old-sent") and not store.has_send("answer-part")
 
 

@@ -22,8 +22,8 @@ from lambda_actors.bot.turn import (
     INTERRUPTED_KIND,
     LIMIT_KIND,
     Ask,
+    VERDICT_GRACE,
     Deliveries,
-    Expire,
     Fetch,
     Finish,
     Log,
@@ -174,27 +174,33 @@ def ask(t: Turn, request_id: str = "r1", action: str = "delete_file", details: s
 def test_a_confirmation_is_asked_under_a_key_namespaced_by_agent_and_chat() -> None:
     t = turn()
     (question,) = ask(t)
-    assert isinstance(question, Ask)
-    assert question.key == confirmation_key("agent-0/7", "r1") == "agent-0/7/r1"
-    assert "asks for your permission to: delete_file" in question.body
+    assert question == Ask("agent-0/7/r1", 0, "delete_file", "old.txt")
+    assert question.key == confirmation_key("agent-0/7", "r1")
     # Two agents using the same request id never share a key.
     other = Turn(TurnSettings(label="B", namespace="agent-1/7"), "$e2")
     assert ask(other)[0].key != question.key
 
 
-def test_the_owners_answer_goes_to_the_agent_under_its_own_id() -> None:
+def test_confirmations_are_numbered_in_the_order_the_answer_asks_them() -> None:
+    # The number goes into the record's id: a replayed turn asking the same
+    # things in the same order finds the same records.
+    t = turn()
+    assert [a.number for a in ask(t, "r1") + ask(t, "r2") + ask(t, "r3")] == [0, 1, 2]
+
+
+def test_the_gates_verdict_goes_to_the_agent_under_its_own_id() -> None:
     t = turn()
     (question,) = ask(t)
-    assert t.answer(question.key, True) == [Reply("r1", True)]
-    # Answered once; a repeat is stale.
-    assert of(t.answer(question.key, False), Reply) == []
+    assert t.decided(question.key, True) == [Reply("r1", True)]
+    # Decided once; a repeat is stale.
+    assert of(t.decided(question.key, False), Reply) == []
 
 
-def test_an_answer_for_another_key_is_ignored() -> None:
+def test_a_verdict_for_another_key_is_ignored() -> None:
     t = turn()
     ask(t)
-    assert of(t.answer("agent-1/7/r1", True), Reply) == []
-    assert of(t.answer("r1", True), Reply) == []
+    assert of(t.decided("agent-1/7/r1", True), Reply) == []
+    assert of(t.decided("r1", True), Reply) == []
 
 
 def test_a_request_id_used_twice_is_refused_at_once() -> None:
@@ -209,25 +215,27 @@ def test_a_long_confirmation_text_is_cut_with_a_note_never_refused() -> None:
     (question,) = ask(t, action="a" * 80, details="d" * 10_000)
     assert len(question.action) == 80
     assert question.details.startswith("d" * 20) and "more characters not shown" in question.details
-    assert len(question.body) < 400
+    assert len(question.details) < 200
 
 
-def test_no_answer_by_the_deadline_expires_only_if_the_store_says_we_were_first() -> None:
+def test_with_no_verdict_past_the_deadline_and_its_grace_the_turn_says_no_itself() -> None:
+    # The gate expires the record on time; this is for a gate that is away.
     t = turn()
     (question,) = ask(t, now=0.0)
-    assert t.next_due() == 60.0
-    assert t.tick(60.0) == [Expire(question.key)]
-    assert t.tick(61.0) == []  # asked once
-    won = t.expired(question.key, first=True)
-    assert Reply("r1", False) in won and of(won, Say)[0].body.startswith("⌛ No answer in time, so no: delete_file")
+    assert t.next_due() == 60.0 + VERDICT_GRACE
+    assert of(t.tick(60.0), Reply) == []
+    gave_up = t.tick(60.0 + VERDICT_GRACE)
+    assert Reply("r1", False) in gave_up and of(gave_up, Say)[0].body.startswith("⌛ No answer reached me in time, so no")
+    assert t.tick(100.0) == [] and of(t.decided(question.key, True), Reply) == []  # said once
 
 
-def test_an_owner_answer_racing_the_expiry_wins() -> None:
+def test_a_gate_that_cannot_be_asked_means_no_at_once_and_the_owner_hears_why() -> None:
     t = turn()
     (question,) = ask(t)
-    t.tick(60.0)
-    assert t.expired(question.key, first=False) == []
-    assert t.answer(question.key, True) == [Reply("r1", True)]
+    refused = t.not_asked(question.key)
+    assert Reply("r1", False) in refused
+    assert "could not ask you" in of(refused, Say)[0].body
+    assert t.pending_keys == frozenset() and t.not_asked(question.key) == []
 
 
 def test_the_end_of_a_turn_drops_its_pending_confirmations() -> None:

@@ -6,11 +6,15 @@ stand-in with a plain channel for a mailbox.
 Rules of connection.py's docstring tested here: Matrix failures are charged
 to Matrix (1, 4), a stop says "interrupted" (1), nothing is overwritten (2),
 frames outside an answer are bounded (5); the confirmation keys are
-namespaced (turn rule 4) end to end.
+namespaced (turn rule 4) end to end, and a confirmation is a record of a
+real approvals actor whose verdict reaches the agent.
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,16 @@ from lambda_actors.bot.actors.services import (
     BotServices,
     Timing,
 )
-from lambda_actors.bot.actors.turns import ConfirmAnswer, Deliver, TurnDone
+from lambda_actors import ChildSpec, open_supervisor
+from lambda_actors.approvals.actor import approvals_actor
+from lambda_actors.approvals.gate import Answer, AskWhich, Decided
+from lambda_actors.approvals.messages import Answered, Confirm
+from lambda_actors.approvals.record import Approval, Source, Status, Via
+from lambda_actors.approvals.store import ApprovalStore
+from lambda_actors.bot.actors.services import APPROVALS_PATH
+from lambda_actors.bot.actors.turns import Deliver, TurnDone
+from lambda_actors.bot.store import RoomBinding
+from lambda_actors.runtime.errors import NoSuchActor
 from lambda_actors.bot.config import AgentConfig, AgentsConfig
 from lambda_actors.bot.limits import Limits
 from lambda_actors.bot.store import Store
@@ -83,9 +96,16 @@ class Mailbox:
 @dataclass
 class Registry:
     outbox: Recorder
+    #: The node's approvals actor, when a test runs one.
+    approvals: Any = None
 
     def get(self, path: str) -> Recorder:
         return self.outbox
+
+    def lookup(self, path: str) -> Any:
+        if path == APPROVALS_PATH and self.approvals is not None:
+            return self.approvals
+        raise NoSuchActor(f"nothing is registered as {path!r}")
 
 
 @dataclass
@@ -233,17 +253,87 @@ async def test_a_flood_between_answers_cuts_the_socket_and_the_next_turn_reconne
     assert rig.agent.connections["7"] == 2 and rig.actor_error == []
 
 
-async def test_confirmation_answers_are_taken_only_under_this_chats_key(rig: Rig) -> None:
+class ShownViews:
+    """What the approvals actor would show in Matrix, recorded (Matrix has its own tests)."""
+
+    def __init__(self) -> None:
+        self.shown: list[Approval] = []
+        self.changed = trio.Event()
+
+    def agent_label(self, agent_id: str) -> str | None:
+        return "Agent 0"
+
+    def room_for(self, approver: str, agent_id: str) -> str | None:
+        return ROOM
+
+    async def show(self, ctx: Any, record: Approval) -> None:
+        self.shown.append(record)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def ask_which(self, ctx: Any, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
+        pass
+
+    async def wait_for(self, condition) -> None:
+        with trio.fail_after(HANG):
+            while not condition():
+                await self.changed.wait()
+
+
+OWNER, STRANGER = "@alice:test", "@mallory:test"
+
+
+async def test_a_confirmation_is_an_approval_record_and_only_the_owners_answer_reaches_the_agent(rig: Rig) -> None:
+    rig.store.bind_room(RoomBinding(ROOM, OWNER, "agent-0", 7, "Chat 1"))
+    views = ShownViews()
+    approvals = ApprovalStore(sqlite3.connect(":memory:"))
+    async with open_supervisor("node", [ChildSpec("approvals", approvals_actor, args=(approvals, views))]) as sup:
+        gate = sup.address("approvals")
+        rig.ctx.registry.approvals = gate
+        await rig.send(rig.deliver("$1", "may I [[confirm]]"))
+        await views.wait_for(lambda: bool(views.shown))
+        (record,) = views.shown
+        assert (record.source, record.approver, record.agent_id, record.room_id) == (Source.AGENT, OWNER, "agent-0", ROOM)
+        assert (record.action, record.details, record.status) == ("delete_file", "delete outbox/old.txt", Status.PENDING)
+        assert record.expires_at - record.created_at == TIMING.confirmation_timeout
+        # Anyone but the room's owner changes nothing; the owner's !yes decides.
+        stranger = await gate.call(Answered(ROOM, "$s", Answer(STRANGER, False, Via.COMMAND, time.time())))
+        assert not isinstance(stranger, Decided)
+        owner = await gate.call(Answered(ROOM, "$o", Answer(OWNER, True, Via.COMMAND, time.time())))
+        assert isinstance(owner, Decided) and owner.record.status is Status.APPROVED
+        await rig.turn_done("$1")
+        assert re.search(r"confirmation \S+: approved", rig.final("$1")["body"])
+        # The same confirmation asked again (the turn replayed) is the same
+        # record, decided: no second record, no second prompt.
+        again = await gate.call(Confirm(record.id, "agent-0", ROOM, OWNER, "delete_file", "delete outbox/old.txt", 30.0))
+        assert again.status is Status.APPROVED and approvals.listing() == [again] and len(views.shown) == 2
+
+
+async def test_two_confirmations_pending_a_bare_yes_decides_nothing(rig: Rig) -> None:
+    # One gate for everything the owner answers: another record waiting in
+    # the same room makes a bare !yes ambiguous, so the gate asks which.
+    rig.store.bind_room(RoomBinding(ROOM, OWNER, "agent-0", 7, "Chat 1"))
+    views = ShownViews()
+    approvals = ApprovalStore(sqlite3.connect(":memory:"))
+    async with open_supervisor("node", [ChildSpec("approvals", approvals_actor, args=(approvals, views))]) as sup:
+        gate = sup.address("approvals")
+        rig.ctx.registry.approvals = gate
+        other = await gate.call(Confirm("apr_other", "agent-0", ROOM, OWNER, "rename y", "", 30.0))
+        await rig.send(rig.deliver("$1", "may I [[confirm]]"))
+        await views.wait_for(lambda: len(views.shown) == 2)
+        bare = await gate.call(Answered(ROOM, "$y", Answer(OWNER, True, Via.COMMAND, time.time())))
+        assert isinstance(bare, AskWhich) and len(bare.candidates) == 2
+        assert all(r.status is Status.PENDING for r in approvals.pending()) and len(approvals.pending()) == 2
+        mine = next(r for r in views.shown if r.id != other.id)
+        await gate.call(Answered(ROOM, "$n", Answer(OWNER, False, Via.REACTION, time.time(), mine.id)))
+        await rig.turn_done("$1")
+        assert re.search(r"confirmation \S+: denied", rig.final("$1")["body"])
+
+
+async def test_with_no_gate_to_ask_the_agent_is_told_no_at_once_and_the_owner_why(rig: Rig) -> None:
+    rig.store.bind_room(RoomBinding(ROOM, OWNER, "agent-0", 7, "Chat 1"))
     await rig.send(rig.deliver("$1", "may I [[confirm]]"))
-    with trio.fail_after(HANG):
-        while not rig.store.confirmations(ROOM):
-            await trio.sleep(0.01)  # polling the store: the test's own stand-in for the room
-    (pending,) = rig.store.confirmations(ROOM)
-    assert pending.request_id.startswith("agent-0/7/")
-    raw = pending.request_id.removeprefix("agent-0/7/")
-    # Another agent's key with the same request id, and the bare id, are ignored.
-    await rig.send(ConfirmAnswer(f"agent-1/7/{raw}", False))
-    await rig.send(ConfirmAnswer(raw, False))
-    await rig.send(ConfirmAnswer(pending.request_id, True))
     await rig.turn_done("$1")
-    assert f"confirmation {raw}: approved" in rig.final("$1")["body"]
+    assert re.search(r"confirmation \S+: denied", rig.final("$1")["body"])
+    assert any("could not ask you" in r.content["body"] for r in rig.rows())
+    assert "connection.gate_unavailable" in rig.ctx.log.events()

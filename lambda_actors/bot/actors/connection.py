@@ -43,12 +43,15 @@ The rules of the connection itself:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from ...approvals.actor import MAX_WAIT_S
+from ...approvals.agent import confirmation_id
+from ...approvals.messages import Confirm, NotFound, Read, Withdraw
+from ...approvals.record import Approval, Source, Status
 from ...agent.client import (
     AgentConnection,
     AgentConnectionError,
@@ -59,11 +62,11 @@ from ...agent.client import (
 from ...matrix import content as contents
 from ...matrix.errors import MatrixFailure
 from ...runtime.address import Address
-from ...runtime.errors import ActorError
+from ...runtime.errors import ActorError, CallError
 from ...runtime.spec import ChildSpec
 from ..config import AgentConfig
 from ..files import AgentFile, UnsafeAgentFile, load_agent_file
-from ..store import OutboxItem, PendingConfirmation
+from ..store import OutboxItem
 from ..streaming import INTERRUPTED
 from ..turn import (
     AGENT_FAILED,
@@ -71,7 +74,6 @@ from ..turn import (
     Action,
     Ask,
     Deliveries,
-    Expire,
     Fetch,
     Finish,
     Log,
@@ -86,6 +88,7 @@ from ..turn import (
 from .outbox import tell_outbox
 from .services import (
     AGENTS_PATH,
+    APPROVALS_PATH,
     DONE_KEY,
     ERROR_FILE,
     ERROR_HOMESERVER,
@@ -96,7 +99,7 @@ from .services import (
     quietly,
     txn_id,
 )
-from .turns import ConfirmAnswer, Deliver, TurnDone
+from .turns import Deliver, TurnDone
 
 #: Inputs held between the two pumps (mailbox, socket) and the turn loop. Small:
 #: a pump that finds it full waits, which slows only this actor's own mailbox
@@ -135,6 +138,14 @@ class _SocketEnded:
 
 
 @dataclass(frozen=True)
+class _Decided:
+    """The gate's verdict on the confirmation ``key`` of the turn that asked it."""
+
+    key: str
+    approved: bool
+
+
+@dataclass(frozen=True)
 class _Stopping:
     """The mailbox ended: the actor is being stopped (or restarted)."""
 
@@ -161,6 +172,8 @@ class _Connection:
         self.deliver: Deliver | None = None
         #: When the last answer ended (Trio clock), for the late-frame grace.
         self.ended_at = -math.inf
+        #: The tasks waiting for the gate's verdicts on this turn's confirmations.
+        self.verdicts: list[trio.CancelScope] = []
         self.stopping = False
         self.socket_gone = False
         self.nursery: trio.Nursery
@@ -283,10 +296,10 @@ class _Connection:
             case _SocketEnded(conn=c, error=error) if c is conn:
                 self.ctx.log.info("connection.closed_while_idle", chat_id=self.chat_id, reason=str(error))
                 self.socket_gone = True
-            case ConfirmAnswer():
-                # The turn it belonged to is over (the agent gave up waiting,
-                # or we restarted); the agent no longer expects it.
-                self.ctx.log.info("connection.stale_message", message=repr(item))
+            case _Decided():
+                # The turn it belonged to is over (the agent gave up waiting);
+                # the agent no longer expects it.
+                self.ctx.log.info("connection.stale_verdict", key=item.key)
             case _Frame() | _SocketEnded():
                 pass  # an earlier socket's, or dropped while idle
             case _:
@@ -342,6 +355,9 @@ class _Connection:
             raise
         finally:
             answered.set()
+            for scope in self.verdicts:
+                scope.cancel()
+            self.verdicts.clear()
         self.ended_at = trio.current_time()
         self.turn = self.deliver = None
         self.deliveries.done()
@@ -355,8 +371,8 @@ class _Connection:
                 return turn.frame(frame, now)
             case _SocketEnded(conn=c, error=error) if c is conn:
                 raise error
-            case ConfirmAnswer(request_id=key, approved=approved):
-                return turn.answer(key, approved)
+            case _Decided(key=key, approved=approved):
+                return turn.decided(key, approved)
             case Deliver():
                 if not self.deliveries.offer(item.event_id, item):
                     self.ctx.log.info("connection.repeated_delivery", event_id=item.event_id)
@@ -382,14 +398,10 @@ class _Connection:
                     item = notice(deliver.room_id, kind, cause, body, source=deliver.event_id, done=False, error=error)
                     await self._tell_outbox(self.bot.store.enqueue([item]))
                 case Ask():
-                    await self._ask(deliver, action)
+                    await self._ask(conn, deliver, action)
                 case Reply(request_id=request_id, approved=approved) if conn is not None:
                     # This chat's own socket, as above.
                     await conn.send_confirm_response(request_id, approved)
-                case Expire(key=key):
-                    assert self.turn is not None
-                    first = self.bot.store.resolve_confirmation(key)
-                    await self._execute(conn, self.turn.expired(key, first))
                 case Fetch(number=number, path=path):
                     await self._send_file(deliver, number, path)
                 case Finish(parts=parts, error=error):
@@ -433,10 +445,7 @@ class _Connection:
             queued: list[OutboxItem] = []
         else:
             queued = store.finish(deliver.event_id, self._rows(deliver, parts, done=True, error=error))
-        prefix = self.settings.namespace + "/"
-        for pending in store.confirmations(deliver.room_id):
-            if pending.request_id.startswith(prefix):
-                store.resolve_confirmation(pending.request_id)
+        await self._withdraw_confirmations(deliver.room_id)
         await self._tell_outbox(queued)
         try:
             # The room serves one room; its mailbox takes one TurnDone per turn.
@@ -491,20 +500,72 @@ class _Connection:
                 await answered.wait()
         await quietly(client.typing(room_id, False), self.ctx.log, "connection.typing")
 
-    async def _ask(self, deliver: Deliver, ask: Ask) -> None:
-        prompt = notice(deliver.room_id, "confirm", (deliver.event_id, ask.key), ask.body, source=deliver.event_id, done=False)
-        self.bot.store.add_confirmation(
-            PendingConfirmation(
-                ask.key,
-                deliver.room_id,
-                self.chat_id,
-                ask.action,
-                ask.details,
-                prompt.txn_id,
-                time.time() + self.timing.confirmation_timeout,
+    async def _ask(self, conn: AgentConnection | None, deliver: Deliver, ask: Ask) -> None:
+        """Make the confirmation a record of the node's approvals (its prompt
+        is the gate's to post), then wait for its verdict beside the turn."""
+        assert self.turn is not None
+        binding = self.bot.store.binding(deliver.room_id)
+        record: Approval | None = None
+        if binding is not None:
+            confirm = Confirm(
+                confirmation_id(deliver.event_id, self.settings.namespace, ask.number, ask.action, ask.details),
+                self.agent.id, deliver.room_id, binding.owner, ask.action, ask.details, self.timing.confirmation_timeout,
             )
-        )
-        await self._tell_outbox(self.bot.store.enqueue([prompt]))
+            try:
+                # A call, but it cannot block a loop serving others: this
+                # actor serves one chat, and the gate never calls anyone back.
+                record = await self.ctx.registry.lookup(APPROVALS_PATH).call(confirm)
+            except (ActorError, CallError) as exc:
+                self.ctx.log.warning("connection.gate_unavailable", chat_id=self.chat_id, error=str(exc))
+        if record is None:
+            await self._execute(conn, self.turn.not_asked(ask.key))
+        elif record.final:
+            # Decided already: the same turn replayed, and the owner answered meanwhile.
+            await self._execute(conn, self.turn.decided(ask.key, record.status is Status.APPROVED))
+        else:
+            scope = trio.CancelScope()
+            self.verdicts.append(scope)
+            self.nursery.start_soon(self._await_verdict, ask.key, record.id, scope)
+
+    async def _await_verdict(self, key: str, approval_id: str, scope: trio.CancelScope) -> None:
+        """Long-poll the gate until the record is final, then hand the verdict to the turn.
+
+        Cancelled when the turn ends. While the gate is between incarnations
+        it is asked again a moment later; if it never answers, the turn says
+        no itself after the deadline (``turn.VERDICT_GRACE``)."""
+        with scope:
+            while True:
+                try:
+                    record = await self.ctx.registry.lookup(APPROVALS_PATH).call(
+                        Read(approval_id, MAX_WAIT_S), timeout=MAX_WAIT_S + 10
+                    )
+                except NotFound:
+                    approved = False
+                    break
+                except (ActorError, CallError):
+                    await trio.sleep(1.0)  # the gate is restarting: ask it again
+                    continue
+                if record.final:
+                    approved = record.status is Status.APPROVED
+                    break
+            # Our own loop's channel: waits only while this actor is busy.
+            await self.send_input.send(_Decided(key, approved))
+
+    async def _withdraw_confirmations(self, room_id: str) -> None:
+        """The turn is over: the agent's confirmations still pending in the room
+        are withdrawn (nobody would hear their answer). Asked only when the
+        store shows some, so a turn without one costs no call."""
+        approvals = self.bot.approvals
+        if approvals is None or not any(
+            r.room_id == room_id and r.agent_id == self.agent.id and r.source is Source.AGENT for r in approvals.pending()
+        ):
+            return
+        try:
+            # Cannot block others: as in _ask.
+            await self.ctx.registry.lookup(APPROVALS_PATH).call(Withdraw(room_id, self.agent.id))
+        except (ActorError, CallError) as exc:
+            # They expire at their deadline instead (default deny).
+            self.ctx.log.info("connection.confirmations_not_withdrawn", error=str(exc))
 
     async def _send_file(self, deliver: Deliver, number: int, path: str) -> None:
         cause = (deliver.event_id, str(number))

@@ -7,7 +7,7 @@
     ├── agents              one supervisor per configured agent: the isolation boundary
     │   └── <agent_id>      its connection actors, started on first use
     │       └── chat-<n>    one WebSocket per (agent, chat)
-    ├── approvals           the node's approval decisions (with node.toml)
+    ├── approvals           the node's approval decisions (API requests, agent confirmations)
     ├── approval-callbacks  their signed callbacks
     ├── rooms               room actors, started on first use
     │   └── <room_id>
@@ -173,8 +173,10 @@ async def run_bot(
 ) -> None:
     """Log in, run the tree until ``stop`` is set, then stop it in order.
 
-    With ``node`` the tree also runs the node's approvals and, with
-    ``http``, its HTTP API there (SPEC section 7); without, the chat bot alone.
+    The tree always runs the node's approvals: an agent's confirmation is
+    one of their records (SPEC 7.1), so a bot embedded without ``node``
+    (tests, benchmarks) runs them with node.toml's defaults. ``http`` adds
+    the HTTP API (SPEC section 7).
 
     Raises a :class:`StartupError` (before anything is started) when a path,
     the homeserver, the credentials or the HTTP address are unusable; see
@@ -205,10 +207,9 @@ async def run_bot(
                 # Checked last before the tree starts: a port taken is exit 5,
                 # after the homeserver and the credentials had their say.
                 check_listen(http)
-            if node is not None:
-                approvals = open_approval_store(data_dir / DATABASE_FILE)
+            approvals = open_approval_store(data_dir / DATABASE_FILE)
             bot = BotServices(store, client, agents, user_id, timing, faults=faults, approvals=approvals)
-            parts = None if node is None else NodeParts.build(bot, node, http)
+            parts = NodeParts.build(bot, node or NodeConfig(), http)
             async with trio.open_nursery() as nursery:
                 sup = await nursery.start(serve_node, bot, supervision, parts)
                 if control_socket is not None:

@@ -72,7 +72,7 @@ from .services import (
     notice,
     quietly,
 )
-from .turns import ConfirmAnswer, Deliver, TurnDone
+from .turns import Deliver, TurnDone
 
 #: Marks an invitation in the inbox (invites have no timeline event of their own).
 INVITE_TYPE = "org.lambda.invite"
@@ -185,11 +185,6 @@ class _Room:
         changes: dict[str, Any] = {}
         if rules.OWNER_ROOMS in needed:
             changes["owner_rooms"] = tuple(store.user_rooms(owner))
-        if rules.CONFIRMATIONS in needed:
-            confirmations = tuple(store.confirmations(self.room_id))
-            changes["confirmations"] = confirmations
-            if isinstance(event, ev.Reaction):
-                changes["prompt_events"] = {c.request_id: store.sent_event_id(c.prompt_txn) for c in confirmations}
         if rules.APPROVALS in needed and self.bot.approvals is not None:
             changes["approvals"] = tuple(
                 rules.ApprovalPrompt(r.id, r.action, store.sent_event_id(prompt_txn(r.id)))
@@ -300,8 +295,6 @@ class _Room:
                     await self._download(item, action)
                 case rules.AskApprovals(answer=answer):
                     await self._ask_approvals(item, answer)
-                case rules.AnswerConfirmation():
-                    await self._answer_confirmation(item, action)
                 case rules.Deliver():
                     await self._deliver(item, action)
                 case _:
@@ -410,20 +403,7 @@ class _Room:
         self.rules.turn_done(item.event_id)
         await self._finish(item.event_id, [self._notice(item, action.undeliverable)])
 
-    # -- confirmations ------------------------------------------------------------------
-
-    async def _answer_confirmation(self, item: InboxEvent, action: rules.AnswerConfirmation) -> None:
-        if not self.store.resolve_confirmation(action.request_id):
-            await self._finish(item.event_id)  # answered already (or expired)
-            return
-        try:
-            address = connection_address(self.ctx, action.agent_id, action.chat_id, self.bot)
-            # Cannot block others: the connection serves this room's chat alone.
-            await address.send(ConfirmAnswer(action.request_id, action.approved))
-        except ActorError:
-            # Its connection is gone, and with it the turn that asked.
-            self.ctx.log.info("room.confirmation_for_a_gone_connection", request_id=action.request_id)
-        await self._finish(item.event_id, [self._notice(item, action.say)])
+    # -- approvals ----------------------------------------------------------------------
 
     async def _ask_approvals(self, item: InboxEvent, answer: Answer) -> None:
         """The node's approvals actor judges the answer (and edits the prompt,

@@ -3,8 +3,9 @@
 A room hands one user message at a time to the connection of its (agent,
 chat) as :class:`Deliver`; the connection streams the answer into the room
 and reports :class:`TurnDone` when the turn has ended, answered or failed.
-While a turn is out, the owner's answer to an agent's confirmation travels
-as :class:`ConfirmAnswer`. These three are the whole protocol between them.
+These two are the whole protocol between them: an agent's confirmation is
+not theirs but the node's approvals' (the connection asks the gate and
+waits for its verdict; the room hands the owner's answers to the gate).
 
 A connection queues the Delivers it is sent (one per room at a time, from
 each room sharing the chat) and answers them in order; every Deliver it took
@@ -30,20 +31,6 @@ class Deliver:
     text: str
     attachments: tuple[str, ...]
     room: Address
-
-
-@dataclass(frozen=True)
-class ConfirmAnswer:
-    """The owner answered a confirmation.
-
-    ``request_id`` is the confirmation's store key, ``<agent_id>/<chat_id>/<the
-    agent's request id>`` (:func:`lambda_actors.bot.turn.confirmation_key`), as
-    the room found it in the store: a connection takes only keys of its own
-    turn, so no agent can answer or clear another's confirmation.
-    """
-
-    request_id: str
-    approved: bool
 
 
 @dataclass(frozen=True)
