@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lambda_actors.bot.actors.services import DONE_KEY, SOURCE_KEY  # noqa: E402
+from lambda_actors.bot.agents_directory import AgentDirectory  # noqa: E402
 from lambda_actors.matrix import content as contents  # noqa: E402
 from lambda_actors.matrix import events as ev  # noqa: E402
 from lambda_actors.matrix.client import MatrixClient  # noqa: E402
@@ -356,7 +357,7 @@ async def run_light(args: argparse.Namespace) -> dict[str, Any]:
         http = httpx.AsyncClient(transport=httpx.MockTransport(homeserver.handle))
         client = MatrixClient("http://soak.invalid", access_token="soak", user_id=bot_id, http=http)
         timing = Timing(compaction_interval=args.compaction_interval, compaction_horizon=args.horizon)
-        bot = BotServices(store, client, agents, bot_id, timing)
+        bot = BotServices(store, client, AgentDirectory(agents), bot_id, timing)
         shipped = ROOT / "lambda_actors" / "bot" / "supervision.toml"
         sup = await nursery.start(serve_node, bot, shipped if shipped.exists() else None)
 

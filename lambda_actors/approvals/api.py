@@ -16,7 +16,9 @@ from starlette.routing import Route
 from ..node.api import ApiError, read_json, require
 from ..runtime.address import Address
 from ..runtime.errors import ActorError, CallError
-from .messages import Cancel, Conflict, NotFound, Read, Submit, Unservable
+from .messages import Cancel, Conflict, NoRoom, NotFound, Read, Submit, Unservable
+from .registration_api import call as call_registry
+from .registry_messages import MakeRoom
 from .record import Status
 from .request import parse
 from .store import ApprovalStore
@@ -27,14 +29,22 @@ SCOPE = "approvals"
 BASE = "/api/v1/delivery"
 
 
-def approval_routes(approvals: Address, store: ApprovalStore) -> list[Route]:
+def approval_routes(approvals: Address, store: ApprovalStore, registry: Address | None = None) -> list[Route]:
     async def create(request: Request) -> JSONResponse:
         client = require(request, SCOPE)
         parsed = parse(await read_json(request))
         if isinstance(parsed, list):
             raise ApiError(400, "; ".join(f"{p.field}: {p.message}" for p in parsed), field=parsed[0].field)
         token = request.headers["authorization"].partition(" ")[2].strip()
-        record, created = await _ask(approvals, Submit(client.name, token, parsed))
+        submit = Submit(client.name, token, parsed)
+        try:
+            record, created = await _ask(approvals, submit, no_room=registry is not None)
+        except NoRoom:
+            # SPEC 7.1: the approver has no room with that agent; the registry
+            # makes one (a Space first if they have none), then it is asked there.
+            assert registry is not None
+            await call_registry(registry, MakeRoom(parsed.approver, parsed.agent_id))
+            record, created = await _ask(approvals, submit)
         return JSONResponse(record.to_json(), status_code=201 if created else 200)
 
     async def read(request: Request) -> JSONResponse:
@@ -73,9 +83,13 @@ def approval_routes(approvals: Address, store: ApprovalStore) -> list[Route]:
     ]
 
 
-async def _ask(approvals: Address, msg: Any, timeout: float = 10.0) -> Any:
+async def _ask(approvals: Address, msg: Any, timeout: float = 10.0, no_room: bool = False) -> Any:
     try:
         return await approvals.call(msg, timeout=timeout)
+    except NoRoom:
+        if no_room:
+            raise
+        raise ApiError(422, "the approver has no room with this agent and none could be made here", field="approver") from None
     except Conflict:
         raise ApiError(409, "this request_id was used before with a different body; use a new request_id") from None
     except Unservable as exc:

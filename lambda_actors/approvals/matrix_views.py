@@ -15,7 +15,8 @@ from ..bot.actors.services import BotServices, notice, txn_id
 from ..bot.store import OutboxItem
 from ..runtime.context import ActorContext
 from .prompt import ask_which, final_text, prompt_content, prompt_text
-from .record import Approval
+from .record import Approval, Source
+from .registration_store import RegistrationStore
 from .store import ApprovalStore
 
 __all__ = ["MatrixViews", "prompt_txn"]
@@ -27,9 +28,10 @@ def prompt_txn(approval_id: str) -> str:
 
 
 class MatrixViews:
-    def __init__(self, bot: BotServices, approvals: ApprovalStore) -> None:
+    def __init__(self, bot: BotServices, approvals: ApprovalStore, registrations: RegistrationStore | None = None) -> None:
         self.bot = bot
         self.approvals = approvals
+        self.registrations = registrations
 
     def agent_label(self, agent_id: str) -> str | None:
         try:
@@ -44,7 +46,7 @@ class MatrixViews:
     async def show(self, ctx: ActorContext, record: Approval) -> None:
         if record.room_id is None or self.approvals.shown(record.id) == record.status:
             return
-        label = self.agent_label(record.agent_id) or record.agent_id
+        label = self._asking(record)
         prompt = prompt_txn(record.id)
         if not record.final:
             item = OutboxItem(0, prompt, record.room_id, "m.room.message", prompt_content(record, prompt_text(record, label)))
@@ -57,6 +59,14 @@ class MatrixViews:
         # and the outbox never calls back; the store holds the row anyway.
         await tell_outbox(ctx, self.bot.store.enqueue([item]))
         self.approvals.mark_shown(record.id, record.status)
+
+    def _asking(self, record: Approval) -> str:
+        """Who asks: the agent, or for a registration the agent that wants to exist."""
+        if record.source is Source.REGISTRATION and self.registrations is not None:
+            registration = self.registrations.get(record.agent_id)
+            if registration is not None:
+                return f"A new agent, {registration.label},"
+        return self.agent_label(record.agent_id) or record.agent_id
 
     async def ask_which(self, ctx: ActorContext, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
         question = notice(room_id, "approval-which", (event_id,), ask_which(candidates), source=event_id)

@@ -47,6 +47,8 @@ class Via(enum.StrEnum):
 class Source(enum.StrEnum):
     API = "api"  #: POSTed by an API client
     AGENT = "agent"  #: an agent's confirmation (SPEC section 4)
+    #: an agent's registration (SPEC 7.2): ``agent_id`` is the registration's id
+    REGISTRATION = "registration"
 
 
 #: status -> the statuses it may move to, and how each move may be made.

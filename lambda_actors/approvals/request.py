@@ -55,30 +55,11 @@ class ApprovalRequest:
 
 def parse(body: dict[str, Any]) -> ApprovalRequest | list[Problem]:
     problems: list[Problem] = []
-
-    def text(name: str, *, required: bool, limit: int) -> str | None:
-        value = body.get(name)
-        if value is None:
-            if required:
-                problems.append(Problem(name, f"missing; {name} is required"))
-            return None
-        if not isinstance(value, str) or not value.strip():
-            problems.append(Problem(name, "must be a non-empty string"))
-            return None
-        if len(value) > limit:
-            problems.append(Problem(name, f"is {len(value)} characters; at most {limit}"))
-            return None
-        return value
-
-    for key in body:
-        if key not in _FIELDS:
-            problems.append(Problem(str(key), f"unknown field; the fields are {', '.join(_FIELDS)}"))
-    request_id = text("request_id", required=False, limit=MAX_REQUEST_ID)
-    approver = text("approver", required=True, limit=255)
-    if approver is not None and not is_matrix_user_id(approver):
-        problems.append(Problem("approver", "must be a Matrix user id such as @alice:example.org"))
-    agent_id = text("agent_id", required=True, limit=255)
-    action = text("action", required=True, limit=MAX_ACTION)
+    unknown_fields(body, _FIELDS, problems)
+    request_id = text_field(body, "request_id", problems, required=False, limit=MAX_REQUEST_ID)
+    approver = user_field(body, "approver", problems)
+    agent_id = text_field(body, "agent_id", problems, required=True, limit=255)
+    action = text_field(body, "action", problems, required=True, limit=MAX_ACTION)
     details = body.get("details")
     if details is not None:
         if not isinstance(details, (str, dict)):
@@ -87,11 +68,56 @@ def parse(body: dict[str, Any]) -> ApprovalRequest | list[Problem]:
         elif len(json.dumps(details, ensure_ascii=False).encode()) > MAX_DETAILS:
             problems.append(Problem("details", f"is over {MAX_DETAILS // 1024} KiB; send less"))
             details = None
+    timeout_s = timeout_field(body, problems)
+    callback_url = callback_field(body, problems)
+    if problems or approver is None or agent_id is None or action is None:
+        return problems
+    return ApprovalRequest(approver, agent_id, action, request_id, details, timeout_s, callback_url)
+
+
+# -- field checks shared with the other request bodies (agent registration) -------------
+
+
+def unknown_fields(body: dict[str, Any], fields: tuple[str, ...], problems: list[Problem]) -> None:
+    for key in body:
+        if key not in fields:
+            problems.append(Problem(str(key), f"unknown field; the fields are {', '.join(fields)}"))
+
+
+def text_field(body: dict[str, Any], name: str, problems: list[Problem], *, required: bool, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            problems.append(Problem(name, f"missing; {name} is required"))
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems.append(Problem(name, "must be a non-empty string"))
+        return None
+    if len(value) > limit:
+        problems.append(Problem(name, f"is {len(value)} characters; at most {limit}"))
+        return None
+    return value
+
+
+def user_field(body: dict[str, Any], name: str, problems: list[Problem]) -> str | None:
+    """A required Matrix user id."""
+    value = text_field(body, name, problems, required=True, limit=255)
+    if value is not None and not is_matrix_user_id(value):
+        problems.append(Problem(name, "must be a Matrix user id such as @alice:example.org"))
+        return None
+    return value
+
+
+def timeout_field(body: dict[str, Any], problems: list[Problem]) -> int:
     timeout_s = body.get("timeout_s", DEFAULT_TIMEOUT_S)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or not MIN_TIMEOUT_S <= timeout_s <= MAX_TIMEOUT_S:
         problems.append(Problem("timeout_s", f"must be a whole number of seconds from {MIN_TIMEOUT_S} to {MAX_TIMEOUT_S}"))
-        timeout_s = DEFAULT_TIMEOUT_S
-    callback_url = text("callback_url", required=False, limit=2048)
+        return DEFAULT_TIMEOUT_S
+    return timeout_s
+
+
+def callback_field(body: dict[str, Any], problems: list[Problem]) -> str | None:
+    callback_url = text_field(body, "callback_url", problems, required=False, limit=2048)
     if callback_url is not None:
         try:
             parts = urlsplit(callback_url)
@@ -100,6 +126,5 @@ def parse(body: dict[str, Any]) -> ApprovalRequest | list[Problem]:
             valid = False
         if not valid:
             problems.append(Problem("callback_url", "must be an http or https URL"))
-    if problems or approver is None or agent_id is None or action is None:
-        return problems
-    return ApprovalRequest(approver, agent_id, action, request_id, details, timeout_s, callback_url)
+            return None
+    return callback_url

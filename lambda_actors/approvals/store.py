@@ -23,7 +23,7 @@ from typing import Any
 
 from .record import Approval, Source, Status, Via
 
-__all__ = ["ApprovalStore", "Callback", "SCHEMA", "new_approval_id"]
+__all__ = ["ApprovalStore", "Callback", "SCHEMA", "hold_callback", "new_approval_id", "owe_callback"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -93,6 +93,11 @@ class ApprovalStore:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, shared by the registrations (one database, one writer thread)."""
+        return self._db
+
     # -- records --------------------------------------------------------------------
 
     def create(self, record: Approval, signing_key: str | None = None) -> tuple[Approval, bool]:
@@ -107,12 +112,7 @@ class ApprovalStore:
                 f"INSERT INTO approvals ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", _row(record)
             )
             if signing_key is not None and record.callback_url:
-                # Kept aside until the decision: the key is needed then.
-                self._db.execute(
-                    "INSERT INTO approval_callbacks (delivery_id, approval_id, url, signing_key, body, next_at, give_up_at)"
-                    " VALUES (?, ?, ?, ?, x'', -1, -1)",
-                    (_delivery_id(), record.id, record.callback_url, signing_key),
-                )
+                hold_callback(self._db, record.id, record.callback_url, signing_key)
         return record, True
 
     def get(self, approval_id: str) -> Approval | None:
@@ -179,11 +179,7 @@ class ApprovalStore:
                 (str(decided.status), decided.decided_by, decided.decided_at, str(decided.decided_via), decided.id),
             ).rowcount
             if changed:
-                body = json.dumps(decided.to_json(), separators=(",", ":")).encode()
-                self._db.execute(
-                    "UPDATE approval_callbacks SET body = ?, next_at = ?, give_up_at = ? WHERE approval_id = ?",
-                    (body, now, now + CALLBACK_TTL_S, decided.id),
-                )
+                owe_callback(self._db, decided.id, decided.to_json(), now)
         return bool(changed)
 
     # -- callbacks ------------------------------------------------------------------
@@ -215,6 +211,26 @@ class ApprovalStore:
                 "UPDATE approval_callbacks SET attempts = attempts + 1, last_error = ?, next_at = ? WHERE delivery_id = ?",
                 (error[:500], next_at, delivery_id),
             )
+
+
+def hold_callback(db: sqlite3.Connection, owner_id: str, url: str, signing_key: str) -> None:
+    """Keep a callback aside until ``owner_id`` (an approval or a registration)
+    is final: the key is needed then. Inside the caller's transaction."""
+    db.execute(
+        "INSERT INTO approval_callbacks (delivery_id, approval_id, url, signing_key, body, next_at, give_up_at)"
+        " VALUES (?, ?, ?, ?, x'', -1, -1)",
+        (_delivery_id(), owner_id, url, signing_key),
+    )
+
+
+def owe_callback(db: sqlite3.Connection, owner_id: str, record: dict[str, Any], now: float) -> None:
+    """The held callback of ``owner_id`` is due now with ``record`` as its body
+    (nothing if none was held). Inside the caller's transaction."""
+    body = json.dumps(record, separators=(",", ":")).encode()
+    db.execute(
+        "UPDATE approval_callbacks SET body = ?, next_at = ?, give_up_at = ? WHERE approval_id = ?",
+        (body, now, now + CALLBACK_TTL_S, owner_id),
+    )
 
 
 def new_approval_id() -> str:

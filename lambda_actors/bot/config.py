@@ -45,6 +45,7 @@ __all__ = [
     "MatrixSettings",
     "UnreadableConfig",
     "Secret",
+    "check_agent_entry",
     "is_matrix_user_id",
     "load_agents_config",
     "parse_agents_config",
@@ -219,6 +220,23 @@ def parse_agents_config(text: str, *, source: str = "<agents config>", base_dir:
     """
     data = _load_yaml(text, source)
     return _Validator(source, base_dir or Path.cwd()).config(data)
+
+
+def check_agent_entry(data: Any) -> AgentConfig | list[tuple[str, str]]:
+    """One ``agents:`` entry checked exactly as the loader checks it (the
+    node's registration API takes agents this way, SPEC 7.2): the agent, or
+    every problem as ``(key, what is wrong and the fix)``. A relative
+    ``workspace_path`` has no file to be relative to here: give it absolute."""
+    found: list[tuple[str, str]] = []
+
+    class _Collect(_Validator):
+        def fail(self, where: str, problem: str) -> None:
+            found.append((where.lstrip("."), problem))
+
+    _, agent = _Collect("<entry>", Path("/")).agent(data, "")
+    if found or agent is None:
+        return found or [("", "is not a usable agent entry")]
+    return agent
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

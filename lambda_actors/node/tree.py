@@ -7,11 +7,13 @@
     ├── approvals             the one owner of approval decisions
     ├── approval-callbacks    signed callbacks, retried from the database
     ├── agents, rooms, sync   the chat bot (bot/actors/node.py)
+    ├── registry              agents registered through the API, rooms made for them and for approvers
     └── http                  the API (none with --http off)
 
 Approvals start after the outbox (which posts their prompts) and before the
-rooms (which ask them about answers). The listener starts last, so it stops
-first: requests in flight finish while everything they call still runs.
+rooms (which ask them about answers). The registry starts after the agents
+supervisor (it adds registered agents there). The listener starts last, so it
+stops first: requests in flight finish while everything they call still runs.
 """
 
 from __future__ import annotations
@@ -26,8 +28,16 @@ from ..approvals.actor import approvals_actor
 from ..approvals.api import approval_routes
 from ..approvals.callbacks import Poke, callback_actor
 from ..approvals.matrix_views import MatrixViews
+from ..approvals.record import Approval, Source
+from ..approvals.registration import RegStatus
+from ..approvals.registration_api import registration_routes
+from ..approvals.registration_store import RegistrationStore
+from ..approvals.registry import registry_actor
+from ..approvals.registry_messages import Settle
 from ..approvals.store import ApprovalStore
 from ..bot.actors.services import AGENTS_PATH, APPROVALS_PATH, BotServices
+from ..bot.agents_directory import AgentDirectory, RegisteredAgent
+from ..bot.config import AgentsConfig
 from ..runtime.context import ActorContext
 from ..runtime.errors import ActorError
 from ..runtime.registry import Registry
@@ -39,9 +49,10 @@ from .health import AgentHealth, Facts
 from .http import http_actor
 from .metrics import NodeMetrics, Snapshot
 
-__all__ = ["NodeParts", "open_approval_store"]
+__all__ = ["NodeParts", "agent_directory", "open_approval_store"]
 
 CALLBACKS_PATH = "node/approval-callbacks"
+REGISTRY_PATH = "node/registry"
 
 
 def open_approval_store(database: Path) -> ApprovalStore:
@@ -53,6 +64,22 @@ def open_approval_store(database: Path) -> ApprovalStore:
     return ApprovalStore(db)
 
 
+def agent_directory(agents: AgentsConfig, approvals: ApprovalStore | None) -> AgentDirectory:
+    """agents.yaml's agents and the registered ones kept in the database
+    (SPEC 7.2: a restarted node starts them again; deregistered ones stay
+    known as such, so their rooms say so)."""
+    if approvals is None:
+        return AgentDirectory(agents)
+    rows = RegistrationStore(approvals.connection).agents()
+    return AgentDirectory(
+        agents,
+        registered=[
+            RegisteredAgent(r.agent(), r.owner, r.id) for r in rows if r.status is RegStatus.APPROVED
+        ],
+        deregistered=[r.agent_did for r in rows if r.status is RegStatus.DEREGISTERED and r.agent_did],
+    )
+
+
 @dataclass
 class NodeParts:
     """What the node adds to the bot's tree. ``first`` go after the outbox,
@@ -62,6 +89,7 @@ class NodeParts:
     approvals: ApprovalStore
     api: NodeApi
     listen: Listen | None
+    registrations: RegistrationStore
     #: The running tree, known once the first of our actors starts.
     registry: Registry | None = None
 
@@ -69,29 +97,37 @@ class NodeParts:
     def build(cls, bot: BotServices, config: NodeConfig, listen: Listen | None) -> NodeParts:
         """``bot.approvals`` is the store the rooms read (see :func:`open_approval_store`)."""
         assert bot.approvals is not None
-        parts = cls(bot, bot.approvals, NodeApi(config, NodeMetrics(), lambda: parts.facts()), listen)
+        registrations = RegistrationStore(bot.approvals.connection)
+        parts = cls(bot, bot.approvals, NodeApi(config, NodeMetrics(), lambda: parts.facts()), listen, registrations)
         parts.api.metrics.watch(parts.snapshot)
         return parts
 
     def first(self) -> list[ChildSpec]:
-        views = MatrixViews(self.bot, self.approvals)
+        views = MatrixViews(self.bot, self.approvals, self.registrations)
         return [
             ChildSpec("approvals", self._approvals, args=(views,)),
             ChildSpec("approval-callbacks", callback_actor, args=(self.approvals,)),
         ]
 
     def last(self) -> list[ChildSpec]:
-        return [] if self.listen is None else [ChildSpec("http", self._http)]
+        registry = ChildSpec("registry", self._registry)
+        return [registry] if self.listen is None else [registry, ChildSpec("http", self._http)]
 
     async def _approvals(self, ctx: ActorContext, views: MatrixViews) -> None:
         self.registry = ctx.registry
-        await approvals_actor(ctx, self.approvals, views, self._poke_callbacks)
+        await approvals_actor(ctx, self.approvals, views, self._poke_callbacks, on_final=self._settle_registration)
+
+    async def _registry(self, ctx: ActorContext) -> None:
+        self.registry = ctx.registry
+        await registry_actor(ctx, self.bot, self.registrations, self.approvals, self._poke_callbacks)
 
     async def _http(self, ctx: ActorContext) -> None:
         assert self.listen is not None
         self.registry = ctx.registry
         if not self.api.routes:
-            self.api.routes.extend(approval_routes(ctx.registry.lookup(APPROVALS_PATH), self.approvals))
+            registry = ctx.registry.lookup(REGISTRY_PATH)
+            self.api.routes.extend(approval_routes(ctx.registry.lookup(APPROVALS_PATH), self.approvals, registry))
+            self.api.routes.extend(registration_routes(registry, self.registrations, self.bot.agents, self.agents))
         await http_actor(ctx, build_app(self.api), self.api, self.listen)
 
     def _poke_callbacks(self) -> None:
@@ -100,6 +136,15 @@ class NodeParts:
         if self.registry is not None:
             try:
                 self.registry.lookup(CALLBACKS_PATH).send_nowait(Poke())
+            except ActorError:
+                pass
+
+    def _settle_registration(self, record: Approval) -> None:
+        # Never waits: a full mailbox holds a poke already, and a registry
+        # that is restarting settles every pending registration when it starts.
+        if record.source is Source.REGISTRATION and self.registry is not None:
+            try:
+                self.registry.lookup(REGISTRY_PATH).send_nowait(Settle())
             except ActorError:
                 pass
 

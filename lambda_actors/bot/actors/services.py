@@ -6,7 +6,8 @@ The services here are the exceptions by design, each safe to share:
 - the store is the database (one connection, used from the Trio thread, so
   one writer); tables are partitioned by room, and each row has one owner;
 - the Matrix client is a connection pool with no per-actor state;
-- the configuration is frozen.
+- the configuration is frozen; the agents directory (configured and
+  registered agents) changes only in the node's registry actor.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable
 
-from ..config import AgentsConfig
+from ..agents_directory import AgentDirectory
 from ...approvals.store import ApprovalStore
 from ..store import OutboxItem, Store
 from ...matrix import content as contents
@@ -107,7 +108,9 @@ class Timing:
 class BotServices:
     store: Store
     client: MatrixClient
-    agents: AgentsConfig
+    #: Which agent is an id or DID (agents.yaml's and registered ones). An
+    #: ``AgentsConfig`` given here is wrapped in a directory.
+    agents: AgentDirectory
     user_id: str
     timing: Timing = Timing()
     #: Injected faults (chaos runs and tests only; empty in production).
@@ -115,6 +118,11 @@ class BotServices:
     #: The node's approval records, when the node runs its approvals (rooms
     #: read which requests wait for an answer in them; None: none ever do).
     approvals: ApprovalStore | None = None
+
+    def __post_init__(self) -> None:
+        # Embedders and tests may pass agents.yaml's AgentsConfig as it was
+        # before registration existed; every lookup goes through a directory.
+        object.__setattr__(self, "agents", AgentDirectory.of(self.agents))
 
 
 def txn_id(kind: str, *cause: str) -> str:
