@@ -28,7 +28,7 @@ from ..runtime.context import ActorContext
 from ..runtime.request import Request
 from .agent import confirmation_record
 from .gate import AskWhich, Decided, Ignored, expire_due, judge
-from .messages import Answered, Cancel, Confirm, Conflict, NotFound, Read, Submit, Unservable, Withdraw
+from .messages import Answered, Ask, Cancel, Confirm, Conflict, NoRoom, NotFound, Read, Submit, Unservable, Withdraw
 from .record import Approval, Source, Status, Via, decide
 from .store import ApprovalStore, new_approval_id
 
@@ -56,9 +56,12 @@ class Views(Protocol):
 
 async def approvals_actor(
     ctx: ActorContext, store: ApprovalStore, views: Views, notify_callbacks: Callable[[], None] = lambda: None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.time, on_final: Callable[[Approval], None] = lambda record: None,
 ) -> None:
+    """``on_final`` hears of every record made final here; it must not block
+    (the node's registry is told with a ``send_nowait``)."""
     gate = _Gate(ctx, store, views, notify_callbacks, clock)
+    gate.on_final = on_final
     await gate.catch_up()
     while True:
         msg = None
@@ -83,6 +86,7 @@ class _Gate:
         self.views = views
         self.notify_callbacks = notify_callbacks
         self.clock = clock
+        self.on_final: Callable[[Approval], None] = lambda record: None
         #: Readers waiting for a record to become final: id -> [(request, give up at)].
         self.waiting: dict[str, list[tuple[Request[Approval], float]]] = {}
 
@@ -122,6 +126,8 @@ class _Gate:
                     msg.reply(record)
                 case Answered() as answered:
                     msg.reply(await self.answered(answered))
+                case Ask(record=record, signing_key=key):
+                    msg.reply(await self.ask(record, key))
                 case Confirm() as confirm:
                     msg.reply(await self.confirm(confirm))
                 case Withdraw(room_id=room_id, agent_id=agent_id):
@@ -149,11 +155,9 @@ class _Gate:
             raise Unservable(f"this node serves no agent {request.agent_id!r}", "agent_id")
         room_id = self.views.room_for(request.approver, request.agent_id)
         if room_id is None:
-            raise Unservable(
-                f"{request.approver} has no chat room with {request.agent_id} on this node yet; "
-                "they must start one with the bot first",
-                "approver",
-            )
+            # The caller has the registry make one (it may take the homeserver
+            # a while; this actor does not wait for it) and submits again.
+            raise NoRoom(f"{request.approver} has no chat room with {request.agent_id} on this node yet", "approver")
         now = self.clock()
         record = Approval(
             id=new_approval_id(), source=Source.API, client=submit.client, request_id=request.request_id,
@@ -219,6 +223,7 @@ class _Gate:
             return self.get(decided.id)
         if decided.callback_url:
             self.notify_callbacks()
+        self.on_final(decided)
         await self.views.show(self.ctx, decided)
         return decided
 

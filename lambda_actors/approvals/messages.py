@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .gate import Answer
+from .record import Approval
 from .request import ApprovalRequest
 
-__all__ = ["Answered", "Cancel", "Confirm", "Conflict", "NotFound", "Read", "Submit", "Unservable", "Withdraw"]
+__all__ = ["Ask", "NoRoom", "Answered", "Cancel", "Confirm", "Conflict", "NotFound", "Read", "Submit", "Unservable", "Withdraw"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,16 @@ class Withdraw:
     agent_id: str
 
 
+@dataclass(frozen=True)
+class Ask:
+    """The node's registry asks an owner about their agent's registration
+    (SPEC 7.2; :mod:`.registry`), the record made there (its room chosen).
+    Replies the record: new and shown, or the one stored under its id."""
+
+    record: Approval
+    signing_key: str | None = None
+
+
 class Conflict(Exception):
     """The same ``request_id`` came with another body (HTTP 409)."""
 
@@ -87,6 +98,11 @@ class Unservable(Exception):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class NoRoom(Unservable):
+    """The approver has no room with that agent yet: the registry makes one
+    (SPEC 7.1 "Where it is asked") and the request is submitted again."""
 
 
 class NotFound(Exception):

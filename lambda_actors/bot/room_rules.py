@@ -67,6 +67,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import commands as cmd
+from .agents_directory import AgentDirectory
 from .config import AgentConfig, AgentsConfig
 from .store import RoomBinding, StagedFile
 from .actors.services import (
@@ -378,8 +379,8 @@ Action = (
 class RoomRules:
     """The rules of one room. Its state is the turn in flight and what it has warned about."""
 
-    def __init__(self, agents: AgentsConfig, *, faults: frozenset[str] = frozenset()) -> None:
-        self.agents = agents
+    def __init__(self, agents: AgentsConfig | AgentDirectory, *, faults: frozenset[str] = frozenset()) -> None:
+        self.agents = AgentDirectory.of(agents)
         self.faults = faults
         self.limits = agents.limits
         #: The user message whose turn is with the agent now, if any.
@@ -512,7 +513,9 @@ class RoomRules:
         """The room's agent is gone from agents.yaml: answer so, or rebind the
         room to the owner's agent now (a fresh context) and handle the event again."""
         actions: list[Action] = []
-        successor = self.agents.agent_for(binding.owner)
+        # A deregistered agent's room is not moved to another agent: its owner
+        # chose to withdraw that agent, not to talk to a different one here.
+        successor = None if self.agents.is_deregistered(binding.agent_id) else self.agents.agent_for(binding.owner)
         if not self._drift_warned:
             # Once per room: every later event of the room would say the same.
             self._drift_warned = True
@@ -529,7 +532,8 @@ class RoomRules:
                 )
             )
         if successor is None:
-            gone = Say("agent_removed", _AGENT_GONE.format(binding.agent_id), error=ERROR_AGENT_REMOVED)
+            text = _AGENT_DEREGISTERED if self.agents.is_deregistered(binding.agent_id) else _AGENT_GONE
+            gone = Say("agent_removed", text.format(binding.agent_id), error=ERROR_AGENT_REMOVED)
             return [*actions, Finish((gone,))]
         new = replace(binding, agent_id=successor.id)
         told = Say(
@@ -739,7 +743,9 @@ def admit(event_id: str, event: Any, in_flight: str | None, waiting: bool) -> bo
     return not waiting or is_confirmation_answer(event)
 
 
-def drifted_bindings(bindings: list[RoomBinding] | tuple[RoomBinding, ...], agents: AgentsConfig) -> list[RoomBinding]:
+def drifted_bindings(
+    bindings: list[RoomBinding] | tuple[RoomBinding, ...], agents: AgentsConfig | AgentDirectory
+) -> list[RoomBinding]:
     """Stored bindings whose agent is no longer in agents.yaml (checked at
     start, for one summary line; each room tells its owner on their next message)."""
     configured = {agent.id for agent in agents.agents}
@@ -868,6 +874,10 @@ _ARCHIVED = "This chat is archived, so I did not send that to the agent. Use !ne
 _AGENT_GONE = (
     "⚠ The agent this chat was with ({}) is no longer configured, and no other agent is set up for you. "
     "Ask the operator to add one; your messages here will go to it then."
+)
+_AGENT_DEREGISTERED = (
+    "⚠ The agent this chat was with ({}) was deregistered: messages here no longer go to any agent. "
+    "Archive this chat with !archive, or use a chat with another agent."
 )
 _AGENT_REPLACED = (
     "ℹ The agent this chat was with ({old}) is no longer configured. I continue this chat with {new}, "

@@ -4,7 +4,7 @@
 
     node                    root supervisor (one_for_one)
     ├── outbox              every Matrix send (per-room order, txn ids, retries)
-    ├── agents              one supervisor per configured agent: the isolation boundary
+    ├── agents              one supervisor per agent (configured or registered): the isolation boundary
     │   └── <agent_id>      its connection actors, started on first use
     │       └── chat-<n>    one WebSocket per (agent, chat)
     ├── approvals           the node's approval decisions (API requests, agent confirmations)
@@ -63,7 +63,7 @@ from ...runtime.supervision_config import SupervisionConfig
 from ...runtime.supervisor import Supervisor, serve_supervisor
 from ...node.config import Listen, NodeConfig
 from ...approvals.store import ApprovalStore
-from ...node.tree import NodeParts, open_approval_store
+from ...node.tree import NodeParts, agent_directory, open_approval_store
 from .control import serve_control
 from .outbox import outbox_actor
 from .services import BotServices, Timing
@@ -189,9 +189,12 @@ async def run_bot(
     store = open_store(data_dir)
     approvals: ApprovalStore | None = None
     try:
+        approvals = open_approval_store(data_dir / DATABASE_FILE)
+        # agents.yaml's agents and those registered through the API (SPEC 7.2).
+        directory = agent_directory(agents, approvals)
         # Rooms bound to an agent agents.yaml no longer has: one line here;
         # each room tells its owner on their next message (room_rules, rule 7).
-        if drifted := drifted_bindings(store.bindings(), agents):
+        if drifted := drifted_bindings(store.bindings(), directory):
             log.warning(
                 "bot.rooms_of_removed_agents",
                 rooms=len(drifted),
@@ -207,8 +210,7 @@ async def run_bot(
                 # Checked last before the tree starts: a port taken is exit 5,
                 # after the homeserver and the credentials had their say.
                 check_listen(http)
-            approvals = open_approval_store(data_dir / DATABASE_FILE)
-            bot = BotServices(store, client, agents, user_id, timing, faults=faults, approvals=approvals)
+            bot = BotServices(store, client, directory, user_id, timing, faults=faults, approvals=approvals)
             parts = NodeParts.build(bot, node or NodeConfig(), http)
             async with trio.open_nursery() as nursery:
                 sup = await nursery.start(serve_node, bot, supervision, parts)
@@ -221,7 +223,7 @@ async def run_bot(
                             f"--control-socket {control_socket}: cannot listen there ({exc.strerror}); "
                             "choose a path in a folder this user may write to"
                         ) from None
-                log.info("bot.started", user_id=bot.user_id, agents=[a.id for a in agents.agents], faults=sorted(faults))
+                log.info("bot.started", user_id=bot.user_id, agents=[a.id for a in directory.agents], faults=sorted(faults))
                 task_status.started(sup)
                 await stop.wait()
                 log.info("bot.stopping")

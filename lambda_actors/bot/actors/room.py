@@ -60,14 +60,13 @@ from ...runtime.state import Status
 from .. import room_rules as rules
 from ..files import UnsafeAgentFile, remove_incoming, save_incoming
 from ..store import InboxEvent, OutboxItem, RoomBinding
+from . import creation
 from .connection import connection_address
 from .outbox import tell_outbox
 from .services import (
     AGENTS_PATH,
     APPROVALS_PATH,
-    BINDING_STATE,
     ERROR_UNDELIVERABLE,
-    SPACE_STATE,
     BotServices,
     notice,
     quietly,
@@ -82,9 +81,6 @@ _DONE, _WAIT, _AGAIN = "done", "wait", "again"
 # How often one event may be asked again (members read, binding changed):
 # twice is all the rules need; more would be a loop.
 _MAX_ASKS = 4
-# The owner's newest rooms checked for a creation marker: a room created just
-# before a crash is among the newest (the hourly room limit bounds them).
-_RECENT_ROOMS = 5
 
 
 @dataclass(frozen=True)
@@ -493,81 +489,16 @@ class _Room:
         )
         await self._finish(item.event_id, [self._notice(item, say)])
 
+    # Making rooms is shared with the node's registry (bot/actors/creation.py).
+
     async def _ensure_space(self, owner: str) -> str:
-        space_id = self.store.user_space(owner)
-        if space_id is not None:
-            return space_id
-        marker = rules.creation_marker("space", owner)
-        space_id = await self._find_created(marker, [])
-        if space_id is None:
-            space_id = await self.bot.client.create_room(
-                name=rules.space_name(owner),
-                invite=[owner],
-                space=True,
-                initial_state=[
-                    rules.creation_state(marker),
-                    {"type": SPACE_STATE, "state_key": "", "content": {"owner": owner}},
-                ],
-            )
-        else:
-            self.ctx.log.info("room.space_found_after_crash", owner=owner, space_id=space_id)
-        self.store.set_user_space(owner, space_id)
-        return space_id
+        return await creation.ensure_space(self.ctx, self.bot, owner)
 
     async def _create_chat(self, owner: str, agent_id: str, space_id: str, name: str | None, marker: str) -> RoomBinding:
-        client = self.bot.client
-        mine = [b.room_id for b in self.store.user_rooms(owner) if b.space_id][-_RECENT_ROOMS:]
-        room_id = await self._find_created(marker, mine)
-        if room_id is not None:
-            bound = self.store.binding(room_id)
-            self.ctx.log.info("room.chat_found_after_crash", owner=owner, room_id=room_id, bound=bound is not None)
-            if bound is not None:
-                return bound
-            named = await _quiet_state(client, room_id, "m.room.name")
-            name = (named or {}).get("name") or name or "Chat"
-        else:
-            name = name or f"Chat {self.store.next_chat_number(owner)}"
-            room_id = await client.create_room(name=name, invite=[owner], initial_state=[rules.creation_state(marker)])
-        await client.add_to_space(space_id, room_id)
-        agent = self.bot.agents.agent(agent_id)
-        binding = RoomBinding(room_id, owner, agent.id, self.store.new_chat_id(room_id), name, space_id)
-        await self._bind(binding, created_at=time.time())
-        welcome = notice(room_id, "welcome", (room_id,), rules.chat_welcome(name, agent.label))
-        # Cannot block others: only this room waits if the outbox is slow.
-        await tell_outbox(self.ctx, self.store.enqueue([welcome]))
-        return binding
-
-    async def _find_created(self, marker: str, also: list[str]) -> str | None:
-        """A joined room carrying ``marker``: one created before a crash kept it from being recorded.
-
-        Only rooms the store does not know (plus ``also``) can be it, so this
-        costs one request and a state read per such room.
-        """
-        client = self.bot.client
-        known = {b.room_id for b in self.store.bindings()}
-        known.update(s for u in self.bot.agents.user_agents if (s := self.store.user_space(u)) is not None)
-        candidates = [*rules.unknown_rooms(await client.joined_rooms(), known), *also]
-        markers = {room_id: await _quiet_state(client, room_id, rules.CREATED_STATE) for room_id in candidates}
-        return rules.find_marked(markers, marker)
+        return await creation.create_chat(self.ctx, self.bot, owner, agent_id, space_id, name, marker)
 
     async def _bind(self, binding: RoomBinding, *, created_at: float | None = None) -> None:
-        self.store.bind_room(binding, created_at=created_at)
-        content = {
-            "owner": binding.owner,
-            "agent_id": binding.agent_id,
-            "chat_id": binding.chat_id,
-            "name": binding.name,
-            "space_id": binding.space_id,
-            "archived": binding.archived,
-        }
-        try:
-            await self.bot.client.put_state(binding.room_id, BINDING_STATE, content)
-        except MatrixError as exc:
-            if exc.status != 403:
-                raise
-            # A room someone else created (a direct chat) may not let us set
-            # state; the binding then lives in the database only.
-            self.ctx.log.info("room.binding_not_mirrored", room_id=binding.room_id, error=exc.errcode)
+        await creation.bind(self.ctx, self.bot, binding, created_at=created_at)
 
 
 def _charged_to_event(exc: BaseException) -> bool:
@@ -582,13 +513,6 @@ def _charged_to_event(exc: BaseException) -> bool:
 def _refused(exc: MatrixError) -> bool:
     """A refusal for good (4xx), not a homeserver asking us to wait or to log in again."""
     return exc.status < 500 and not isinstance(exc, (RateLimited, InvalidToken))
-
-
-async def _quiet_state(client: Any, room_id: str, event_type: str) -> Any:
-    try:
-        return await client.get_state(room_id, event_type)
-    except MatrixError:
-        return None
 
 
 _ANSWER_NOT_RECORDED = "⚠ I could not record your answer just now; please answer again in a moment."
