@@ -7,7 +7,8 @@ the inbox's care:
   its output and the status events announcing it are written together
   (``BEGIN IMMEDIATE`` ... ``COMMIT``), so a crash leaves a transition wholly
   done or not at all: never a completed task without its output, nor an
-  announcement of a transition that was not kept.
+  announcement of a transition that was not kept. :meth:`DagStore.batch`
+  groups the transitions of one scheduler step into one commit.
 - **Terminal states never change.** The moves a task, an attempt or a run may
   make are tables (:data:`TASK_MOVES`, :data:`RUN_MOVES`); a move out of a
   terminal state is :class:`TerminalState`, any other move the table lacks
@@ -40,6 +41,7 @@ import json
 import os
 import secrets
 import sqlite3
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -360,9 +362,22 @@ class DagStore:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._depth = 0  #: open writes: 0 outside any, >1 inside a batch
 
     def close(self) -> None:
         self._db.close()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Several writes as one transaction (one commit): what a run actor
+        applies for one step of its scheduler (a fan-out starting a hundred
+        tasks, a cancel ending them all) is kept together, and costs one
+        commit instead of a hundred. A write inside that raises is undone
+        alone (a savepoint) and the exception goes on; one that escapes the
+        ``with`` undoes the whole batch.
+
+        Nothing may be awaited inside: the write lock is held until the end,
+        and the bot's store, on the same file, waits for it."""
+        return _Batch(self)
 
     def schema_version(self) -> int:
         return int(self._db.execute("SELECT version FROM dag_schema").fetchone()[0])
@@ -374,7 +389,7 @@ class DagStore:
         again writes nothing new but makes it the latest again (``published_at``
         and ``client`` are the last publish's)."""
         text = json.dumps(spec.to_mapping(), sort_keys=True, separators=(",", ":"))
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             db.execute(
                 "INSERT INTO dag_specs (dag_id, version, spec, published_at, client) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (dag_id, version) DO UPDATE SET published_at = excluded.published_at,"
@@ -413,7 +428,7 @@ class DagStore:
             run_id=run_id or new_run_id(), dag_id=spec.dag_id, version=spec.version, status=RunStatus.CREATED,
             owner=spec.owner, created_at=now,
         )
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             known = db.execute(
                 "SELECT 1 FROM dag_specs WHERE dag_id = ? AND version = ?", (spec.dag_id, spec.version)
             ).fetchone()
@@ -468,7 +483,7 @@ class DagStore:
         """Move the run (:data:`RUN_MOVES`); :class:`TerminalState` out of a
         final status, :class:`IllegalMove` for any other move not in the table."""
         wanted = RunStatus(status)
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             current = self._run_in(db, run_id)
             if current.status in RUN_TERMINAL:
                 raise TerminalState(f"run {run_id}", current.status, wanted)
@@ -492,7 +507,7 @@ class DagStore:
         self._set_run_field(run_id, "board_event_id", event_id)
 
     def _set_run_field(self, run_id: str, column: str, value: str) -> None:
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             if not db.execute(f"UPDATE dag_runs SET {column} = ? WHERE run_id = ?", (value, run_id)).rowcount:
                 raise NotFound(f"no run {run_id!r}")
 
@@ -570,7 +585,7 @@ class DagStore:
 
         An attempt still open (the node stopped during it, so a restarted node
         starts another) is closed as ``interrupted`` in the same transaction."""
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             task = _task(self._task_row(db, run_id, task_id))
             self._check_move(task, TaskStatus.RUNNING)
             db.execute(
@@ -597,7 +612,7 @@ class DagStore:
 
     def recover(self, run_id: str, task_id: str, now: float, *, events: Iterable[Event] = ()) -> None:
         """A blocked attempt runs on (the decision went back to the agent)."""
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             task = _task(self._task_row(db, run_id, task_id))
             if task.status is not TaskStatus.BLOCKED:
                 raise IllegalMove(f"task {run_id}/{task_id}", task.status, "running (recovered)")
@@ -647,7 +662,7 @@ class DagStore:
         output: str | None = None,
         artifacts: Sequence[str] = (),
     ) -> None:
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             task = _task(self._task_row(db, run_id, task_id))
             self._check_move(task, wanted)
             self._write_move(
@@ -760,7 +775,7 @@ class DagStore:
     def append_status_events(self, run_id: str, events: Iterable[Event], now: float) -> list[int]:
         """Queue events on their own (most are appended with their transition,
         through the ``events`` argument of the writes above); their seqs."""
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             return _append(db, run_id, events, now)
 
     def unsent_status_events(self, limit: int = 500, *, after: int = 0) -> list[StatusEvent]:
@@ -774,7 +789,7 @@ class DagStore:
         return [StatusEvent(seq, run, type_, json.loads(content), bool(sent)) for seq, run, type_, content, sent in rows]
 
     def mark_status_sent(self, seqs: Iterable[int]) -> None:
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             db.executemany("UPDATE dag_status_events SET sent = 1 WHERE seq = ?", [(seq,) for seq in seqs])
 
     def status_backlog(self) -> int:
@@ -783,7 +798,7 @@ class DagStore:
 
     def forget_sent_status_events(self, before: float) -> int:
         """Drop sent events queued before ``before`` (the room has them); how many."""
-        with _Transaction(self._db) as db:
+        with _Transaction(self) as db:
             return int(
                 db.execute("DELETE FROM dag_status_events WHERE sent = 1 AND queued_at < ?", (before,)).rowcount
             )
@@ -793,9 +808,33 @@ class DagStore:
 
 
 class _Transaction:
-    """``with`` block around BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error):
-    the write lock is taken at the start, so what is read inside is what the
-    write is checked against."""
+    """One write: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (ROLLBACK on error), the
+    write lock taken at the start, so what is read inside is what the write
+    is checked against. Inside :meth:`DagStore.batch` it is a savepoint
+    instead: a write that fails leaves nothing of itself, and the batch
+    commits the rest together."""
+
+    def __init__(self, store: DagStore) -> None:
+        self._store = store
+        self._db = store._db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE" if self._store._depth == 0 else "SAVEPOINT dag_write")
+        self._store._depth += 1
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._store._depth -= 1
+        if self._store._depth == 0:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            return
+        if exc_type:
+            self._db.execute("ROLLBACK TO dag_write")
+        self._db.execute("RELEASE dag_write")
+
+
+class _Migration:
+    """BEGIN IMMEDIATE ... COMMIT around one migration."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -806,6 +845,17 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class _Batch:
+    def __init__(self, store: DagStore) -> None:
+        self._transaction = _Transaction(store)
+
+    def __enter__(self) -> None:
+        self._transaction.__enter__()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._transaction.__exit__(exc_type, exc, tb)
 
 
 def _append(db: sqlite3.Connection, run_id: str, events: Iterable[Event], now: float) -> list[int]:
@@ -845,7 +895,7 @@ def _migrate(db: sqlite3.Connection, source: str) -> None:
             " it was written by a newer release. Run that release, or point --data-dir at another directory."
         )
     for number in range(version, SCHEMA_VERSION):
-        with _Transaction(db) as tx:
+        with _Migration(db) as tx:
             for statement in _MIGRATIONS[number].split(";"):
                 if statement.strip():
                     tx.execute(statement)

@@ -413,3 +413,45 @@ def test_after_a_restart_failed_attempts_count_against_retries_and_an_interrupte
         AttemptStatus.FAILED, AttemptStatus.INTERRUPTED, AttemptStatus.RUNNING,
     ]
     store.close()
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+def test_a_batch_commits_its_writes_together(path):
+    store = open_dag_store(path)
+    run = store.create_run(published(store), 1.0).run_id
+    other = sqlite3.connect(path)
+    with store.batch():
+        store.set_run_status(run, "running", 2.0)
+        for task_id in "bc":
+            store.finish(run, task_id, "skipped", 2.0, events=[("cis.dag.task.status", {"task_id": task_id})])
+        # Not visible to another connection until the batch ends.
+        assert other.execute("SELECT COUNT(*) FROM dag_tasks WHERE status = 'skipped'").fetchone()[0] == 0
+    assert other.execute("SELECT COUNT(*) FROM dag_tasks WHERE status = 'skipped'").fetchone()[0] == 2
+    assert store.status_backlog() == 2
+    other.close()
+    store.close()
+
+
+def test_a_write_refused_inside_a_batch_is_undone_alone_and_an_escaping_error_undoes_the_batch(store):
+    run = store.create_run(published(store), 1.0).run_id
+    store.start_attempt(run, "a", 2.0)
+    store.finish(run, "a", "completed", 3.0, output="A")
+    with store.batch():
+        store.finish(run, "b", "skipped", 4.0)
+        with pytest.raises(TerminalState):
+            store.finish(run, "a", "failed", 4.0)  # refused: the rest of the batch stands
+        with pytest.raises(ValueError):
+            store.finish(run, "c", "cancelled", 4.0, events=[("x", {"ratio": 0.5})])  # undone whole
+    assert store.task(run, "b").status is TaskStatus.SKIPPED
+    assert store.task(run, "a").status is TaskStatus.COMPLETED
+    assert store.task(run, "c").status is TaskStatus.PENDING
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            store.finish(run, "c", "cancelled", 5.0)
+            store.finish(run, "d", "cancelled", 5.0)
+            raise RuntimeError("the actor crashed mid-step")
+    assert [store.task(run, t).status for t in "cd"] == [TaskStatus.PENDING, TaskStatus.PENDING]
+    store.finish(run, "c", "cancelled", 6.0)  # the store is usable after
+    assert store.task(run, "c").status is TaskStatus.CANCELLED
