@@ -111,7 +111,9 @@ class DagLocal:
 
     #: Tasks of all runs at once on this node (each run's own limit applies too).
     max_workers: int = 4
-    #: The agent a CLI-written task gets when it names none.
+    #: SPEC 10's default agent for DAG tasks on this node. A DAG file still
+    #: names each task's agent (spec.py checks that); this is for what names
+    #: none, such as a one-task run made up by a tool.
     default_agent: str = "agent-0"
 
 
