@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .scheduler import RunStatus, TaskFacts, TaskStatus
-from .spec import DagSpec, parse_dag
+from .spec import DagSpec, DagSpecError, parse_dag
 
 __all__ = [
     "ATTEMPT_TERMINAL",
@@ -332,13 +332,14 @@ def open_dag_store(database: str | os.PathLike[str]) -> DagStore:
     outputs, which may hold anything an agent said)."""
     path = Path(database)
     memory = str(database) == ":memory:"
-    if not memory:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     try:
+        if not memory:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         db = sqlite3.connect(str(database), isolation_level=None, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise DagStoreError(f"{database}: cannot be opened ({exc}); check the path and its permissions") from None
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DagStoreError(f"{database}: cannot be opened ({reason}); check the path and its permissions") from None
     try:
         db.execute("PRAGMA journal_mode=WAL")
         # As the bot's store: NORMAL in WAL mode survives a process crash.
@@ -416,7 +417,13 @@ class DagStore:
         dag, ver, text, published_at, client = row
         # Checked when published; commands are allowed here because the node's
         # setting was applied then (a stored spec is read back as it was kept).
-        return StoredSpec(dag, ver, parse_dag(json.loads(text), allow_commands=True), published_at, client)
+        try:
+            spec = parse_dag(json.loads(text), allow_commands=True, source=f"stored DAG {dag} {ver[:12]}")
+        except DagSpecError as exc:
+            raise DagStoreError(
+                f"{exc.lines()[0]}: a spec kept by an older release no longer reads; publish the DAG again"
+            ) from None
+        return StoredSpec(dag, ver, spec, published_at, client)
 
     # -- runs -----------------------------------------------------------------------
 

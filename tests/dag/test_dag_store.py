@@ -455,3 +455,18 @@ def test_a_write_refused_inside_a_batch_is_undone_alone_and_an_escaping_error_un
     assert [store.task(run, t).status for t in "cd"] == [TaskStatus.PENDING, TaskStatus.PENDING]
     store.finish(run, "c", "cancelled", 6.0)  # the store is usable after
     assert store.task(run, "c").status is TaskStatus.CANCELLED
+
+
+def test_a_path_that_is_a_folder_is_refused_in_one_line(tmp_path):
+    with pytest.raises(DagStoreError, match="cannot be opened") as caught:
+        open_dag_store(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_stored_spec_that_no_longer_reads_says_to_publish_again(store, path):
+    spec = published(store)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE dag_specs SET spec = ?", ('{"dag_id": "diamond", "tasks": []}',))
+    db.close()
+    with pytest.raises(DagStoreError, match="publish the DAG again"):
+        store.spec("diamond", spec.version)
