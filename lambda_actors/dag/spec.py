@@ -456,7 +456,7 @@ class _Checker:
             self.fail(where, "has neither agent nor command; give it agent (with prompt) or command")
         elif has_agent:
             agent = self.agent(entry["agent"], where)
-            prompt = self.prompt(entry.get("prompt"), where, deps)
+            prompt = self.prompt(entry.get("prompt"), where, deps, ids)
         else:
             command = self.command(entry["command"], where)
             if "prompt" in entry:
@@ -530,7 +530,7 @@ class _Checker:
             return None
         return value
 
-    def prompt(self, value: object, where: str, deps: tuple[str, ...]) -> str:
+    def prompt(self, value: object, where: str, deps: tuple[str, ...], ids: Mapping[str, int]) -> str:
         if value is None:
             self.fail(f"{where}.prompt", "missing; an agent task needs the prompt to send")
             return ""
@@ -542,6 +542,8 @@ class _Checker:
         for text, upstream in placeholders(value):
             if upstream is None:
                 self.fail(f"{where}.prompt", f"{_short(text)} is not a placeholder; write {{{{ <task id>.output }}}}")
+            elif upstream not in ids:
+                self.fail(f"{where}.prompt", f"{_short(text)} names {_short(upstream)}, which is no task of this DAG")
             elif upstream not in deps:
                 self.fail(
                     f"{where}.prompt",
