@@ -20,7 +20,7 @@ EPILOG = "Run 'lambda-actors COMMAND --help' for a command's options; 'lambda-ac
 
 #: Top-level modules of the ``bot`` extra: a sub-command missing one of them
 #: was installed without it (``pip install lambda_actors`` is the runtime only).
-BOT_EXTRA_MODULES = frozenset({"yaml", "httpx", "nio", "trio_websocket", "hypercorn", "starlette", "prometheus_client"})
+BOT_EXTRA_MODULES = frozenset({"yaml", "httpx", "nio", "trio_websocket", "hypercorn", "starlette", "prometheus_client", "rich"})
 
 
 def version() -> str:
@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chaos": ("lambda_actors.loopback.chaos", "the measured reliability run: users, killed actors, agents and bot, on loopback; reports lost and duplicated messages"),
     "token": ("lambda_actors.node.token", "print a new HTTP API token and the node.toml lines for it"),
     "dag": ("lambda_actors.dag.cli", "DAG runs: validate a DAG file offline (SPEC 8)"),
+    "subscribe": ("lambda_actors.dag.subscribe", "watch a DAG status or node heartbeat room: its recent history, then live (table or JSON lines)"),
 }
 
 
