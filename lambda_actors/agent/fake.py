@@ -316,7 +316,8 @@ class FakeAgent:
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Return as soon as ``condition()`` is true; it is re-checked after
-        every frame received and every socket opened, refused or closed."""
+        every frame received, every socket opened, refused or closed, and
+        when a chat's flood starts."""
         while not condition():
             await self._changed.wait()
 
@@ -531,6 +532,8 @@ class FakeAgent:
             while True:
                 await session.send(TextChunk(text=" (flood)"))
                 self.flooded[session.chat_id] += 1
+                if self.flooded[session.chat_id] == 1:
+                    self._notify()
 
     async def _mid_answer(self, session: _Session, modes: dict[str, str | None]) -> None:
         if "garbage" in modes:
