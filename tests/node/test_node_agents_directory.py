@@ -4,17 +4,23 @@ room rules make of a deregistered agent. Pure: no homeserver, no tree."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from lambda_actors.approvals.registration import RegStatus, Registration, move
+from lambda_actors.approvals.registration_store import RegistrationStore
+from lambda_actors.approvals.store import ApprovalStore
 from lambda_actors.bot import room_rules as r
+from lambda_actors.bot.actors.node import bot_children
 from lambda_actors.bot.actors.services import BotServices
 from lambda_actors.bot.agents_directory import AgentDirectory, RegisteredAgent
 from lambda_actors.bot.config import AgentConfig, AgentsConfig
 from lambda_actors.bot.store import RoomBinding
 from lambda_actors.matrix import events as ev
+from lambda_actors.node.tree import agent_directory
 
 ALICE, BOB, BOT = "@alice:x", "@bob:x", "@bot:x"
 DID = "did:lambda:agent:0b9a7c52-5a8f-4c1e-9d55-2f7d0c1e3a11"
@@ -89,3 +95,27 @@ def test_a_deregistered_agents_room_answers_agent_removed_and_is_not_moved_to_an
     assert say.error == "agent_removed" and "deregistered" in say.body
     # Counted among the rooms of removed agents at start.
     assert r.drifted_bindings([bound, replace(bound, room_id="!a:x", agent_id="agent-0")], directory) == [bound]
+
+
+def test_a_restarted_node_serves_its_registered_agents_again_and_knows_the_deregistered_ones():
+    approvals = ApprovalStore(sqlite3.connect(":memory:"))
+    registrations = RegistrationStore(approvals.connection)
+    gone_did = "did:lambda:agent:5d1e0a8e-3c2b-4f7a-9b61-0c3e2d1f4a22"
+    for n, did in enumerate((DID, gone_did, None)):
+        pending = Registration(
+            id=f"reg_{n}", client="gateway", request_id=None, fingerprint="f", owner=ALICE, label=f"Agent {n}",
+            base_url="http://a9/", workspace_path="/w9", approval_id=f"apr_{n}", created_at=1000.0 + n,
+            expires_at=1600.0,
+        )
+        registrations.create(pending)
+        if did is not None:
+            approved = move(pending, RegStatus.APPROVED, agent_did=did, decided_at=1100.0 + n)
+            registrations.settle(approved, now=1100.0)
+    registrations.settle(move(registrations.by_did(gone_did), RegStatus.DEREGISTERED, deregistered_at=2000.0), now=2000.0)
+
+    directory = agent_directory(CONFIG, approvals)
+    assert [a.id for a in directory.agents] == ["agent-0", DID]  # the pending one is no agent yet
+    assert directory.registration(DID).owner == ALICE and directory.is_deregistered(gone_did)
+    bot = BotServices(store=None, client=None, agents=directory, user_id=BOT)  # type: ignore[arg-type]
+    agents = next(spec for spec in bot_children(bot) if spec.name == "agents")
+    assert [child.name for child in agents.children] == ["agent-0", DID]
