@@ -151,6 +151,11 @@ class ApprovalStore:
         ).fetchall()
         return [_record(row) for row in rows]
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many records there are of each status (for ``/metrics``)."""
+        rows = self._db.execute("SELECT status, COUNT(*) FROM approvals GROUP BY status").fetchall()
+        return {str(status): int(n) for status, n in rows}
+
     def pending_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()[0])
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from types import TracebackType
 from typing import Any, Self
@@ -100,12 +100,21 @@ class MatrixClient:
         retry: RetryPolicy = RetryPolicy(),
         http: httpx.AsyncClient | None = None,
     ) -> None:
+        #: 429 answers this client got (read for ``/metrics``; no label, no user).
+        self.rate_limited = 0
+        self._also_on_rate_limited = retry.on_rate_limited
+        retry = replace(retry, on_rate_limited=self._count_rate_limited)
         self._transport = Transport(homeserver_url, access_token=access_token, retry=retry, http=http)
         self.user_id = user_id
         self.device_id = device_id
         # Which form of the delayed-event actions the homeserver takes
         # (see update_delayed_event); learnt on first use.
         self._delayed_action_in_body = False
+
+    def _count_rate_limited(self) -> None:
+        self.rate_limited += 1
+        if self._also_on_rate_limited is not None:
+            self._also_on_rate_limited()
 
     def __repr__(self) -> str:
         return f"MatrixClient({self._transport.public_url!r}, user_id={self.user_id!r}, device_id={self.device_id!r})"

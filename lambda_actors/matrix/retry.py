@@ -69,6 +69,9 @@ class RetryPolicy:
     attempts: int = 6
     backoff: Backoff = field(default=DEFAULT_BACKOFF)
     max_rate_limit_wait_s: float = 300.0
+    #: Told of every 429, waited out or not (a client counts them for
+    #: ``/metrics``); it must return at once.
+    on_rate_limited: Callable[[], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         problems = [f"attempts must be at least 1 (the first try), got {self.attempts!r}"] if self.attempts < 1 else []
@@ -111,6 +114,8 @@ async def call_with_retries(
         except (InvalidToken, RemoteMediaUnavailable):
             raise
         except RateLimited as exc:
+            if policy.on_rate_limited is not None:
+                policy.on_rate_limited()
             if exc.retry_after_s > policy.max_rate_limit_wait_s:
                 raise
             log.info("matrix.rate_limited", homeserver=homeserver, request=what, retry_after_s=round(exc.retry_after_s, 3))

@@ -98,7 +98,7 @@ class NodeParts:
         """``bot.approvals`` is the store the rooms read (see :func:`open_approval_store`)."""
         assert bot.approvals is not None
         registrations = RegistrationStore(bot.approvals.connection)
-        parts = cls(bot, bot.approvals, NodeApi(config, NodeMetrics(), lambda: parts.facts()), listen, registrations)
+        parts = cls(bot, bot.approvals, NodeApi(config, NodeMetrics(counters=bot.counters), lambda: parts.facts()), listen, registrations)
         parts.api.metrics.watch(parts.snapshot)
         return parts
 
@@ -184,4 +184,21 @@ class NodeParts:
             outbox_depth=self.bot.store.outbox_depth(),
             sync_lag_s=None if last_sync is None else max(0.0, time.time() - last_sync),
             pending_approvals=self.approvals.pending_count(),
+            approvals=self.approvals.count_by_status(),
+            connection_states=self.connection_states(),
+            rate_limited=self.bot.client.rate_limited,
         )
+
+    def connection_states(self) -> dict[str, int]:
+        """Every agent's connection actors (one per chat in use), by supervision state."""
+        counts: dict[str, int] = {}
+        if self.registry is None:
+            return counts
+        for agent in self.registry.supervisor(AGENTS_PATH).which_children():
+            try:
+                chats = self.registry.supervisor(f"{AGENTS_PATH}/{agent.name}").which_children()
+            except LookupError:
+                continue  # between incarnations
+            for chat in chats:
+                counts[str(chat.status)] = counts.get(str(chat.status), 0) + 1
+        return counts

@@ -183,6 +183,27 @@ async def test_idempotency_tokens_and_default_deny(node):
     final = await alice.wait_until(lambda: _final_text(alice, prompt.event_id))
     assert "Expired" in final and "no answer means no" in final
 
+    # An agent's confirmation is the same kind of record, listed by the same API.
+    asked = await alice.say(chat1, "may I [[confirm]]")
+    await alice.wait_until(lambda: any("delete_file" in str(s.content.get("body", "")) for s in alice.seen))
+    await alice.say(chat1, "!yes")
+    assert "approved" in (await alice.answer(asked)).text
+    listed = (await node.request("GET", "/api/v1/delivery/approval-requests")).json()["approvals"]
+    assert [(r["source"], r["status"], r["approver"]) for r in listed] == [
+        ("agent", "approved", alice.user_id), ("api", "expired", alice.user_id)
+    ]
+
+    # /metrics counted what passed (SPEC 7.3), with no user or room id in a label.
+    metrics = (await node.request("GET", "/metrics")).text
+    for line in ('lambda_approvals{status="approved"} 1.0', 'lambda_approvals{status="expired"} 1.0',
+                 "lambda_turn_seconds_count 1.0", "lambda_turn_first_token_seconds_count 1.0"):
+        assert line in metrics, line
+    samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
+    assert float(samples['lambda_messages_received_total{kind="text"}']) >= 2  # the message and the !yes
+    assert float(samples['lambda_matrix_sends_total{result="sent"}']) >= 4  # two prompts, two edits, the answer
+    assert float(samples["lambda_answers_total"]) >= 1
+    assert alice.user_id not in metrics and chat1 not in metrics
+
 
 async def test_an_answer_given_while_the_node_is_down_counts_when_it_is_back(node, receiver):
     node, alice, chat1 = node

@@ -25,6 +25,7 @@ async def test_matrix_ratelimit_429_is_waited_out_then_the_send_succeeds(
             event_ids.append(await client.send(room_id, "m.room.message", content.text(f"m{n}"), f"burst-{n}"))
     [wait] = [entry for entry in logs if entry["event"] == "matrix.rate_limited"]
     assert 0 < wait["retry_after_s"] <= 5
+    assert client.rate_limited == 1  # what /metrics shows as lambda_matrix_rate_limited_total
     assert len(set(event_ids)) == len(event_ids)
     page = await client.messages(room_id, limit=20, event_filter={"types": ["m.room.message"]})
     assert [e.body for e in parse_events(room_id, page["chunk"])][::-1] == [f"m{n}" for n in range(len(event_ids))]
@@ -35,3 +36,4 @@ async def test_matrix_ratelimit_429_is_waited_out_then_the_send_succeeds(
         await impatient.send(room_id, "m.room.message", content.text("one more"), "burst-more")
     assert refused.value.status == 429 and refused.value.errcode == "M_LIMIT_EXCEEDED"
     assert refused.value.retry_after_s > 0.01
+    assert impatient.rate_limited == 1  # counted even when not waited out

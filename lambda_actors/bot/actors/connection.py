@@ -172,6 +172,10 @@ class _Connection:
         self.deliver: Deliver | None = None
         #: When the last answer ended (Trio clock), for the late-frame grace.
         self.ended_at = -math.inf
+        #: When the turn's message went to the agent, until its first output
+        #: is shown (Trio clock; for the turn latency histograms).
+        self.turn_started_at: float | None = None
+        self.first_shown = False
         #: The tasks waiting for the gate's verdicts on this turn's confirmations.
         self.verdicts: list[trio.CancelScope] = []
         self.stopping = False
@@ -341,6 +345,7 @@ class _Connection:
         try:
             # To this chat's own socket: a slow agent slows only this connection.
             await conn.send_user_message(deliver.text, deliver.attachments)
+            self.turn_started_at, self.first_shown = trio.current_time(), False
             self.ctx.log.info("connection.delivered", event_id=deliver.event_id, chat_id=self.chat_id)
             self.nursery.start_soon(self._show_typing, deliver.room_id, answered)
             while not turn.finished:
@@ -393,6 +398,7 @@ class _Connection:
         for action in actions:
             match action:
                 case Show(parts=parts):
+                    self._count_first_output()
                     await self._tell_outbox(self.bot.store.enqueue(self._rows(deliver, parts)))
                 case Say(kind=kind, cause=cause, body=body, error=error):
                     item = notice(deliver.room_id, kind, cause, body, source=deliver.event_id, done=False, error=error)
@@ -405,9 +411,20 @@ class _Connection:
                 case Fetch(number=number, path=path):
                     await self._send_file(deliver, number, path)
                 case Finish(parts=parts, error=error):
+                    if error is None and self.turn_started_at is not None:
+                        self._count_first_output()
+                        self.bot.counters.turn_duration.observe(trio.current_time() - self.turn_started_at)
+                    self.turn_started_at = None
                     await self._finish(deliver, parts, error)
                 case Log(event=event, level=level, fields=fields):
                     getattr(self.ctx.log, level)(event, chat_id=self.chat_id, **dict(fields))
+
+    def _count_first_output(self) -> None:
+        """The turn latency to its first output, once per turn (answers that
+        fail before any output are not counted: their time is a timeout's)."""
+        if self.turn_started_at is not None and not self.first_shown:
+            self.first_shown = True
+            self.bot.counters.turn_first_token.observe(trio.current_time() - self.turn_started_at)
 
     def _rows(self, deliver: Deliver, parts: Any, *, done: bool = False, error: str | None = None) -> list[OutboxItem]:
         """Outbox rows for stream actions.

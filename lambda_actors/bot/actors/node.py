@@ -92,7 +92,7 @@ def bot_children(bot: BotServices, node: NodeParts | None = None) -> list[ChildS
     about answers, and its listener last, so it stops first.
     """
     return [
-        ChildSpec("outbox", outbox_actor, args=(bot.store, bot.client)),
+        ChildSpec("outbox", outbox_actor, args=(bot.store, bot.client, bot.counters)),
         *(node.first() if node else []),
         SupervisorSpec("agents", children=[SupervisorSpec(agent.id) for agent in bot.agents.agents]),
         SupervisorSpec("rooms"),

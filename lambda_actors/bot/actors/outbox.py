@@ -15,6 +15,10 @@ sender exits after :data:`SENDER_IDLE_EXIT` with nothing to send.
 
 Nobody waits for the outbox: :func:`tell_outbox` never blocks, and the
 outbox rescans the store for rows it was not told about.
+
+Every send is counted by its result, and a sent one by what it carries
+(:func:`count_sent`): the last send of an answer (``org.lambda.done``) is a
+completed answer, one carrying ``org.lambda.error`` an error of that kind.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from ..store import OutboxItem, Store
 from ...matrix import content as contents
 from ...matrix.client import MatrixClient
 from ...matrix.errors import InvalidToken, MatrixError, RateLimited
+from ...node.metrics import BotCounters
 from ...runtime.errors import ActorStopped, MailboxFull
-from .services import OUTBOX_PATH
+from .services import DONE_KEY, ERROR_KEY, ERROR_KINDS, OUTBOX_PATH
 
 #: Stored as the "event id" of a send that will never happen, so edits of it
 #: are skipped and it is not retried after a restart.
@@ -113,6 +118,7 @@ async def outbox_actor(
     ctx: Any,
     store: Store,
     client: MatrixClient,
+    counters: BotCounters | None = None,
     *,
     idle_exit: float = SENDER_IDLE_EXIT,
     rescan_interval: float = RESCAN_INTERVAL,
@@ -126,6 +132,8 @@ async def outbox_actor(
     """
     queues: dict[str, _RoomQueue] = {}
     unsent = _Unsent()
+    # Counted into nothing anyone reads when the caller has no counters (tests).
+    counted = counters if counters is not None else BotCounters()
 
     async with trio.open_nursery() as nursery:
 
@@ -140,7 +148,7 @@ async def outbox_actor(
             queue = queues.get(item.room_id)
             if queue is None:
                 queue = queues[item.room_id] = _RoomQueue()
-                nursery.start_soon(_send_room, ctx, store, client, queues, item.room_id, queue, unsent, idle_exit)
+                nursery.start_soon(_send_room, ctx, store, client, queues, item.room_id, queue, unsent, idle_exit, counted)
             unsent.add(item.seq)
             queue.push(item)
 
@@ -183,6 +191,7 @@ async def _send_room(
     queue: _RoomQueue,
     unsent: _Unsent,
     idle_exit: float,
+    counters: BotCounters,
 ) -> None:
     while True:
         if not queue.items:
@@ -196,24 +205,39 @@ async def _send_room(
                 return
             continue
         item = queue.items.popleft()
+        result = "failed"
         try:
-            await _send(ctx, store, client, queue, item)
+            result = await _send(ctx, store, client, queue, item)
         finally:
             unsent.done(item.seq)
+            counters.sends.labels(result).inc()
+        if result == "sent":
+            count_sent(counters, item.content)
 
 
-async def _send(ctx: Any, store: Store, client: MatrixClient, queue: _RoomQueue, item: OutboxItem) -> None:
-    """Send one row; the homeserver's answer (or its refusal) goes to the store."""
+def count_sent(counters: BotCounters, content: dict[str, Any]) -> None:
+    """Count a send the homeserver took by what it carries (module doc)."""
+    error = content.get(ERROR_KEY)
+    if error is not None:
+        counters.error(error, ERROR_KINDS)
+    elif content.get(DONE_KEY):
+        counters.answers.inc()
+
+
+async def _send(ctx: Any, store: Store, client: MatrixClient, queue: _RoomQueue, item: OutboxItem) -> str:
+    """Send one row; the homeserver's answer (or its refusal) goes to the store.
+    Returns the result it is counted under (``SEND_RESULTS``); raises when it
+    must be tried again (counted as ``failed``)."""
     if queue.superseded(item):
         store.mark_sent(item.txn_id, NOT_SENT)
-        return
+        return "skipped"
     content = item.content
     if item.replaces_txn is not None:
         target = store.sent_event_id(item.replaces_txn)
         if not target:
             ctx.log.warning("outbox.edit_without_target", txn_id=item.txn_id, target_txn=item.replaces_txn)
             store.mark_sent(item.txn_id, NOT_SENT)
-            return
+            return "skipped"
         content = contents.edit(target, item.content)
     try:
         event_id = await client.send(item.room_id, item.event_type, content, item.txn_id)
@@ -228,5 +252,6 @@ async def _send(ctx: Any, store: Store, client: MatrixClient, queue: _RoomQueue,
         # room, the content is too large, ...). Retrying cannot help.
         ctx.log.warning("outbox.refused", txn_id=item.txn_id, room_id=item.room_id, error=str(exc))
         store.mark_sent(item.txn_id, NOT_SENT)
-        return
+        return "refused"
     store.mark_sent(item.txn_id, event_id)
+    return "sent"

@@ -13,7 +13,7 @@ The services here are the exceptions by design, each safe to share:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Iterable
 
 from ..agents_directory import AgentDirectory
@@ -22,6 +22,7 @@ from ..store import OutboxItem, Store
 from ...matrix import content as contents
 from ...matrix.client import MatrixClient
 from ...matrix.errors import MatrixFailure
+from ...node.metrics import BotCounters
 
 #: State event type holding a chat room's binding, so a lost database can be
 #: rebuilt from the homeserver (SPEC section 6, "Restart").
@@ -67,6 +68,11 @@ ERROR_LIMIT = "limit"
 ERROR_ENCRYPTED = "encrypted"
 #: The room is archived; messages no longer go to the agent.
 ERROR_ARCHIVED = "archived"
+#: Every kind above: the closed label set of ``lambda_errors_total``.
+ERROR_KINDS = frozenset({
+    ERROR_AGENT_FAILED, ERROR_INTERRUPTED, ERROR_AGENT_UNAVAILABLE, ERROR_UNDELIVERABLE, ERROR_SET_ASIDE,
+    ERROR_AGENT_REMOVED, ERROR_HOMESERVER, ERROR_FILE, ERROR_LIMIT, ERROR_ENCRYPTED, ERROR_ARCHIVED,
+})
 
 #: Fault injection for chaos runs and tests (``LAMBDA_ACTORS_FAULTS``): with
 #: this in ``BotServices.faults``, a room crashes on any text containing
@@ -118,6 +124,8 @@ class BotServices:
     #: The node's approval records, when the node runs its approvals (rooms
     #: read which requests wait for an answer in them; None: none ever do).
     approvals: ApprovalStore | None = None
+    #: What the actors count for /metrics (the node exposes it; SPEC 7.3).
+    counters: BotCounters = field(default_factory=BotCounters)
 
     def __post_init__(self) -> None:
         # Embedders and tests may pass agents.yaml's AgentsConfig as it was

@@ -83,6 +83,7 @@ async def sync_actor(ctx: Any, bot: BotServices) -> None:
         if token is not None:
             entries = [*await fill_gaps(ctx, bot, body), *entries]
         token = body["next_batch"]
+        count_received(bot, entries)
         for room_id in store.ingest(entries, token):
             wake_room(ctx, bot, room_id)
         # Rooms handed out ids since the last batch: keep the reservation ahead.
@@ -153,6 +154,15 @@ def room_address(ctx: Any, bot: BotServices, room_id: str) -> Any:
         ctx.registry.supervisor(ROOMS_PATH),
         lambda: ChildSpec(room_id.replace("/", "%2F"), room_actor, args=(bot, room_id)),
     )
+
+
+def count_received(bot: BotServices, entries: list[tuple[str, str, dict[str, Any], bool]]) -> None:
+    """Count what users sent that the store has not seen yet (a sync or a
+    history page repeating an event does not count it twice; the bot's own
+    events and history marked handled on a first sync are not received)."""
+    for event_id, _, event, handled in entries:
+        if not handled and event.get("sender") != bot.user_id and not bot.store.has_event(event_id):
+            bot.counters.received(event)
 
 
 def inbox_entries(body: dict[str, Any], user_id: str, *, first_sync: bool) -> Iterator[tuple[str, str, dict, bool]]:
