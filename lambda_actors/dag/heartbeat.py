@@ -29,17 +29,28 @@
   truth where it is newer than the last heartbeat; a node whose heartbeats
   stopped for three intervals is offline whatever its state says (the
   fallback where the homeserver has no delayed events).
+
+- **The driver** (:func:`keep_alive`): the thin loop that performs the
+  machine's actions with a :class:`~lambda_actors.matrix.MatrixClient`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+import trio
 
 from .status import Progress, check_integers, rfc3339
+
+if TYPE_CHECKING:
+    from ..matrix import MatrixClient
+
+_log = structlog.get_logger("lambda_actors.dag.heartbeat")
 
 __all__ = [
     "DAG_ACTIVE",
@@ -59,6 +70,7 @@ __all__ = [
     "dag_active_content",
     "delayed_events_offered",
     "heartbeat_content",
+    "keep_alive",
     "node_status_content",
     "node_table",
     "stale_delayed",
@@ -528,3 +540,98 @@ def node_table(
         elif beat is not None:
             r.liveness, r.reason = "online", "heartbeat"
     return rows
+
+
+# -- the driver ------------------------------------------------------------------------------------
+
+
+async def keep_alive(
+    client: MatrixClient,
+    room_id: str,
+    node_id: str,
+    machine: Liveness,
+    *,
+    heartbeat: Callable[[], tuple[Mapping[str, Any], Mapping[str, Any]]],
+    stop: trio.Event,
+    request_timeout_s: float = 4.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Perform ``machine``'s actions for ``node_id`` in ``room_id`` until ``stop`` is set.
+
+    ``heartbeat()`` gives the contents of ``cis.node.heartbeat`` and
+    ``cis.node.dag.active`` at the time of each beat. Reports started once
+    the node has said ``online``. On ``stop``, the clean stop (cancel the
+    delayed offline, write ``stopped``) is done before returning; cancelled
+    instead, it does nothing more, as a death would (the homeserver then
+    writes ``offline`` itself when delayed events are on).
+
+    Each request is bounded by ``request_timeout_s`` (shorter than the
+    delay, so a hanging homeserver cannot keep the restarts from their
+    schedule unnoticed); one that fails or times out is reported to the
+    machine, which asks again later. Nothing here blocks anyone else: the
+    node runs this as a task of its own.
+    """
+    from ..matrix.errors import MatrixFailure
+
+    beats = 0
+    started = False
+    boot = int(trio.current_time() * 1000)
+
+    async def perform(action: LivenessAction) -> list[LivenessAction]:
+        nonlocal beats, started
+        now = trio.current_time
+        wall = datetime.now(UTC)
+        try:
+            with trio.fail_after(request_timeout_s):
+                match action:
+                    case ReadVersions():
+                        return machine.versions(await client.versions(), now())
+                    case ListDelayed():
+                        listed = await client.delayed_events()
+                        return machine.listed(stale_delayed(listed, room_id, node_id), now())
+                    case ScheduleOffline(delay_ms=delay_ms):
+                        content = node_status_content(node_id, "offline", since=wall)
+                        delay_id = await client.put_state_delayed(room_id, NODE_STATUS, content, node_id, delay_ms=delay_ms)
+                        return machine.scheduled(delay_id, now())
+                    case RestartDelayed(delay_id=delay_id):
+                        return machine.restarted(await client.update_delayed_event(delay_id, "restart"), now())
+                    case WriteStatus(status=status):
+                        await client.put_state(room_id, NODE_STATUS, node_status_content(node_id, status, since=wall), node_id)
+                        follow = machine.written(now())
+                        if status == "online" and not started:
+                            started = True
+                            task_status.started()
+                        return follow
+                    case CancelDelayed(delay_id=delay_id):
+                        await client.update_delayed_event(delay_id, "cancel")
+                        return []
+                    case SendHeartbeat():
+                        beats += 1
+                        beat, active = heartbeat()
+                        # Transaction ids from this run's start and the beat's
+                        # number: a retried send cannot post twice.
+                        await client.send(room_id, HEARTBEAT, beat, f"hb.{node_id}.{boot}.{beats}")
+                        await client.send(room_id, DAG_ACTIVE, active, f"active.{node_id}.{boot}.{beats}")
+                        return []
+        except (MatrixFailure, trio.TooSlowError) as exc:
+            _log.warning("heartbeat.request_failed", node_id=node_id, action=type(action).__name__, error=str(exc))
+            if isinstance(action, (CancelDelayed, SendHeartbeat)):
+                return []  # answers nobody waits for: a cancel is best effort, a lost beat is replaced by the next
+            return machine.failed(trio.current_time())
+        return []
+
+    async def run_all(actions: list[LivenessAction]) -> None:
+        pending = list(actions)
+        while pending:
+            pending = (await perform(pending[0])) + pending[1:]
+
+    await run_all(machine.start(trio.current_time()))
+    while not stop.is_set():
+        due = machine.next_due()
+        with trio.move_on_at(due if due is not None else math.inf):
+            await stop.wait()
+        if stop.is_set():
+            break
+        await run_all(machine.tick(trio.current_time()))
+    with trio.CancelScope(shield=True):
+        await run_all(machine.stop(trio.current_time()))

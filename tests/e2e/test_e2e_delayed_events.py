@@ -7,11 +7,13 @@ Short delays keep the module fast; each wait is for the event itself.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 from harness.synapse import SyncCursor
 
-from lambda_actors.dag.heartbeat import NODE_STATUS, delayed_events_offered
+from lambda_actors.dag.heartbeat import HEARTBEAT, NODE_STATUS, Liveness, delayed_events_offered, keep_alive, stale_delayed
 from lambda_actors.matrix import MatrixClient, OtherEvent
 
 NODE = "node-e2e"
@@ -88,3 +90,67 @@ async def test_send_now_and_the_older_action_form_both_work(owner: MatrixClient)
     with trio.fail_after(15):
         await cursor.wait_for(lambda event: isinstance(event, OtherEvent) and event.source.get("type") == "cis.node.test")
     assert await owner.update_delayed_event(delay_id, "restart") is False
+
+
+# -- a node's liveness, driven against Synapse ---------------------------------------------------
+
+
+def _beat() -> tuple[dict, dict]:
+    from datetime import UTC, datetime
+
+    from lambda_actors.dag.heartbeat import dag_active_content, heartbeat_content
+
+    now = datetime.now(UTC)
+    return (
+        heartbeat_content(NODE, None, "online", agents=["agent-0"], max_workers=2, version="test",
+                          cpu_percent=1, memory_percent=1, active_sessions=0, at=now),
+        dag_active_content(NODE, [], at=now),
+    )
+
+
+def _fast() -> Liveness:
+    # Short delay and restarts so a death shows within a couple of seconds.
+    return Liveness(delay_ms=2_000, restart_every_s=0.5, heartbeat_every_s=30.0)
+
+
+async def test_a_node_that_dies_is_marked_offline_by_the_homeserver_and_a_clean_stop_writes_stopped(owner: MatrixClient) -> None:
+    room = await owner.create_room(name="heartbeats")
+    cursor = await SyncCursor.start(owner)
+    with trio.fail_after(30):
+        # A node runs, then dies (its task cancelled: no clean stop).
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(keep_alive, owner, room, NODE, _fast(), heartbeat=_beat, stop=trio.Event()))
+            assert (await owner.get_state(room, NODE_STATUS, NODE) or {}).get("status") == "online"
+            assert len(stale_delayed(await owner.delayed_events(), room, NODE)) == 1
+            nursery.cancel_scope.cancel()
+        await cursor.wait_for(lambda event: _status_write(event) == "offline", within=15)
+
+        # Back at once (within the delay of a second death): it takes the
+        # stale delayed event of its last run out before scheduling its own.
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(keep_alive, owner, room, NODE, _fast(), heartbeat=_beat, stop=trio.Event()))
+            nursery.cancel_scope.cancel()
+        [left_behind] = stale_delayed(await owner.delayed_events(), room, NODE)
+        stop = trio.Event()
+        # Heartbeats every 1.5 s: the third comes 3 s after "online", past the
+        # 2 s delay, so seeing it with no offline before it shows the restarts.
+        machine = Liveness(delay_ms=2_000, restart_every_s=0.5, heartbeat_every_s=1.5)
+        seen: list[str] = []
+
+        def third_beat(event: object) -> bool:
+            if (status := _status_write(event)) is not None:
+                seen.append(status)
+            if isinstance(event, OtherEvent) and event.source.get("type") == HEARTBEAT:
+                seen.append("beat")
+            return seen.count("beat") == 3
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(keep_alive, owner, room, NODE, machine, heartbeat=_beat, stop=stop))
+            assert left_behind not in stale_delayed(await owner.delayed_events(), room, NODE)
+            await cursor.wait_for(third_beat)
+            stop.set()
+    assert "offline" not in seen[seen.index("online"):], seen
+    assert machine.reregistered == 0
+    assert machine.phase == "stopped"
+    assert (await owner.get_state(room, NODE_STATUS, NODE) or {}).get("status") == "stopped"
+    assert stale_delayed(await owner.delayed_events(), room, NODE) == []
