@@ -558,7 +558,10 @@ class _Checker:
             if upstream is None:
                 self.fail(f"{where}.prompt", f"{_short(text)} is not a placeholder; write {{{{ <task id>.output }}}}")
             elif upstream not in ids:
-                self.fail(f"{where}.prompt", f"{_short(text)} names {_short(upstream)}, which is no task of this DAG")
+                self.fail(
+                    f"{where}.prompt",
+                    f"{_short(text)} names {_short(upstream)}, which is no task of this DAG; name one of this task's deps",
+                )
             elif upstream not in deps:
                 self.fail(
                     f"{where}.prompt",

@@ -382,3 +382,9 @@ def test_ten_thousand_tasks_validate_fast_and_without_recursion() -> None:
     assert found[0][0] == "tasks.t0" and f"({n} tasks)" in found[0][1]
     # Generous: the benchmark holds the real goal (validate_10k_s <= 2); this only catches a blow-up.
     assert time.perf_counter() - started < 30
+
+
+def test_placeholder_naming_no_task_at_all() -> None:
+    assert problems(doc(agent("a"), agent("b", deps=["a"], prompt="{{ ghost.output }}"))) == [
+        ("tasks.b.prompt", "'{{ ghost.output }}' names 'ghost', which is no task of this DAG; name one of this task's deps")
+    ]
