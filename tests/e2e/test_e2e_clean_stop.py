@@ -14,7 +14,7 @@ async def test_a_clean_stop_mid_answer_says_interrupted_and_never_blames_the_age
     _, chat1 = await onboard(bot_stack, alice)
     # The agent waits for a confirmation, so the answer is open for as long as we like.
     event_id = await alice.say(chat1, "tidy up [[confirm]]")
-    await alice.notice(chat1, "asks for your permission")
+    await alice.notice(chat1, "asks for your approval")
     capfd.readouterr()
     await bot_stack.stop_bot()
     out, err = capfd.readouterr()
