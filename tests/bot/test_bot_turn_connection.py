@@ -12,6 +12,7 @@ real approvals actor whose verdict reaches the agent.
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import time
@@ -23,6 +24,7 @@ import pytest
 import trio
 
 from lambda_actors.bot.actors import connection as conn_module
+from lambda_actors.bot.actors.connection import LATE_PATIENCE, send_next_at
 from lambda_actors.bot.actors.outbox import Queued
 from lambda_actors.bot.actors.services import (
     DONE_KEY,
@@ -170,9 +172,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(fake_agent, tmp_path: Path, nursery):
+    yield await make_rig(fake_agent, tmp_path, nursery, Limits(frames_outside_answer=8))
+
+
+async def make_rig(fake_agent, tmp_path: Path, nursery, limits: Limits) -> Rig:
     agent = await fake_agent(slow_interval=0.05, stall_seconds=30)
     config = AgentConfig(id="agent-0", label="Agent 0", base_url=agent.base_url, workspace_path=agent.workspace, max_file_bytes=10_000)
-    agents = AgentsConfig(agents=(config,), limits=Limits(frames_outside_answer=8))
+    agents = AgentsConfig(agents=(config,), limits=limits)
     store = Store.open(tmp_path / "bot.sqlite3")
     client = DownHomeserver()
     bot = BotServices(store=store, client=client, agents=agents, user_id="@bot:test", timing=TIMING)  # type: ignore[arg-type]
@@ -189,7 +195,7 @@ async def rig(fake_agent, tmp_path: Path, nursery):
                 raise
 
     nursery.start_soon(run)
-    yield Rig(ctx, store, agent, Recorder(), client, errors, scope)
+    return Rig(ctx, store, agent, Recorder(), client, errors, scope)
 
 
 async def test_homeserver_failures_during_a_turn_do_not_fail_it_or_crash_the_connection(rig: Rig) -> None:
@@ -337,3 +343,35 @@ async def test_with_no_gate_to_ask_the_agent_is_told_no_at_once_and_the_owner_wh
     assert re.search(r"confirmation \S+: denied", rig.final("$1")["body"])
     assert any("could not ask you" in r.content["body"] for r in rig.rows())
     assert "connection.gate_unavailable" in rig.ctx.log.events()
+
+
+async def test_an_agent_still_talking_after_its_end_gets_the_next_message_on_a_fresh_socket(fake_agent, tmp_path, nursery) -> None:
+    # A budget the flood does not reach before the next message: without a
+    # fresh socket, its frames would be read as the next answer.
+    rig = await make_rig(fake_agent, tmp_path, nursery, Limits(frames_outside_answer=10**9))
+    await rig.send(rig.deliver("$1", "hi [[flood]]"))
+    await rig.turn_done("$1")
+    with trio.fail_after(HANG):
+        await rig.agent.wait_until(lambda: rig.agent.flooded["7"] > 0)
+    await rig.send(rig.deliver("$2", "calm now"))
+    await rig.turn_done("$2")
+    assert "(flood)" not in rig.final("$2")["body"] and "echo: calm now" in rig.final("$2")["body"]
+    assert "connection.fresh_socket" in rig.ctx.log.events()
+    assert rig.agent.connections["7"] == 2 and rig.actor_error == []
+
+
+@pytest.mark.parametrize(
+    ("ended_at", "late_at", "now", "expected"),
+    [
+        (10.0, -math.inf, 10.05, 10.1),  # just after END: wait out the grace
+        (10.0, -math.inf, 10.2, 10.2),  # quiet since END: send now
+        (10.0, 10.02, 10.05, 10.12),  # a late chunk just after END: quiet a grace after it
+        (10.0, 10.25, 10.3, 10.35),  # still talking: look again when quiet, or at patience's end
+        (10.0, 10.39, 10.4, None),  # talking LATE_PATIENCE graces past END: a fresh socket
+        (10.0, 15.0, 30.0, 30.0),  # talked long ago, quiet now: send now
+    ],
+)
+def test_the_next_message_waits_for_a_quiet_socket_or_takes_a_fresh_one(ended_at, late_at, now, expected) -> None:
+    assert LATE_PATIENCE == 4
+    at = send_next_at(ended_at, late_at, now, grace=0.1)
+    assert at == (None if expected is None else pytest.approx(expected))

@@ -33,9 +33,11 @@ The rules of the connection itself:
    they come and counts them (:class:`~lambda_actors.bot.turn.OutsideAnswer`);
    past ``Limits.frames_outside_answer`` between two answers the socket is cut
    (:class:`~lambda_actors.agent.client.TooManyFrames`) and the next turn
-   reconnects. Frames just after an answer's ``END`` get ``late_frame_grace``
-   to arrive before the next message is sent, so they are not taken for its
-   answer.
+   reconnects. The next message waits until the socket has been quiet for
+   ``late_frame_grace`` after an answer's ``END``, so frames sent just after
+   it are not taken for its answer; an agent still sending ``LATE_PATIENCE``
+   graces after END gets the next message on a fresh socket, which carries
+   none of the old one's frames (:func:`send_next_at`).
 6. **Idle connections close** after ``connection_idle_close`` with no turn;
    the actor then exits (it is transient).
 """
@@ -107,6 +109,31 @@ from .turns import Deliver, TurnDone
 _INPUTS = 16
 
 
+#: How long, in late-frame graces, an agent may go on sending after an
+#: answer's END before the next message goes on a fresh socket.
+LATE_PATIENCE = 4
+
+
+def send_next_at(ended_at: float, late_at: float, now: float, grace: float) -> float | None:
+    """When the next message may be sent on a socket whose last answer ended
+    (or which opened) at ``ended_at``, and which last sent a frame outside an
+    answer at ``late_at``.
+
+    The protocol numbers nothing, so a frame that comes after the next
+    message is sent is taken for its answer. The socket must first be quiet
+    for ``grace``: frames just after END (a second END, a late chunk) are the
+    old answer's. The result is ``now`` (send), a later time (look again
+    then), or None when the agent has gone on talking ``LATE_PATIENCE``
+    graces past END: the next message goes on a fresh socket, which carries
+    none of it.
+    """
+    quiet_at = max(ended_at, late_at) + grace
+    if quiet_at <= now:
+        return now
+    patience_ends = ended_at + LATE_PATIENCE * grace
+    return None if now >= patience_ends else min(quiet_at, patience_ends)
+
+
 def connection_address(ctx: Any, agent_id: str, chat_id: int, bot: BotServices) -> Address:
     """The connection actor for (agent, chat), started on first use."""
     agent = bot.agents.agent(agent_id)
@@ -172,12 +199,16 @@ class _Connection:
         self.deliver: Deliver | None = None
         #: When the last answer ended (Trio clock), for the late-frame grace.
         self.ended_at = -math.inf
+        #: The tasks waiting for the gate's verdicts on this turn's confirmations.
+        self.verdicts: list[trio.CancelScope] = []
         #: When the turn's message went to the agent, until its first output
         #: is shown (Trio clock; for the turn latency histograms).
         self.turn_started_at: float | None = None
         self.first_shown = False
-        #: The tasks waiting for the gate's verdicts on this turn's confirmations.
-        self.verdicts: list[trio.CancelScope] = []
+        #: When the socket last sent a frame while no answer was open, and
+        #: when it opened (frames before it are another socket's).
+        self.late_at = -math.inf
+        self.quiet_from = -math.inf
         self.stopping = False
         self.socket_gone = False
         self.nursery: trio.Nursery
@@ -252,14 +283,19 @@ class _Connection:
     async def _serve(self, conn: AgentConnection) -> None:
         """Serve turns on one open socket until it is idle, gone between answers, or we stop."""
         error: AgentConnectionError | None = None
+        self.quiet_from = trio.current_time()
+        self.late_at = -math.inf
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_frames, conn)
             try:
                 while len(self.deliveries) or await self._wait_idle(conn):
-                    # Frames sent just after END may still be on the wire: give them a moment.
-                    await trio.sleep_until(self.ended_at + self.timing.late_frame_grace)
+                    fresh = await self._wait_until_quiet()
                     self._take_ready(conn)
                     if self.socket_gone or self.stopping or not len(self.deliveries):
+                        break
+                    if fresh:
+                        self.ctx.log.info("connection.fresh_socket", agent=self.agent.id, chat_id=self.chat_id)
+                        self.socket_gone = True
                         break
                     await self._run_turn(conn, self.deliveries.take())
                     if self.stopping:
@@ -270,6 +306,19 @@ class _Connection:
                 nursery.cancel_scope.cancel()
         if error is not None:
             raise error
+
+    async def _wait_until_quiet(self) -> bool:
+        """Wait until the next message may go on this socket (see
+        :func:`send_next_at`); True when it must go on a fresh one."""
+        grace = self.timing.late_frame_grace
+        while True:
+            now = trio.current_time()
+            at = send_next_at(max(self.ended_at, self.quiet_from), self.late_at, now, grace)
+            if at is None:
+                return True
+            if at <= now:
+                return False
+            await trio.sleep_until(at)
 
     async def _wait_idle(self, conn: AgentConnection | None) -> bool:
         """Wait for a delivery with no turn running; False when idle long enough,
@@ -319,6 +368,7 @@ class _Connection:
         try:
             async for frame in conn:
                 if isinstance(frame, Late):
+                    self.late_at = trio.current_time()
                     if self.outside.frame():
                         error = TooManyFrames(
                             conn.url,
