@@ -33,7 +33,8 @@ events are never coalesced or dropped.
 Producers never wait on Matrix: :meth:`Batcher.put` appends to a queue and
 returns (no ``await``), so a run's actor hands its events to the broadcaster
 with ``send_nowait`` and goes on; only the broadcaster's own task waits on
-the homeserver, and a failure there only delays the queue.
+the homeserver, and a failure there only delays the queue. :func:`broadcast`
+is that task's thin loop.
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+if TYPE_CHECKING:
+    from ..matrix import MatrixClient
+
+_log = structlog.get_logger("lambda_actors.dag.status")
 
 __all__ = [
     "BATCH",
@@ -68,6 +77,7 @@ __all__ = [
     "Progress",
     "SendEvent",
     "canonical_size",
+    "broadcast",
     "check_integers",
     "rfc3339",
     "run_created",
@@ -377,6 +387,12 @@ class Batcher:
         self.coalesced = 0
         #: Logical events the homeserver has accepted.
         self.delivered = 0
+        #: Sends that failed (each retried).
+        self.failures = 0
+        #: The events coalesced away since the caller last emptied this list
+        #: (a broadcaster feeding from a durable queue marks them done: a
+        #: later status of their task, still queued, says what they said).
+        self.replaced: list[LogicalEvent] = []
 
     @property
     def backlog(self) -> int:
@@ -405,6 +421,7 @@ class Batcher:
                 # one's place in the queue is simply left empty, so the
                 # order of everything else is unchanged.
                 earlier.dropped = True
+                self.replaced.append(earlier.event)
                 self._waiting -= 1
                 self._dropped += 1
                 self.coalesced += 1
@@ -454,6 +471,7 @@ class Batcher:
         if self._in_flight is None or self._in_flight.txn_id != txn_id:
             return []
         self._failures += 1
+        self.failures += 1
         pause = min(self.retry_max_s, self.retry_initial_s * 2 ** (self._failures - 1))
         if retry_after_s is not None:
             pause = max(pause, retry_after_s)
@@ -535,3 +553,67 @@ def _coalescing_key(event: LogicalEvent) -> tuple[str, str] | None:
         return None
     return (run_id, task_id)
 
+
+
+# -- the driver ------------------------------------------------------------------------------------
+
+
+async def broadcast(
+    client: MatrixClient,
+    room_id: str,
+    batcher: Batcher,
+    events: trio.MemoryReceiveChannel[LogicalEvent],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Send what ``batcher`` decides to ``room_id``, fed from ``events``, until
+    ``events`` is closed and everything it gave has been accepted.
+
+    Producers hold the send end of a channel opened with an unbounded
+    buffer (``trio.open_memory_channel(math.inf)``) and call ``send_nowait``:
+    it never blocks and never fails, whatever the homeserver does. Memory
+    still stays bounded: one task here moves each event from the channel
+    into the batcher as soon as it arrives (``put`` never waits), and
+    another performs the sends, so a slow or absent homeserver holds up only
+    the second; the batcher's queue is bounded as its docstring says.
+    """
+    from ..matrix.errors import MatrixFailure, RateLimited
+
+    ready: list[SendEvent] = []
+    wake = trio.Event()
+    drained = False
+
+    async def drain() -> None:
+        nonlocal wake, drained
+        async with events:
+            async for event in events:
+                ready.extend(batcher.put(event, trio.current_time()))
+                wake.set()
+        drained = True
+        wake.set()
+
+    async def send() -> None:
+        nonlocal wake
+        while True:
+            while ready:
+                action = ready.pop(0)
+                try:
+                    await client.send(room_id, action.event_type, action.content, action.txn_id)
+                except MatrixFailure as exc:
+                    retry_after = exc.retry_after_s if isinstance(exc, RateLimited) else None
+                    _log.warning("dag.broadcast_failed", room_id=room_id, backlog=batcher.backlog, error=str(exc))
+                    ready.extend(batcher.failed(action.txn_id, trio.current_time(), retry_after))
+                else:
+                    ready.extend(batcher.sent(action.txn_id, trio.current_time()))
+            if drained and batcher.idle:
+                return
+            due = batcher.next_due()
+            with trio.move_on_at(due if due is not None else math.inf):
+                await wake.wait()
+            wake = trio.Event()
+            ready.extend(batcher.tick(trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+        task_status.started()
+        await send()
