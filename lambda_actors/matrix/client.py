@@ -254,8 +254,13 @@ class MatrixClient:
         initial_state: Sequence[Mapping[str, Any]] = (),
         power_level_override: Mapping[str, Any] | None = None,
         space: bool = False,
+        alias: str | None = None,
     ) -> str:
         """Create a room (a Space with ``space=True``); return its id.
+
+        ``alias`` is the local part of an alias to give it (``dag-status-n1``
+        for ``#dag-status-n1:<server>``); a room found again by its alias
+        after a crash needs no marker.
 
         Not retried on an ambiguous failure: a repeat would make a second room.
         Put a marker in *initial_state* if the caller must be able to find a
@@ -271,6 +276,7 @@ class MatrixClient:
             initial_state=[dict(event) for event in initial_state],
             power_level_override=dict(power_level_override) if power_level_override is not None else None,
             space=space,
+            alias=alias,
         )
         body = await self._transport.request(*request, idempotent=False, what="POST createRoom")
         return _nio.parse(responses.RoomCreateResponse, body).room_id
