@@ -175,13 +175,13 @@ async def rig(fake_agent, tmp_path: Path, nursery):
     yield await make_rig(fake_agent, tmp_path, nursery, Limits(frames_outside_answer=8))
 
 
-async def make_rig(fake_agent, tmp_path: Path, nursery, limits: Limits) -> Rig:
+async def make_rig(fake_agent, tmp_path: Path, nursery, limits: Limits, approvals: ApprovalStore | None = None) -> Rig:
     agent = await fake_agent(slow_interval=0.05, stall_seconds=30)
     config = AgentConfig(id="agent-0", label="Agent 0", base_url=agent.base_url, workspace_path=agent.workspace, max_file_bytes=10_000)
     agents = AgentsConfig(agents=(config,), limits=limits)
     store = Store.open(tmp_path / "bot.sqlite3")
     client = DownHomeserver()
-    bot = BotServices(store=store, client=client, agents=agents, user_id="@bot:test", timing=TIMING)  # type: ignore[arg-type]
+    bot = BotServices(store=store, client=client, agents=agents, user_id="@bot:test", timing=TIMING, approvals=approvals)  # type: ignore[arg-type]
     ctx = Ctx()
     errors: list[BaseException] = []
     scope = trio.CancelScope()
@@ -334,6 +334,26 @@ async def test_two_confirmations_pending_a_bare_yes_decides_nothing(rig: Rig) ->
         await gate.call(Answered(ROOM, "$n", Answer(OWNER, False, Via.REACTION, time.time(), mine.id)))
         await rig.turn_done("$1")
         assert re.search(r"confirmation \S+: denied", rig.final("$1")["body"])
+
+
+async def test_a_turn_that_ends_withdraws_its_pending_confirmations_and_only_those(fake_agent, tmp_path, nursery) -> None:
+    approvals = ApprovalStore(sqlite3.connect(":memory:"))
+    rig = await make_rig(fake_agent, tmp_path, nursery, Limits(), approvals=approvals)
+    rig.store.bind_room(RoomBinding(ROOM, OWNER, "agent-0", 7, "Chat 1"))
+    views = ShownViews()
+    async with open_supervisor("node", [ChildSpec("approvals", approvals_actor, args=(approvals, views))]) as sup:
+        gate = sup.address("approvals")
+        rig.ctx.registry.approvals = gate
+        # Another agent's confirmation in the same room is not this turn's to withdraw.
+        await gate.call(Confirm("apr_other", "agent-1", ROOM, OWNER, "rename y", "", 30.0))
+        await rig.send(rig.deliver("$1", "may I [[confirm]]"))
+        await views.wait_for(lambda: len(views.shown) == 2)
+        await rig.ctx.mailbox.send_channel.aclose()  # a stop while the agent waits for the answer
+        await rig.turn_done("$1")
+        (mine,) = [r for r in approvals.listing() if r.id != "apr_other"]
+        assert (mine.status, mine.decided_via) == (Status.CANCELLED, Via.API)
+        assert views.shown[-1] == mine  # the prompt is edited to say so
+        assert approvals.get("apr_other").status is Status.PENDING
 
 
 async def test_with_no_gate_to_ask_the_agent_is_told_no_at_once_and_the_owner_why(rig: Rig) -> None:
