@@ -109,3 +109,43 @@ def test_a_failed_edit_is_retried_with_the_newest_content() -> None:
     throttle.final(three, 3.0)
     assert throttle.next_due() == 7.1
     assert throttle.tick(7.1) == [EditBoard(three, 2)]
+
+
+# -- against Synapse -------------------------------------------------------------------------------
+
+
+async def test_keep_board_posts_once_and_edits_to_the_final_content(matrix_user, matrix_client) -> None:
+    import math
+
+    import trio
+
+    from lambda_actors.dag.board import Rendering, keep_board
+
+    client = matrix_client(matrix_user("boardnode"))
+    room_id = await client.create_room(name="dag-status")
+    send, receive = trio.open_memory_channel[Rendering](math.inf)
+    renderings = [board([TaskRow("a", state, 1, T0)]) for state in ("pending", "running", "blocked")]
+    final = board([TaskRow("a", "completed", 1, T0, T0 + 4)], status="completed", progress=Progress(1, 1))
+    board_id: list[str | None] = []
+
+    async def keep() -> None:
+        board_id.append(await keep_board(client, room_id, "run-1", receive, throttle=BoardThrottle(min_interval=0.3)))
+
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep)
+            with send:
+                for content in renderings:
+                    send.send_nowait(Rendering(content))
+                send.send_nowait(Rendering(final, final=True))
+    [event_id] = board_id
+    assert event_id is not None
+    page = await client.messages(room_id, direction="f", limit=50)
+    notices = [e for e in page["chunk"] if e["type"] == "m.room.message"]
+    posts = [e for e in notices if "m.relates_to" not in e["content"]]
+    edits = [e for e in notices if e["content"].get("m.relates_to", {}).get("rel_type") == "m.replace"]
+    assert [e["event_id"] for e in posts] == [event_id]
+    assert posts[0]["content"][DAG_KEY] == {"run_id": "run-1"}
+    # Renderings that came within the throttle were folded: one edit, the final one.
+    assert len(edits) == 1 and edits[0]["content"]["m.relates_to"]["event_id"] == event_id
+    assert edits[0]["content"]["m.new_content"] == final
