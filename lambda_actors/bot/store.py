@@ -53,7 +53,7 @@ growth bounded. What duplicate detection needs, and therefore stays:
 - every unsent outbox row; a sent row younger than the horizon, or queued
   after the oldest unhandled inbox row was stored (it may belong to a turn
   still to be answered after a restart, which asks ``has_send`` and edits it
-  by its transaction id);
+  by its transaction id), or the prompt of an approval still pending;
 - turns of events not yet handled, and any younger than the horizon;
 - failure counts of unhandled events; the newest dead letters (1,000).
 
@@ -690,8 +690,17 @@ class Store:
                 (cutoff,),
             ).rowcount
             outbox_cutoff = cutoff if oldest_unhandled is None else min(cutoff, oldest_unhandled)
+            # The prompt of an approval still pending stays: reactions and
+            # replies find their request by its event id, and its final edit
+            # needs it (approvals wait up to a week; their table shares this file).
+            keep_prompts = (
+                " AND COALESCE(json_extract(content, '$.\"org.lambda.approval\".id')"
+                " IN (SELECT id FROM approvals WHERE status = 'pending'), 0) = 0"
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'approvals'").fetchone()
+                else ""
+            )
             removed["outbox"] = db.execute(
-                "DELETE FROM outbox WHERE event_id IS NOT NULL AND queued_at < ?",
+                "DELETE FROM outbox WHERE event_id IS NOT NULL AND queued_at < ?" + keep_prompts,
                 (outbox_cutoff,),
             ).rowcount
             removed["turns"] = db.execute(

@@ -5,6 +5,10 @@ import stat
 
 import pytest
 
+from lambda_actors.approvals.agent import confirmation_record
+from lambda_actors.approvals.messages import Confirm
+from lambda_actors.approvals.record import Status, Via, decide
+from lambda_actors.approvals.store import ApprovalStore
 from lambda_actors.bot.store import (
     SCHEMA_VERSION,
     OutboxItem,
@@ -282,6 +286,24 @@ def test_compaction_keeps_unsent_rows_and_sends_of_turns_still_open(store):
     assert store.compact(now=_later(), horizon=DAY)["outbox"] == 2  # old-sent, answer-part
     assert store.has_send("unsent")
     assert not store.has_send("old-sent") and not store.has_send("answer-part")
+
+
+def test_compaction_keeps_the_prompts_of_approvals_still_pending(store, tmp_path):
+    # The approvals share the database file (approvals/store.py); a prompt
+    # outlives the horizon while its request may still be answered.
+    approvals = ApprovalStore(sqlite3.connect(tmp_path / "bot.sqlite3"))
+    pending, decided = (
+        confirmation_record(Confirm(i, "agent-0", "!r:x", "@a:x", "rm", "", 7 * DAY), now=0.0) for i in ("apr_p", "apr_d")
+    )
+    for record in (pending, decided):
+        approvals.create(record)
+        store.enqueue([OutboxItem(0, f"prompt-{record.id}", "!r:x", "m.room.message",
+                                  {"body": "ok?", "org.lambda.approval": {"id": record.id}})])
+        store.mark_sent(f"prompt-{record.id}", f"$p-{record.id}")
+    approvals.record_decision(decide(decided, Status.APPROVED, Via.COMMAND, at=1.0, by="@a:x"), now=1.0)
+    assert store.compact(now=_later(), horizon=DAY)["outbox"] == 1
+    assert store.sent_event_id("prompt-apr_p") == "$p-apr_p" and not store.has_send("prompt-apr_d")
+    approvals.close()
 
 
 def test_compaction_drops_turns_and_failures_of_handled_events_only(store):
