@@ -5,6 +5,11 @@ approver's answer, the deadline, a cancel. Each is written to the store
 first (the truth), then shown in Matrix (the view), then told to whoever
 waits (``Read`` with ``wait_s``) and to the callback sender.
 
+An agent's confirmation (:mod:`.agent`) is a record like any other: its
+connection asks for it (``Confirm``, idempotent by id), waits for its verdict
+with a long ``Read``, and withdraws what its turn left pending
+(``Withdraw``); the actor never calls the connection back.
+
 Deadlines are kept without polling: the actor waits for its next message
 or the earliest deadline, whichever comes first. Deadlines are wall-clock
 (``expires_at`` is a time of day), so after a restart every pending record

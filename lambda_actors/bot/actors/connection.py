@@ -40,6 +40,12 @@ The rules of the connection itself:
    none of the old one's frames (:func:`send_next_at`).
 6. **Idle connections close** after ``connection_idle_close`` with no turn;
    the actor then exits (it is transient).
+7. **Confirmations are the node's approvals.** An agent's confirmation
+   request becomes a record of ``node/approvals`` (``approvals/agent.py``:
+   the room's owner its approver), asked with a call; a task beside the turn
+   long-polls its verdict, which the turn passes to the agent. A turn that
+   ends withdraws its records still pending. With no gate to ask, the agent
+   is told no at once (``Turn.not_asked``).
 """
 
 from __future__ import annotations
