@@ -4,6 +4,7 @@ connection.py's, with no socket and no homeserver."""
 from __future__ import annotations
 
 from lambda_actors.agent import protocol as p
+from lambda_actors.approvals.agent import confirmation_id
 from lambda_actors.agent.client import (
     AgentBusy,
     AgentClosed,
@@ -186,6 +187,21 @@ def test_confirmations_are_numbered_in_the_order_the_answer_asks_them() -> None:
     # things in the same order finds the same records.
     t = turn()
     assert [a.number for a in ask(t, "r1") + ask(t, "r2") + ask(t, "r3")] == [0, 1, 2]
+
+
+def test_a_confirmations_record_id_comes_from_what_caused_it() -> None:
+    # A turn replayed after a crash asks the same thing: the same record, and
+    # an answer given meanwhile counts. Anything else is another record.
+    same = confirmation_id("$event", "agent-0/7", 0, "delete_file", "old.txt")
+    assert same == confirmation_id("$event", "agent-0/7", 0, "delete_file", "old.txt") and same.startswith("apr_")
+    others = {
+        confirmation_id("$other", "agent-0/7", 0, "delete_file", "old.txt"),
+        confirmation_id("$event", "agent-1/7", 0, "delete_file", "old.txt"),
+        confirmation_id("$event", "agent-0/7", 1, "delete_file", "old.txt"),
+        confirmation_id("$event", "agent-0/7", 0, "delete_dir", "old.txt"),
+        confirmation_id("$event", "agent-0/7", 0, "delete_file", "new.txt"),
+    }
+    assert same not in others and len(others) == 5
 
 
 def test_the_gates_verdict_goes_to_the_agent_under_its_own_id() -> None:
