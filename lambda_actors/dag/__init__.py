@@ -9,5 +9,7 @@
 - ``heartbeat``: the node's heartbeats and liveness (SPEC 8.2).
 - ``subscribe``: ``lambda-actors subscribe ROOM``, watching a status or heartbeat room (SPEC 8.4).
 - ``actors``: the actors that run DAGs: a worker supervisor per scope, an actor per running task, broadcasters.
+- ``api``: the HTTP routes of SPEC 8 (scope ``dag``): publish, confirm, runs, outputs, server-sent events.
+- ``parts``: what DAG runs add to the node: the ``node/dag`` subtree, the Matrix side, the API routes.
 - ``cli``: ``lambda-actors dag ...`` (``validate`` offline; the rest through the node's API).
 """
