@@ -221,9 +221,9 @@ class TaskFacts:
     output: str | None = None  #: a completed task's output (its dependents' prompts need it)
 
 
-def backoff(failures: int) -> float:
+def backoff(failures: int, first_s: float = BACKOFF_FIRST_S) -> float:
     """The wait before the retry that follows the ``failures``-th failed attempt."""
-    return BACKOFF_FIRST_S * 2 ** max(failures - 1, 0)
+    return first_s * 2 ** max(failures - 1, 0)
 
 
 @dataclass
@@ -251,9 +251,11 @@ def _due_at(task: _Task) -> float:
 class Scheduler:
     """One run's schedule; see the module's docstring for the rules."""
 
-    def __init__(self, spec: DagSpec, *, auto_launch: bool = True) -> None:
+    def __init__(self, spec: DagSpec, *, auto_launch: bool = True, backoff_first_s: float = BACKOFF_FIRST_S) -> None:
         self.spec = spec
         self.auto_launch = auto_launch
+        #: The first retry's wait (tests shorten it; the node uses the default).
+        self.backoff_first_s = backoff_first_s
         self.status = RunStatus.CREATED
         #: Completed tasks' outputs, for their dependents' prompts.
         self.outputs: dict[str, str] = {}
@@ -281,6 +283,7 @@ class Scheduler:
         facts: Mapping[str, TaskFacts],
         *,
         auto_launch: bool = True,
+        backoff_first_s: float = BACKOFF_FIRST_S,
     ) -> Scheduler:
         """The machine of a run the store knew, before a restart.
 
@@ -288,7 +291,7 @@ class Scheduler:
         new attempt (the one that was cut off does not count against its
         retries); a missing task is pending. Call :meth:`start` next.
         """
-        machine = cls(spec, auto_launch=auto_launch)
+        machine = cls(spec, auto_launch=auto_launch, backoff_first_s=backoff_first_s)
         machine.status = run_status
         for task_id, fact in facts.items():
             task = machine._tasks.get(task_id)
@@ -592,7 +595,7 @@ class Scheduler:
         task.failures += 1
         if task.failures <= task.spec.retries:
             self._move(task, TaskStatus.PENDING)
-            self._set_retry(task, now + backoff(task.failures))
+            self._set_retry(task, now + backoff(task.failures, self.backoff_first_s))
             actions.append(self._changed(task, attempt, reason=f"{reason}; retrying"))
         else:
             self._move(task, TaskStatus.FAILED)

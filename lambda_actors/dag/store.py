@@ -625,6 +625,15 @@ class DagStore:
                 raise IllegalMove(f"task {run_id}/{task_id}", task.status, "running (recovered)")
             self._write_move(db, task, TaskStatus.RUNNING, AttemptStatus.RUNNING, None, None, now, events)
 
+    def interrupt(self, run_id: str, task_id: str, now: float, *, events: Iterable[Event] = ()) -> None:
+        """A restarted node found the task running or blocked: its attempt is
+        closed as ``interrupted`` (not a failure: it uses up no retry) and the
+        task waits, ``pending``, for its new attempt."""
+        self._attempt_move(
+            run_id, task_id, TaskStatus.PENDING, AttemptStatus.INTERRUPTED, now,
+            "the node stopped during this attempt", events,
+        )
+
     def finish(
         self,
         run_id: str,

@@ -1,0 +1,353 @@
+"""One actor per running run: it drives the run's :class:`..scheduler.Scheduler`.
+
+A thin executor. Each input (a task's result, a slot granted, a timer, a
+control call) is one step: the scheduler answers with actions, and the
+actions are applied in order, in ONE ``store.batch()`` (one commit), with
+the status events (SPEC 8.1, built by :mod:`..status`) appended to the
+store's outbox in the same transaction. Only after the commit are task
+actors started or killed, watchers fed and the broadcaster poked: nothing
+is announced that was not kept, and a final status is written before the
+attempt it ends is stopped.
+
+The actor holds nothing the store does not: it starts (and restarts after a
+crash) from ``store.resume_facts`` (completed tasks stay completed; a task
+that was running gets a new attempt, the cut one closed as
+``interrupted``). A report from an attempt the machine no longer knows
+(an earlier incarnation's, or one it ended itself) is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import trio
+
+from ...runtime.context import ActorContext
+from ...runtime.errors import ActorError
+from ...runtime.monitors import Down
+from ...runtime.request import Request
+from ...runtime.spec import ChildSpec
+from .. import scheduler as sch
+from .. import status as st
+from ..scheduler import (
+    Action,
+    CancelAttempt,
+    RunFinished,
+    RunStatus,
+    RunStatusChanged,
+    Scheduler,
+    StartAttempt,
+    TaskStatus,
+    TaskStatusChanged,
+    WakeAt,
+)
+from ..spec import DagSpec, render_prompt
+from ..store import IllegalMove
+from .messages import (
+    AttemptBlocked,
+    AttemptFailed,
+    AttemptRecovered,
+    AttemptSucceeded,
+    CancelRun,
+    Granted,
+    PauseRun,
+    ResumeRun,
+    RunEnded,
+)
+from .services import DagServices, run_key
+from .task import Job, session_id_for, task_actor
+
+__all__ = ["COORDINATOR", "run_actor", "task_child_name"]
+
+#: The coordinator's name under ``node/dag``.
+COORDINATOR = "runs"
+
+_RUN_EVENT = {
+    RunStatus.RUNNING: st.RUN_STARTED,
+    RunStatus.PAUSED: st.RUN_PAUSED,
+    RunStatus.COMPLETED: st.RUN_COMPLETED,
+    RunStatus.FAILED: st.RUN_FAILED,
+    RunStatus.CANCELLED: st.RUN_CANCELLED,
+}
+
+
+def task_child_name(run_id: str, task_id: str, attempt: int) -> str:
+    return f"task-{run_id}-{task_id}-{attempt}"
+
+
+async def run_actor(ctx: ActorContext, services: DagServices, run_id: str) -> None:
+    services.registry = ctx.registry
+    ctx.registry.register(run_key(run_id), ctx.address)
+    run = _Run(ctx, services, run_id)
+    try:
+        await run.serve()
+    finally:
+        services.board.leave(run_id)
+
+
+class _Run:
+    def __init__(self, ctx: ActorContext, services: DagServices, run_id: str) -> None:
+        self.ctx = ctx
+        self.services = services
+        self.store = services.store
+        self.run_id = run_id
+        record = self.store.run(run_id)
+        self.owner = record.owner
+        self.spec: DagSpec = self.store.spec(record.dag_id, record.version).spec
+        facts = self.store.resume_facts(run_id)
+        self.machine = Scheduler.restore(
+            self.spec, record.status, facts, auto_launch=False, backoff_first_s=services.retry_backoff_s
+        )
+        #: Tasks whose attempt the stop cut off: written back as interrupted.
+        self.interrupted = {t for t, f in facts.items() if f.status in (TaskStatus.RUNNING, TaskStatus.BLOCKED)}
+        self.blocked: set[str] = set()
+        self.live: dict[str, tuple[int, str]] = {}  #: task -> (attempt, child name)
+        self.by_child: dict[str, tuple[str, int]] = {}
+        self.artifacts: dict[tuple[str, int], tuple[str, ...]] = {}
+        self.previews: dict[tuple[str, int], str] = {}
+        self.wake_at: float | None = None
+        self.finished = False
+        self.log = ctx.log.bind(run_id=run_id)
+
+    async def serve(self) -> None:
+        self._orphans()
+        services = self.services
+        services.board.join(self.run_id, self.machine, self._wake)
+        now = services.clock()
+        self._step(self.machine.start(now))
+        self.interrupted.clear()
+        while not self.finished:
+            deadline = math.inf if self.wake_at is None else self.wake_at
+            msg = None
+            with trio.move_on_at(deadline):
+                try:
+                    msg = await self.ctx.mailbox.receive()
+                except trio.EndOfChannel:
+                    return  # the node stops: the store resumes the run on the next start
+            if msg is None:
+                self._step(self.machine.tick(services.clock()))
+                continue
+            self._handle(msg)
+
+    def _orphans(self) -> None:
+        """Task actors of an earlier incarnation of this run: stopped (their
+        attempts are this incarnation's interrupted ones)."""
+        prefix = f"task-{self.run_id}-"
+        for state in self.ctx.supervisor.which_children():
+            if state.name.startswith(prefix):
+                self.ctx.supervisor.kill(state.name, "its run actor restarted")
+
+    def _wake(self) -> None:
+        try:
+            # Never waits: the board sends at most one Granted until it is taken.
+            self.ctx.address.send_nowait(Granted())
+        except ActorError:
+            pass  # stopping: nothing to start any more
+
+    def _handle(self, msg: object) -> None:
+        now = self.services.clock()
+        machine = self.machine
+        if isinstance(msg, Request):
+            self._control(msg, now)
+            return
+        try:
+            match msg:
+                case Granted():
+                    self._step([])
+                case AttemptSucceeded(task_id=t, attempt=n, output=output, artifacts=artifacts):
+                    self._done(t, n)
+                    self.artifacts[(t, n)] = artifacts
+                    self._step(machine.succeeded(t, n, output, now))
+                case AttemptFailed(task_id=t, attempt=n, reason=reason):
+                    self._done(t, n)
+                    self._step(machine.failed(t, n, reason, now))
+                case AttemptBlocked(task_id=t, attempt=n, reason=reason, output_preview=preview):
+                    self.previews[(t, n)] = preview
+                    self._step(machine.blocked(t, n, reason, now))
+                case AttemptRecovered(task_id=t, attempt=n):
+                    self._step(machine.unblocked(t, n, now))
+                case Down(path=path, reason=reason) if reason not in ("normal", "shutdown", "noproc"):
+                    # A task actor that crashed without reporting: its attempt failed.
+                    name = path.rpartition("/")[2]
+                    found = self.by_child.get(name)
+                    if found is not None and self.live.get(found[0], (0, ""))[0] == found[1]:
+                        self._done(*found)
+                        self._step(machine.failed(found[0], found[1], f"the task's actor crashed ({reason})", now))
+                case _:
+                    pass
+        except (sch.UnknownAttempt, sch.UnknownTask) as exc:
+            self.log.info("dag.run.late_report", error=str(exc))
+
+    def _control(self, request: Request[object], now: float) -> None:
+        try:
+            match request.msg:
+                case PauseRun():
+                    actions = self.machine.pause(now)
+                case ResumeRun():
+                    actions = self.machine.resume(now)
+                case CancelRun(reason=reason):
+                    actions = self.machine.cancel(now, reason)
+                case other:
+                    request.fail(TypeError(f"a run actor does not take {other!r}"))
+                    return
+        except sch.IllegalMove as exc:
+            # The API speaks the store's errors (409).
+            request.fail(IllegalMove(f"run {self.run_id}", exc.current, exc.wanted))
+            return
+        try:
+            self._step(actions)
+        except BaseException as exc:
+            request.fail(exc)
+            raise
+        request.reply(None)
+
+    def _done(self, task_id: str, attempt: int) -> None:
+        live = self.live.get(task_id)
+        if live is not None and live[0] == attempt:
+            del self.live[task_id]
+            self.by_child.pop(live[1], None)
+
+    # -- one step ---------------------------------------------------------------------
+
+    def _step(self, actions: list[Action]) -> None:
+        """Apply ``actions`` and any slots granted meanwhile, until nothing is left."""
+        services = self.services
+        while True:
+            for task_id in services.board.take(self.run_id):
+                # A grant may be stale (the run paused or ended since): skipped.
+                if self.machine.status is RunStatus.RUNNING and any(
+                    r.task_id == task_id for r in self.machine.ready()
+                ):
+                    actions += self.machine.launch(task_id, services.clock())
+            if not actions:
+                return
+            self._apply(actions)
+            actions = []
+            if self.finished:
+                return
+            services.board.allocate()
+
+    def _apply(self, actions: list[Action]) -> None:
+        services, store = self.services, self.store
+        wall = services.wall()
+        at = datetime.fromtimestamp(wall, UTC)
+        announced: list[st.LogicalEvent] = []
+        starts: list[StartAttempt] = []
+        cancels: list[CancelAttempt] = []
+        ended: RunFinished | None = None
+        with store.batch():
+            for action in actions:
+                match action:
+                    case TaskStatusChanged():
+                        announced += self._write_task(action, wall, at)
+                    case RunStatusChanged(status=status, progress=progress):
+                        events = [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
+                        store.set_run_status(self.run_id, status, wall, events=_pairs(events))
+                        announced += events
+                    case StartAttempt():
+                        starts.append(action)
+                    case CancelAttempt():
+                        cancels.append(action)
+                    case WakeAt(at=when):
+                        self.wake_at = when
+                    case RunFinished():
+                        ended = action
+        # Kept: now acted on and told.
+        for cancel in cancels:
+            self._stop_attempt(cancel)
+        for start in starts:
+            self._start_attempt(start)
+        if announced:
+            services.watchers.publish(self.run_id, announced)
+            services.poke()
+        if ended is not None:
+            self.finished = True
+            self.wake_at = None
+            services.watchers.end(self.run_id)
+            services.board.leave(self.run_id)
+            self.log.info("dag.run.finished", status=str(ended.status))
+            self._tell_coordinator()
+
+    def _write_task(self, change: TaskStatusChanged, wall: float, at: datetime) -> list[st.LogicalEvent]:
+        store, run_id, task_id = self.store, self.run_id, change.task_id
+        task = self.spec.task(task_id)
+        session_id = session_id_for(run_id, task_id)
+        status_event = st.task_status(
+            run_id, task_id, str(change.status), agent_type=task.agent, session_id=session_id,
+            attempt=change.attempt, progress=_progress(change.progress), at=at,
+        )
+        events = [status_event]
+        match change.status:
+            case TaskStatus.RUNNING if task_id in self.blocked:
+                self.blocked.discard(task_id)
+                events.append(st.session_recovered(run_id, task_id, session_id, at=at))
+                store.recover(run_id, task_id, wall, events=_pairs(events))
+            case TaskStatus.RUNNING:
+                number = store.start_attempt(run_id, task_id, wall, session_id=session_id, events=_pairs(events))
+                if number != change.attempt:
+                    raise RuntimeError(f"{run_id}/{task_id}: the store numbers this attempt {number}, the run {change.attempt}")
+            case TaskStatus.BLOCKED:
+                self.blocked.add(task_id)
+                reason = change.reason or "waiting for the owner"
+                preview = self.previews.pop((task_id, change.attempt), "")
+                events.append(st.session_blocked(run_id, task_id, session_id, reason, preview, at=at))
+                store.block(run_id, task_id, wall, reason, events=_pairs(events))
+            case TaskStatus.PENDING if task_id in self.interrupted:
+                store.interrupt(run_id, task_id, wall, events=_pairs(events))
+            case TaskStatus.COMPLETED:
+                output = change.output or ""
+                if self.services.node.dag_broadcast.broadcast_output:
+                    events.append(st.task_output(run_id, task_id, output, at=at))
+                artifacts = self.artifacts.pop((task_id, change.attempt), ())
+                store.finish(run_id, task_id, TaskStatus.COMPLETED, wall, output=output, artifacts=artifacts,
+                             events=_pairs(events))
+            case _:
+                self.blocked.discard(task_id)
+                store.finish(run_id, task_id, change.status, wall, reason=change.reason, events=_pairs(events))
+        return events
+
+    def _start_attempt(self, start: StartAttempt) -> None:
+        task = self.spec.task(start.task_id)
+        name = task_child_name(self.run_id, task.id, start.attempt)
+        prompt = "" if task.is_command else render_prompt(task, self.machine.outputs)
+        job = Job(self.run_id, task, start.attempt, prompt, self.owner, self.ctx.address)
+        address = self.ctx.supervisor.start_child(
+            # Stopped at once when the node stops (it reads no mailbox to
+            # drain); the cut attempt is closed as interrupted on resume.
+            ChildSpec(name, task_actor, args=(self.services, job), restart="temporary", shutdown=0)
+        )
+        self.live[task.id] = (start.attempt, name)
+        self.by_child[name] = (task.id, start.attempt)
+        self.ctx.monitor(address)
+
+    def _stop_attempt(self, cancel: CancelAttempt) -> None:
+        live = self.live.pop(cancel.task_id, None)
+        if live is None or live[0] != cancel.attempt:
+            return
+        self.by_child.pop(live[1], None)
+        self.blocked.discard(cancel.task_id)
+        # Synchronous: the actor is cancelled (its socket or process with it)
+        # at its next checkpoint; its late report, if any, is ignored.
+        try:
+            self.ctx.supervisor.kill(live[1], cancel.reason)
+        except LookupError:
+            pass  # already gone
+
+    def _tell_coordinator(self) -> None:
+        try:
+            # Never waits: one message per run in its life, and the
+            # coordinator's mailbox is unbounded for exactly these.
+            self.ctx.registry.lookup(f"{self.ctx.supervisor.path.rpartition('/')[0]}/{COORDINATOR}").send_nowait(
+                RunEnded(self.run_id, self.ctx.supervisor.name)
+            )
+        except ActorError:
+            pass  # the coordinator restarts: it tidies the workers when it starts
+
+
+def _progress(progress: sch.Progress) -> st.Progress:
+    return st.Progress(progress.completed, progress.total, progress.failed)
+
+
+def _pairs(events: list[st.LogicalEvent]) -> list[tuple[str, dict[str, object]]]:
+    return [(e.type, dict(e.content)) for e in events]

@@ -1,0 +1,123 @@
+"""What DAG runs add to the node (SPEC section 8), as node/tree.py's NodeParts
+adds the approvals: the ``node/dag`` subtree, the Matrix side in hybrid mode,
+and the API's DAG routes.
+
+::
+
+    node
+    └── dag                 supervisor (one_for_one)
+        ├── runs            the coordinator (actors/coordinator.py)
+        └── worker-<scope>  started on demand; runs and their task attempts
+
+The DAG store is a connection of its own to the bot's database file (one
+file to back up). In ``hybrid`` mode with ``[matrix.dag_broadcast]
+enabled`` the Matrix side (status room, boards, heartbeats:
+actors/matrix_side.py) joins the tree, and every write that appended status
+events pokes its broadcaster. In ``local`` mode nothing of a run reaches
+Matrix: the store and the API's event stream are the whole of it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.routing import Route
+
+from ..bot.actors.services import BotServices
+from ..node.config import ExecutionMode, NodeConfig
+from ..runtime.context import ActorContext
+from ..runtime.spec import ChildSpec, SupervisorSpec
+from .actors.control import NodeDagControl
+from .actors.coordinator import COORDINATOR_MAILBOX, coordinator_actor
+from .actors.gate import NodeGate
+from .actors.matrix_side import matrix_children, poke_broadcaster
+from .actors.run import COORDINATOR
+from .actors.services import DagServices, Gate
+from .api import dag_routes
+from .spec import KnownAgents
+from .store import DagStore, open_dag_store
+
+__all__ = ["DAG_PATH", "DagParts", "database_of"]
+
+DAG_PATH = "node/dag"
+
+
+def database_of(connection: sqlite3.Connection) -> Path:
+    """The file an open SQLite connection uses (the bot's database)."""
+    for _, name, file in connection.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return Path(file)
+    raise ValueError("the connection has no database file (an in-memory database?)")
+
+
+@dataclass
+class DagParts:
+    services: DagServices
+    control: NodeDagControl
+    bot: BotServices | None = None
+
+    @classmethod
+    def build(cls, bot: BotServices, node: NodeConfig) -> DagParts:
+        """The node's DAG parts, on the bot's database file and agents."""
+        assert bot.approvals is not None
+        store = open_dag_store(database_of(bot.approvals.connection))
+        directory = bot.agents
+
+        def agent_url(agent_id: str) -> str | None:
+            try:
+                return directory.agent(agent_id).base_url
+            except KeyError:
+                return None
+
+        parts = cls.local(store, node, agent_url, known_agents=lambda a: agent_url(a) is not None,
+                          gate=NodeGate(bot, store))
+        parts.bot = bot
+        return parts
+
+    @classmethod
+    def local(
+        cls,
+        store: DagStore,
+        node: NodeConfig,
+        agent_url: Callable[[str], str | None],
+        *,
+        known_agents: KnownAgents | None = None,
+        gate: Gate | None = None,
+    ) -> DagParts:
+        """DAG parts on a given store and agents (tests, benchmarks: no bot)."""
+        services = DagServices(store, node, agent_url, known_agents=known_agents, gate=gate)
+        parts = cls(services, NodeDagControl(services, DAG_PATH))
+        if parts.broadcasting:
+            services.poke = parts._poke
+        return parts
+
+    @property
+    def broadcasting(self) -> bool:
+        node = self.services.node
+        return node.dag.execution_mode is ExecutionMode.HYBRID and node.dag_broadcast.enabled
+
+    def children(self) -> list[ChildSpec | SupervisorSpec]:
+        dag = SupervisorSpec(
+            "dag", children=[ChildSpec(COORDINATOR, self._coordinator, mailbox_capacity=COORDINATOR_MAILBOX)]
+        )
+        matrix: list[ChildSpec | SupervisorSpec] = []
+        if self.broadcasting and self.bot is not None:
+            matrix = list(matrix_children(self.bot, self.services.store, self.services.node))
+        return [dag, *matrix]
+
+    def routes(self) -> list[Route]:
+        return dag_routes(self.control, self.services.store)
+
+    def close(self) -> None:
+        self.services.store.close()
+
+    async def _coordinator(self, ctx: ActorContext) -> None:
+        await coordinator_actor(ctx, self.services)
+
+    def _poke(self) -> None:
+        registry = self.services.registry
+        if registry is not None:
+            poke_broadcaster(registry)  # never waits (its contract)
