@@ -41,8 +41,9 @@ from ..bot.config import AgentsConfig
 from ..runtime.context import ActorContext
 from ..runtime.errors import ActorError
 from ..runtime.registry import Registry
-from ..runtime.spec import ChildSpec
+from ..runtime.spec import ChildSpec, SupervisorSpec
 from ..runtime.state import Status
+from ..dag.parts import DagParts
 from .api import NodeApi, build_app
 from .config import Listen, NodeConfig
 from .health import AgentHealth, Facts
@@ -92,6 +93,8 @@ class NodeParts:
     registrations: RegistrationStore
     #: The running tree, known once the first of our actors starts.
     registry: Registry | None = None
+    #: DAG runs (SPEC 8): ``node/dag``, the Matrix side in hybrid mode, the DAG routes.
+    dag: DagParts | None = None
 
     @classmethod
     def build(cls, bot: BotServices, config: NodeConfig, listen: Listen | None) -> NodeParts:
@@ -100,6 +103,7 @@ class NodeParts:
         registrations = RegistrationStore(bot.approvals.connection)
         parts = cls(bot, bot.approvals, NodeApi(config, NodeMetrics(counters=bot.counters), lambda: parts.facts()), listen, registrations)
         parts.api.metrics.watch(parts.snapshot)
+        parts.dag = DagParts.build(bot, config)
         return parts
 
     def first(self) -> list[ChildSpec]:
@@ -109,9 +113,11 @@ class NodeParts:
             ChildSpec("approval-callbacks", callback_actor, args=(self.approvals,)),
         ]
 
-    def last(self) -> list[ChildSpec]:
+    def last(self) -> list[ChildSpec | SupervisorSpec]:
         registry = ChildSpec("registry", self._registry)
-        return [registry] if self.listen is None else [registry, ChildSpec("http", self._http)]
+        # node/dag after the agents and approvals it uses, before the listener.
+        dag = self.dag.children() if self.dag is not None else []
+        return [registry, *dag] if self.listen is None else [registry, *dag, ChildSpec("http", self._http)]
 
     async def _approvals(self, ctx: ActorContext, views: MatrixViews) -> None:
         self.registry = ctx.registry
@@ -128,6 +134,8 @@ class NodeParts:
             registry = ctx.registry.lookup(REGISTRY_PATH)
             self.api.routes.extend(approval_routes(ctx.registry.lookup(APPROVALS_PATH), self.approvals, registry))
             self.api.routes.extend(registration_routes(registry, self.registrations, self.bot.agents, self.agents))
+            if self.dag is not None:
+                self.api.routes.extend(self.dag.routes())
         await http_actor(ctx, build_app(self.api), self.api, self.listen)
 
     def _poke_callbacks(self) -> None:

@@ -188,6 +188,7 @@ async def run_bot(
         check_control_socket(Path(control_socket))
     store = open_store(data_dir)
     approvals: ApprovalStore | None = None
+    parts: NodeParts | None = None
     try:
         approvals = open_approval_store(data_dir / DATABASE_FILE)
         # agents.yaml's agents and those registered through the API (SPEC 7.2).
@@ -231,6 +232,8 @@ async def run_bot(
                 nursery.cancel_scope.cancel()
             log.info("bot.stopped")
     finally:
+        if parts is not None and parts.dag is not None:
+            parts.dag.close()
         if approvals is not None:
             approvals.close()
         store.close()
