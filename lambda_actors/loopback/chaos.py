@@ -119,6 +119,7 @@ from .stack import (
     start_stable_synapse,
     stop_homeserver,
 )
+from .probe import HomeserverProbe, recovered_at
 from .user import ScriptedUser
 
 __all__ = ["ChaosOptions", "ChaosReport", "add_arguments", "run", "run_chaos"]
@@ -129,6 +130,8 @@ __all__ = ["ChaosOptions", "ChaosReport", "add_arguments", "run", "run_chaos"]
 #: room, so they are counted "during the outage" and reported apart. Samples
 #: sent this soon after that end are counted in it too.
 OUTAGE_MARGIN = 1.0
+#: The account of the bare homeserver probe (loopback/probe.py): no bot in its room.
+PROBE_USER = "probe"
 #: A patient user waits at most this long for the previous answer in a room.
 PATIENCE_LIMIT = 90.0
 #: How long a restarted bot may take to answer on its control socket.
@@ -470,6 +473,12 @@ class ChaosReport:
     homeserver_recovered_s: list[float | None] = field(default_factory=list)
     untouched_excluded_homeserver: int = 0  #: untouched samples left out for homeserver outages
     untouched_p99_homeserver_ms: float | None = None  #: p99 of those samples, reported apart
+    #: The bare homeserver probe (loopback/probe.py): its relay p99 in the
+    #: calm phase and in the chaos phase, and per outage how long after the
+    #: homeserver answered again it relayed as fast as when calm (None: never).
+    probe_calm_p99_ms: float | None = None
+    probe_chaos_p99_ms: float | None = None
+    homeserver_slow_after_s: list[float | None] = field(default_factory=list)
     #: Messages that crash their room every time, and how many ended with the set-aside notice.
     poisoned: int = 0
     poisoned_answered: int = 0
@@ -558,6 +567,8 @@ class ChaosReport:
             f"homeserver outages  {self.homeserver_outages} (down {', '.join(f'{d:.0f} s' for d in self.homeserver_down_s) or '-'}; "
             f"first answer after each {', '.join('-' if r is None else f'{r:.1f} s' for r in self.homeserver_recovered_s) or '-'}); "
             f"untouched p99 over them {ms(self.untouched_p99_homeserver_ms)} ({self.untouched_excluded_homeserver} samples)",
+            f"homeserver probe    relay p99 calm {ms(self.probe_calm_p99_ms)}, chaos {ms(self.probe_chaos_p99_ms)}; "
+            f"slow after each outage for {', '.join('-' if r is None else f'{r:.1f} s' for r in self.homeserver_slow_after_s) or '-'}",
             f"poisoned room       {self.poisoned_answered} of {self.poisoned} poisoned messages set aside; "
             f"{self.flood_answered} of {self.flood} flooded messages answered; room parked {self.poisoned_room_parks} times",
             f"agent removed       {self.agent_removed or '-'}: {self.agent_removed_answered} of "
@@ -760,6 +771,9 @@ class ChaosRun:
         self.poison_agent = keep[0]
         self.poisoned_room: str | None = None
         self.faults_env = {FAULT_POISON} if options.poisoned else set()
+        self.probe: HomeserverProbe | None = None
+        #: When the chaos phase began (the calm phase's probe samples are those before).
+        self.chaos_started: float | None = None
 
     # -- the bot process -------------------------------------------------------
 
@@ -883,7 +897,7 @@ class ChaosRun:
             self.users.append(ChaosUser(index, name, agent, agent < options.untouched_agents, scripted, watcher, [dm, chat1]))
 
         async with trio.open_nursery() as onboarding:
-            for index, name in enumerate(self.stack.users):
+            for index, name in enumerate(n for n in self.stack.users if n != PROBE_USER):
                 onboarding.start_soon(one, index, name)
         self.users.sort(key=lambda u: u.index)
 
@@ -1150,6 +1164,8 @@ class ChaosRun:
             nursery.start_soon(self.watchdog)
             await self.onboard(nursery)
             write(f"Onboarded {len(self.users)} users (two rooms each).")
+            self.probe = HomeserverProbe(await self.stack.scripted_user(PROBE_USER, sync_timeout_ms=10_000))
+            nursery.start_soon(self.probe.run)
             nursery.start_soon(self.progress)
             calm_duration = options.calm_duration or options.duration * options.calm_messages / options.messages
             write(f"Calm phase: {options.calm_messages} messages per user over {calm_duration:.0f} s, nothing broken …")
@@ -1160,6 +1176,7 @@ class ChaosRun:
                 f"{options.agent_kills} connection kills, {options.agent_restarts} agent restarts, "
                 f"{options.misbehaviours} misbehaviours and {options.bot_kills} bot SIGKILLs …"
             )
+            self.chaos_started = trio.current_time()
             async with trio.open_nursery() as chaos:
                 chaos.start_soon(self.chaos, chaos)
                 await self.run_phase("chaos", options.messages, options.duration)
@@ -1212,8 +1229,24 @@ class ChaosRun:
                      for s in self.sent if stop <= s.sent_at <= back]
             return max((t for t in dones if t is not None), default=back)
 
-        homeserver_windows = [(stop, max(end, drained(stop, back)))
-                              for (stop, back), end in zip(self.homeserver_windows, recovered)]
+        # ... and until the homeserver relays as fast as when calm: a
+        # restarted Synapse is slow for a while (cold caches, every client
+        # syncing again), for every room alike; the bare probe measures that.
+        probe = self.probe.samples if self.probe is not None else []
+        chaos_from = self.chaos_started if self.chaos_started is not None else math.inf
+        calm_probe = [p.latency for p in probe if p.sent_at < chaos_from and p.latency is not None]
+        chaos_probe = [p.latency for p in probe if p.sent_at >= chaos_from and p.latency is not None]
+        normal = percentile(calm_probe, 0.99)
+        report.probe_calm_p99_ms = None if normal is None else round(normal * 1000, 1)
+        chaos_p99 = percentile(chaos_probe, 0.99)
+        report.probe_chaos_p99_ms = None if chaos_p99 is None else round(chaos_p99 * 1000, 1)
+        relaying: list[float] = []
+        for _, back in self.homeserver_windows:
+            at = None if normal is None else recovered_at(probe, back, normal)
+            report.homeserver_slow_after_s.append(None if at is None else round(at - back, 1))
+            relaying.append(back if at is None else at)
+        homeserver_windows = [(stop, max(end, drained(stop, back), normal_at))
+                              for (stop, back), end, normal_at in zip(self.homeserver_windows, recovered, relaying)]
         bot_windows = [(killed, max(back, drained(killed, back))) for killed, back in self.outages]
         retired_rooms = {s.room_id for s in self.sent if self.retire_plan and s.agent == self.retire_plan[0]}
         kinds: dict[str, int] = {}
@@ -1479,7 +1512,7 @@ async def _run_on(
     own_homeserver: bool,
 ) -> ChaosReport:
     names = [f"user{n:02d}" for n in range(options.users)]
-    async with open_loopback_stack(workdir, agents=options.agents, users=names, homeserver=homeserver) as stack:
+    async with open_loopback_stack(workdir, agents=options.agents, users=[*names, PROBE_USER], homeserver=homeserver) as stack:
         if mask is not None:
             mask.add(stack.homeserver.registration_shared_secret)
             for account in (stack.bot_user, *stack.users.values()):
@@ -1496,7 +1529,7 @@ async def _run_on(
             await agent.start(stack.nursery)
         stack.agents = [a.fake for a in agents]
         stack.config_path.write_text(
-            agents_yaml(stack.agents, {u.user_id: f"agent-{i % options.agents}" for i, u in enumerate(stack.users.values())})
+            agents_yaml(stack.agents, {stack.users[name].user_id: f"agent-{i % options.agents}" for i, name in enumerate(names)})
         )
         run = ChaosRun(stack, agents, options, workdir, write, own_homeserver=own_homeserver)
         if options.supervision is not None:

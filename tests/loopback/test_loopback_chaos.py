@@ -21,6 +21,7 @@ from lambda_actors.loopback.chaos import (
     read_bot_log,
     shows_foreign_text,
 )
+from lambda_actors.loopback.probe import ProbeSample, recovered_at
 from lambda_actors.loopback.profiles import CHAOS, LOOPBACK
 from lambda_actors.loopback.user import Seen
 from lambda_actors.runtime.supervision_config import load_supervision_config
@@ -131,3 +132,20 @@ def test_flooded_frames_or_another_messages_echo_are_foreign_text():
     assert shows_foreign_text(AnswerSeen(roots={"$1": " (flood) (flood)"}), "m-u07-c008")
     assert shows_foreign_text(AnswerSeen(roots={"$1": "echo: m-u07-c007 earlier"}), "m-u07-c008")
     assert not shows_foreign_text(AnswerSeen(roots={"$1": "echo: m-u02-f0001 flood"}), "m-u02-f0001")
+
+
+def test_the_homeserver_counts_as_recovered_at_the_first_of_three_calm_relays_in_a_row() -> None:
+    samples = [
+        ProbeSample(9.0, 0.05),  # before it came back: not looked at
+        ProbeSample(10.0, None),  # failed
+        ProbeSample(11.0, 0.9),  # slow
+        ProbeSample(12.0, 0.05),
+        ProbeSample(13.0, 0.3),  # slow again: the streak starts over
+        ProbeSample(14.0, 0.05),
+        ProbeSample(15.0, 0.1),
+        ProbeSample(16.0, 0.08),
+        ProbeSample(17.0, 0.5),
+    ]
+    assert recovered_at(samples, back=10.0, normal=0.1) == 14.0
+    assert recovered_at(samples, back=10.0, normal=0.01) is None
+    assert recovered_at(samples, back=8.0, normal=1.0) == 11.0  # 9.0 is cut short by the failure at 10.0
