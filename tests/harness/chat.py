@@ -1,8 +1,33 @@
-"""Helpers for end-to-end tests: onboarding a scripted user (plain functions, not fixtures)."""
+"""Helpers for end-to-end tests: a bot in this process, onboarding a scripted user (plain functions, not fixtures)."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Iterable
+
+from lambda_actors.loopback.homeserver import Homeserver
+from lambda_actors.loopback.profiles import LOOPBACK, LOOPBACK_TIMING, SupervisionProfile
+from lambda_actors.loopback.stack import LoopbackStack, open_loopback_stack
 from lambda_actors.loopback.user import ScriptedUser
+
+
+@asynccontextmanager
+async def running_bot(
+    tmp_path: Path,
+    homeserver: Homeserver | None,
+    *,
+    users: Iterable[str] = ("alice", "bob"),
+    faults: Iterable[str] = (),
+    profile: SupervisionProfile = LOOPBACK,
+) -> AsyncIterator[LoopbackStack]:
+    """The loopback stack (on ``homeserver``, or a Synapse of its own) with the bot running in this process."""
+    async with open_loopback_stack(
+        tmp_path, users=tuple(users), homeserver=homeserver, timing=LOOPBACK_TIMING, supervision=profile.config()
+    ) as stack:
+        await stack.start_bot(faults=faults)
+        yield stack
+
 
 
 async def onboard(stack, user: ScriptedUser) -> tuple[str, str]:
