@@ -18,6 +18,18 @@ function and adding it to the table.
   standard library's tomllib compiled) and checking the document (``validate_10k_check_s``,
   all that a DAG published as JSON costs).
 
+- **status_requests** (``status_requests_per_s``, goal <= 2.5; ``events_lost``,
+  goal 0): the Matrix requests the node's broadcaster makes for a 200-task
+  run's status (status events, the board, finding the room, inviting the
+  owner, reading back at start), per second of the run, against a real local
+  Synapse. The run is synthetic: transitions written into a DagStore with
+  their status events at a realistic pace (a layered DAG of 10 layers of 20
+  tasks, 8 at a time, each taking 0.4-1.2 s) and the broadcaster poked after
+  each write, exactly as the run actors do; the run actors themselves are
+  left out so the figure is the broadcaster's alone. ``events_lost``: tasks
+  whose final status a subscriber (dag/subscribe.py's pure parts) does not
+  rebuild from the room's history.
+
 This is a benchmark, not a test: nothing here asserts on speed.
 """
 
@@ -29,6 +41,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import tomli
@@ -78,9 +91,137 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def status_requests(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    import trio
+
+    with tempfile.TemporaryDirectory(prefix="lambda-bench-dag-") as directory:
+        return trio.run(_status_requests, directory)
+
+
+async def _status_requests(directory: str) -> dict[str, Any]:
+    import random
+    from pathlib import Path
+
+    import httpx
+    import trio
+
+    import lambda_actors as la
+    from lambda_actors.dag import status as st
+    from lambda_actors.dag.actors.broadcast import broadcaster_actor, poke
+    from lambda_actors.dag.store import TaskStatus, open_dag_store
+    from lambda_actors.dag.subscribe import Watch, logical_events
+    from lambda_actors.loopback.homeserver import register_user, start_synapse, stop_synapse
+    from lambda_actors.matrix import MatrixClient
+
+    server = start_synapse(Path(directory) / "synapse")
+    try:
+        node = register_user(server.url, server.registration_shared_secret, "node", "node-password")
+        owner = register_user(server.url, server.registration_shared_secret, "owner", "owner-password")
+        store = open_dag_store(Path(directory) / "bot.sqlite3")
+        spec = parse_dag(layered_dag_toml(10, 20).replace('dag_id = "bench"', f'dag_id = "bench"\nowner = "{owner.user_id}"'))
+        store.publish(spec, "bench", time.time())
+        requests: dict[str, int] = {}
+
+        counting = [True]
+
+        async def count(request: httpx.Request) -> None:
+            if not counting[0]:
+                return
+            kind = "events" if "/send/cis." in request.url.path else "board" if "/send/m.room.message" in request.url.path else "other"
+            requests[kind] = requests.get(kind, 0) + 1
+
+        http = httpx.AsyncClient(event_hooks={"request": [count]}, timeout=60)
+        client = MatrixClient(server.url, access_token=node.access_token, user_id=node.user_id, device_id=node.device_id, http=http)
+        rng = random.Random(14)
+        at = lambda: datetime.now(UTC)  # noqa: E731
+
+        def progress(run_id: str) -> st.Progress:
+            return st.Progress(**store.progress(run_id))
+
+        def task_event(run_id: str, task_id: str, status: str) -> tuple[str, dict[str, Any]]:
+            ev = st.task_status(run_id, task_id, status, agent_type="agent-0", session_id=f"{run_id}:{task_id}",
+                                attempt=1, progress=progress(run_id), at=at())
+            return ev.type, dict(ev.content)
+
+        spec_child = la.ChildSpec("dag-broadcast", lambda ctx: broadcaster_actor(ctx, client, store, f"#dag-status-bench:{client.server_name}", node_id="bench"))
+        async with la.open_supervisor("node", [spec_child]) as sup:
+            started = time.perf_counter()
+            created = st.run_created("x", "bench", "bench.toml", 8, False, at=at())
+            run_id = store.create_run(spec, time.time()).run_id
+            store.append_status_events(run_id, [(created.type, {**created.content, "run_id": run_id})], time.time())
+            ev = st.run_event(st.RUN_STARTED, run_id, "bench", progress(run_id), at=at())
+            store.set_run_status(run_id, "running", time.time(), events=[(ev.type, dict(ev.content))])
+            poke(sup.registry)
+            deps = {t.id: set(t.deps) for t in spec.tasks}
+            slots = trio.Semaphore(8)
+
+            async def run_task(task_id: str, ready: trio.Event) -> None:
+                for dep in deps[task_id]:
+                    await finished[dep].wait()
+                async with slots:
+                    store.start_attempt(run_id, task_id, time.time(), events=[task_event(run_id, task_id, "running")])
+                    poke(sup.registry)
+                    await trio.sleep(rng.uniform(0.4, 1.2))
+                    out = st.task_output(run_id, task_id, f"output of {task_id}", at=at())
+                    with store.batch():
+                        store.finish(run_id, task_id, TaskStatus.COMPLETED, time.time(), output=f"output of {task_id}")
+                        store.append_status_events(run_id, [task_event(run_id, task_id, "completed"), (out.type, dict(out.content))], time.time())
+                    poke(sup.registry)
+                ready.set()
+
+            finished = {t.id: trio.Event() for t in spec.tasks}
+            async with trio.open_nursery() as nursery:
+                for t in spec.tasks:
+                    nursery.start_soon(run_task, t.id, finished[t.id])
+            ev = st.run_event(st.RUN_COMPLETED, run_id, "bench", progress(run_id), at=at())
+            store.set_run_status(run_id, "completed", time.time(), events=[(ev.type, dict(ev.content))])
+            poke(sup.registry)
+            run_s = time.perf_counter() - started
+            while store.status_backlog():
+                await trio.sleep(0.05)
+            caught_up_s = time.perf_counter() - started - run_s
+            # Let the board's final edit out (at most one throttle interval).
+            await trio.sleep(2.5)
+        counting[0] = False  # what follows is the subscriber's reading, not the node's
+        room_id = store.run(run_id).room_id
+        assert room_id is not None, "the broadcaster never recorded the run's room"
+        watch = Watch()
+        start = None
+        while True:
+            body = await client.messages(room_id, start=start, limit=500, direction="f")
+            for raw in body["chunk"]:
+                for index, logical in enumerate(logical_events(raw)):
+                    watch.add(logical, index)
+            start = body.get("end")
+            if not body["chunk"] or start is None:
+                break
+        table = watch.final_table()
+        lost = sum(1 for task in store.tasks(run_id) if table.get((run_id, task.task_id)) != str(task.status))
+        await client.aclose()
+        await http.aclose()
+        store.close()
+    finally:
+        stop_synapse(Path(directory) / "synapse")
+    total = sum(requests.values())
+    return {
+        "status_requests_per_s": round(total / run_s, 2),
+        "status_requests_goal_per_s": 2.5,
+        "status_requests": total,
+        "status_requests_events": requests.get("events", 0),
+        "status_requests_board": requests.get("board", 0),
+        "status_requests_other": requests.get("other", 0),
+        "status_run_s": round(run_s, 1),
+        "status_catch_up_s": round(caught_up_s, 2),
+        "events_lost": lost,
+    }
+
+
 #: name -> the function measuring it (in the order they run).
 FIGURES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "validate": validate,
+    "status_requests": status_requests,
 }
 
 
