@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import math
+import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class PostBoard:
     """Post the board (``m.room.message``); report :meth:`BoardThrottle.sent` with its event id."""
 
     content: Mapping[str, Any] = field(hash=False)
-    #: For a deterministic transaction id (``board:<run_id>:<n>``): a retried post cannot post twice.
+    #: For a deterministic transaction id (see :func:`keep_board`): a retried post cannot post twice.
     txn_no: ClassVar[int] = 0
 
 
@@ -289,12 +290,15 @@ async def keep_board(
 
     Producers ``send_nowait`` on an unbounded channel; this task takes each
     rendering at once (only the newest matters), so nothing waits on Matrix.
-    Transaction ids are ``board:<run_id>:<n>``: a retried post or edit
-    cannot land twice.
+    Transaction ids are ``board:<run_id>:<nonce>:<n>``, the nonce new for
+    each call: a retried post or edit cannot land twice, and a run resumed
+    after a restart (same device) gets a board of its own rather than edits
+    the homeserver would take for repeats of the last process's.
     """
     from ..matrix.errors import MatrixFailure
 
     throttle = throttle or BoardThrottle()
+    nonce = secrets.token_hex(4)
     ready: list[BoardAction] = []
     wake = trio.Event()
     closed = False
@@ -318,10 +322,10 @@ async def keep_board(
                 action = ready.pop(0)
                 try:
                     if isinstance(action, PostBoard):
-                        board_id = await client.send(room_id, "m.room.message", action.content, f"board:{run_id}:0")
+                        board_id = await client.send(room_id, "m.room.message", action.content, f"board:{run_id}:{nonce}:0")
                     else:
                         assert board_id is not None
-                        await client.edit(room_id, board_id, action.content, f"board:{run_id}:{action.txn_no}")
+                        await client.edit(room_id, board_id, action.content, f"board:{run_id}:{nonce}:{action.txn_no}")
                 except MatrixFailure as exc:
                     _log.warning("dag.board_failed", room_id=room_id, run_id=run_id, error=str(exc))
                     ready.extend(throttle.failed(trio.current_time()))

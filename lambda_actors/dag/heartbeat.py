@@ -37,6 +37,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -575,7 +576,9 @@ async def keep_alive(
 
     beats = 0
     started = False
-    boot = int(trio.current_time() * 1000)
+    # Heartbeats' transaction ids are this run's own (a restarted node on the
+    # same device must not have its beats taken for repeats of the last run's).
+    boot = secrets.token_hex(6)
 
     async def perform(action: LivenessAction) -> list[LivenessAction]:
         nonlocal beats, started
