@@ -1,0 +1,138 @@
+"""End to end: a DAG run on the node as a real ``lambda-actors run`` process
+(execution_mode local: the run itself needs no Matrix; the bot still logs in
+to a real Synapse), driven by the CLI and the HTTP API, against the stack's
+fake agents. The node is SIGKILLed mid-run and started again."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+
+import httpx
+import trio
+
+from harness.bot import TEST_SUPERVISION
+from lambda_actors.dag.actors.task import chat_id_for
+from lambda_actors.node.config import new_token
+
+FINAL = {"completed", "failed", "skipped", "cancelled"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DagNode:
+    def __init__(self, stack, tmp_path) -> None:
+        self.stack = stack
+        self.token, digest = new_token()
+        self.node_toml = tmp_path / "node.toml"
+        self.node_toml.write_text(
+            f'[[api.clients]]\nname = "ci"\ntoken_sha256 = "{digest}"\nscopes = ["dag"]\n'
+            '[dag]\nexecution_mode = "local"\n'
+        )
+        self.supervision = tmp_path / "supervision.toml"
+        self.supervision.write_text(TEST_SUPERVISION)
+        self.log = tmp_path / "bot.log"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.stack.start_bot_process(self.supervision, self.log, http=f"127.0.0.1:{self.port}", node_config=self.node_toml)
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(60):
+                while True:  # the listener is up once it answers
+                    try:
+                        if (await client.get(f"{self.url}/healthz")).status_code in (200, 503):
+                            return
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.1)
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=f"{self.url}/api/v1/dag", headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+
+    async def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LAMBDA_API_TOKEN": self.token}
+        # In a thread: the fake agents in this process must keep answering.
+        return await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "lambda_actors.cli", "dag", *args, "--api", self.url],
+                env=env, capture_output=True, text=True, timeout=60,
+            )
+        )
+
+    async def until_final(self, run_id: str) -> dict:
+        """The run once final, read from its event stream (which ends with the run)."""
+        async with self.client() as client:
+            with trio.fail_after(60):
+                async with client.stream("GET", f"/runs/{run_id}/events", timeout=None) as response:
+                    async for _ in response.aiter_lines():
+                        pass
+            return (await client.get(f"/runs/{run_id}")).json()
+
+
+async def test_a_dag_runs_through_the_cli_and_resumes_after_a_sigkill(bot_stack, tmp_path):
+    await bot_stack.stop_bot()
+    node = DagNode(bot_stack, tmp_path)
+    await node.start()
+    try:
+        # -- dag run FILE --follow: published, confirmed, followed to the end.
+        diamond = tmp_path / "diamond.toml"
+        diamond.write_text(
+            'dag_id = "diamond"\n'
+            '[[tasks]]\nid = "a"\nagent = "agent-0"\nprompt = "start"\n'
+            '[[tasks]]\nid = "b"\ndeps = ["a"]\nagent = "agent-0"\nprompt = "left of {{ a.output }}"\n'
+            '[[tasks]]\nid = "c"\ndeps = ["a"]\nagent = "agent-1"\nprompt = "right"\n'
+            '[[tasks]]\nid = "d"\ndeps = ["b", "c"]\nagent = "agent-0"\nprompt = "join"\n'
+        )
+        followed = await node.cli("run", str(diamond), "--follow")
+        assert followed.returncode == 0, followed.stderr
+        run_id = followed.stdout.split()[1].rstrip(":")
+        assert "task d completed" in followed.stdout and "run completed 4/4" in followed.stdout
+        assert bot_stack.agents[0].received_messages(chat_id_for(run_id, "b", 1)) == ["left of echo: start"]
+        listed = await node.cli("list")
+        assert listed.returncode == 0 and run_id in listed.stdout
+        refused = await node.cli("cancel", run_id)
+        assert refused.returncode == 1 and "terminal state" in refused.stderr
+
+        # -- SIGKILL mid-run: the run resumes on start, the cut task as a new attempt.
+        slow_agent = bot_stack.agents[1]
+        slow_agent.misbehave("stall", times=1)
+        async with node.client() as client:
+            published = (await client.post("/publish", content=(
+                'dag_id = "chain"\n'
+                '[[tasks]]\nid = "first"\nagent = "agent-0"\nprompt = "one"\n'
+                '[[tasks]]\nid = "cut"\ndeps = ["first"]\nagent = "agent-1"\nprompt = "two"\n'
+                '[[tasks]]\nid = "last"\ndeps = ["cut"]\nagent = "agent-0"\nprompt = "three"\n'
+            ), headers={"Content-Type": "application/toml"})).json()
+            chain = (await client.post(f"/{published['dag_id']}/confirm")).json()["run_id"]
+        with trio.fail_after(30):
+            await slow_agent.wait_for_message(chat_id=chat_id_for(chain, "cut", 1))
+        bot_stack.kill_bot_process()
+        await node.start()
+        run = await node.until_final(chain)
+        assert run["status"] == "completed"
+        tasks = {t["task_id"]: t for t in run["tasks"]}
+        assert [a["status"] for a in tasks["first"]["history"]] == ["completed"]
+        assert [a["status"] for a in tasks["cut"]["history"]] == ["interrupted", "completed"]
+        assert [a["status"] for a in tasks["last"]["history"]] == ["completed"]
+        # The agent saw the re-run as a new attempt: a chat of its own, the same prompt.
+        assert slow_agent.received_messages(chat_id_for(chain, "cut", 2)) == ["two"]
+        assert bot_stack.agents[0].connections[chat_id_for(chain, "first", 2)] == 0
+    finally:
+        await bot_stack.terminate_bot_process()
+    # Every task ended once: one final status event each in the outbox.
+    db = sqlite3.connect(bot_stack.data_dir / "bot.sqlite3")
+    try:
+        rows = db.execute("SELECT content FROM dag_status_events WHERE run_id = ? AND type = 'cis.dag.task.status'", (chain,)).fetchall()
+    finally:
+        db.close()
+    finals = [json.loads(c)["task_id"] for (c,) in rows if json.loads(c)["status"] in FINAL]
+    assert sorted(finals) == ["cut", "first", "last"]
