@@ -309,3 +309,13 @@ def test_memory_percent_reads_meminfo_and_is_zero_without_it(tmp_path):
 def test_a_poke_with_no_broadcaster_does_nothing():
     poke(la.Registry())
 
+
+
+async def test_with_no_batching_window_each_event_goes_out_as_it_comes(autojump_clock, store):
+    hs = Homeserver()
+    run = Run(store)
+    run.whole()
+    async with la.open_supervisor("node", [_broadcaster(store, hs, batch_interval_ms=0)]):
+        await _until(lambda: store.status_backlog() == 0)
+    assert [c["task_id"] for t, c in hs.logical() if t == st.TASK_OUTPUT] == run.tasks
+    assert _final_statuses(hs) == {t: "completed" for t in run.tasks}

@@ -77,6 +77,9 @@ RESCAN_INTERVAL = 2.0
 #: How often the board of a running run is rendered again without news
 #: (its running tasks' elapsed minutes move).
 BOARD_REFRESH = 20.0
+#: How long sent status events stay in the store, and how often older ones are dropped.
+SENT_KEPT_S = 24 * 3600.0
+PRUNE_INTERVAL = 3600.0
 #: HTTP statuses of a status send refused for good (the event itself is
 #: wrong: too large, not JSON); it is dropped, logged, so it cannot block
 #: the queue behind it for ever. Anything else is tried again.
@@ -167,13 +170,19 @@ async def broadcaster_actor(
         _track_board(state, dag_store, run.run_id, board_interval)
 
     next_scan = -math.inf
+    next_prune = trio.current_time() + PRUNE_INTERVAL
     while True:
         now = trio.current_time()
+        due_now: list[SendEvent] = []
         if now >= next_scan:
-            _read_store(state, dag_store, broadcast_output, board_interval, ctx.log)
+            due_now = _read_store(state, dag_store, broadcast_output, board_interval, ctx.log)
             next_scan = now + rescan_interval
+        if now >= next_prune:
+            # The room has them; the store keeps a day of sent events for the API's sake.
+            dag_store.forget_sent_status_events(wall() - SENT_KEPT_S)
+            next_prune = now + PRUNE_INTERVAL
         await _invite_owners(ctx, client, dag_store, state)
-        await _perform_sends(ctx, client, dag_store, state)
+        await _perform_sends(ctx, client, dag_store, state, due_now)
         await _perform_boards(ctx, client, dag_store, state, wall)
         due = min(
             [t for t in (state.batcher.next_due(), _boards_due(state), next_scan) if t is not None],
@@ -226,13 +235,17 @@ async def _reconcile(ctx: Any, client: MatrixClient, dag_store: DagStore, room_i
         ctx.log.info("dag.broadcast.reconciled", up_to_seq=last)
 
 
-def _read_store(state: _State, dag_store: DagStore, broadcast_output: bool, board_interval: float, log: Any) -> None:
-    """Feed the Batcher what the store has beyond what it holds (up to :data:`WINDOW`)."""
+def _read_store(
+    state: _State, dag_store: DagStore, broadcast_output: bool, board_interval: float, log: Any
+) -> list[SendEvent]:
+    """Feed the Batcher what the store has beyond what it holds (up to
+    :data:`WINDOW`); the sends that became due (to be performed in order)."""
     room = state.batcher.backlog
     if room >= WINDOW:
-        return
+        return []
     now = trio.current_time()
     done: list[int] = []
+    due: list[SendEvent] = []
     for stored in dag_store.unsent_status_events(limit=WINDOW - room, after=state.last_read):
         state.last_read = stored.seq
         if stored.run_id not in state.known_runs:
@@ -246,14 +259,15 @@ def _read_store(state: _State, dag_store: DagStore, broadcast_output: bool, boar
             done.append(stored.seq)
             continue
         state.seq_of[id(event)] = stored.seq
-        # Sends are performed by the loop; put() only queues (and may return
-        # a send due now, which _perform_sends takes from tick()).
-        state.batcher.put(event, now)
+        # A send put() says is due is in flight for the Batcher from now on:
+        # it must be performed (the loop does, before anything else).
+        due += state.batcher.put(event, now)
         for replaced in state.batcher.replaced:
             done.append(state.seq_of.pop(id(replaced)))
         state.batcher.replaced.clear()
     if done:
         dag_store.mark_status_sent(done)
+    return due
 
 
 def _logical(stored: StatusEvent, log: Any) -> LogicalEvent | None:
@@ -330,10 +344,11 @@ async def _invite_owners(ctx: Any, client: MatrixClient, dag_store: DagStore, st
         state.to_invite.discard(run_id)
 
 
-async def _perform_sends(ctx: Any, client: MatrixClient, dag_store: DagStore, state: _State) -> None:
+async def _perform_sends(
+    ctx: Any, client: MatrixClient, dag_store: DagStore, state: _State, due: list[SendEvent]
+) -> None:
     """Send what the Batcher says is due, one at a time, in order."""
-    batcher = state.batcher
-    sends = batcher.tick(trio.current_time())
+    sends = due + state.batcher.tick(trio.current_time())
     while sends:
         send = sends.pop(0)
         sends += await _send_status(ctx, client, dag_store, state, send)
@@ -387,6 +402,7 @@ async def _perform_boards(
             actions = await _board_action(ctx, client, dag_store, state, board, actions[0]) + actions[1:]
         if board.throttle.finished:
             del state.boards[run_id]
+            state.known_runs.discard(run_id)
 
 
 def _render(dag_store: DagStore, run_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
