@@ -588,6 +588,9 @@ async def broadcast(
         async with events:
             async for event in events:
                 ready.extend(batcher.put(event, trio.current_time()))
+                # Nothing here needs to know what was coalesced away (a
+                # feeder from a durable queue would): the list must not grow.
+                batcher.replaced.clear()
                 wake.set()
         drained = True
         wake.set()

@@ -163,6 +163,7 @@ async def test_while_the_homeserver_is_away_the_run_goes_on_and_nothing_is_lost(
                 await wait_until(lambda: batcher.failures >= 2)
                 assert batcher.delivered == 0
                 assert batcher.backlog == len(produced) - len(TASKS)
+                assert batcher.replaced == []  # memory stays bounded by the run
                 relay.restore()
     _, logical = await room_events(client, room_id)
     assert finals(logical) == finals([(e.type, dict(e.content)) for e in produced])
