@@ -319,3 +319,22 @@ async def test_with_no_batching_window_each_event_goes_out_as_it_comes(autojump_
         await _until(lambda: store.status_backlog() == 0)
     assert [c["task_id"] for t, c in hs.logical() if t == st.TASK_OUTPUT] == run.tasks
     assert _final_statuses(hs) == {t: "completed" for t in run.tasks}
+
+
+async def test_a_backlog_larger_than_what_is_held_in_memory_goes_out_whole_and_in_order(autojump_clock, store, monkeypatch):
+    from lambda_actors.dag.actors import broadcast
+
+    monkeypatch.setattr(broadcast, "WINDOW", 4)
+    hs = Homeserver()
+    hs.down = True
+    run = Run(store)
+    run.whole()
+    async with la.open_supervisor("node", [_broadcaster(store, hs)]) as sup:
+        await trio.sleep(30)  # the node comes up during an outage
+        hs.down = False
+        poke(sup.registry)
+        await _until(lambda: store.status_backlog() == 0)
+    types = [t for t, _ in hs.logical()]
+    assert types[0] == st.RUN_CREATED and types[-1] == st.RUN_COMPLETED
+    assert [c["task_id"] for t, c in hs.logical() if t == st.TASK_OUTPUT] == run.tasks
+    assert _final_statuses(hs) == {t: "completed" for t in run.tasks}

@@ -140,6 +140,8 @@ class _State:
     to_invite: set[str] = field(default_factory=set)
     known_runs: set[str] = field(default_factory=set)
     boot: str = ""
+    #: The last read stopped at the window's limit: the store holds more.
+    more_in_store: bool = False
 
 
 async def broadcaster_actor(
@@ -184,6 +186,8 @@ async def broadcaster_actor(
         await _invite_owners(ctx, client, dag_store, state)
         await _perform_sends(ctx, client, dag_store, state, due_now)
         await _perform_boards(ctx, client, dag_store, state, wall)
+        if state.more_in_store and state.batcher.backlog < WINDOW // 2:
+            next_scan = -math.inf  # catching up: read on as soon as there is room
         due = min(
             [t for t in (state.batcher.next_due(), _boards_due(state), next_scan) if t is not None],
             default=next_scan,
@@ -240,13 +244,16 @@ def _read_store(
 ) -> list[SendEvent]:
     """Feed the Batcher what the store has beyond what it holds (up to
     :data:`WINDOW`); the sends that became due (to be performed in order)."""
-    room = state.batcher.backlog
-    if room >= WINDOW:
+    held = state.batcher.backlog
+    if held >= WINDOW:
+        state.more_in_store = True
         return []
     now = trio.current_time()
     done: list[int] = []
     due: list[SendEvent] = []
-    for stored in dag_store.unsent_status_events(limit=WINDOW - room, after=state.last_read):
+    unsent = dag_store.unsent_status_events(limit=WINDOW - held, after=state.last_read)
+    state.more_in_store = len(unsent) == WINDOW - held
+    for stored in unsent:
         state.last_read = stored.seq
         if stored.run_id not in state.known_runs:
             _new_run(state, dag_store, stored.run_id, board_interval)
