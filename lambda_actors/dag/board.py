@@ -20,30 +20,21 @@ Two pure parts:
   is always shown (it waits for the throttle, never dropped). A failed send
   is tried again later with the newest content.
 
-:func:`keep_board` is the thin loop that performs the throttle's actions.
+The node's broadcaster (``dag/actors/broadcast.py``) performs the actions.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import structlog
-import trio
+from typing import Any, ClassVar
 
 from .status import Progress, canonical_size
 
-if TYPE_CHECKING:
-    from ..matrix import MatrixClient
-
-_log = structlog.get_logger("lambda_actors.dag.board")
-
-__all__ = ["DAG_KEY", "BoardThrottle", "EditBoard", "PostBoard", "Rendering", "TaskRow", "keep_board", "render"]
+__all__ = ["DAG_KEY", "BoardThrottle", "EditBoard", "PostBoard", "TaskRow", "render"]
 
 #: The key carrying ``{run_id}`` in the board's content (and in its edits'
 #: ``m.new_content``).
@@ -162,7 +153,7 @@ class PostBoard:
     """Post the board (``m.room.message``); report :meth:`BoardThrottle.sent` with its event id."""
 
     content: Mapping[str, Any] = field(hash=False)
-    #: For a deterministic transaction id (see :func:`keep_board`): a retried post cannot post twice.
+    #: For a deterministic transaction id: a retried post cannot post twice.
     txn_no: ClassVar[int] = 0
 
 
@@ -263,79 +254,3 @@ class BoardThrottle:
         self._retry_at = self._now + self.retry_s
         return []
 
-
-# -- the driver ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rendering:
-    """A board content handed to :func:`keep_board`; ``final`` for the run's last."""
-
-    content: Mapping[str, Any] = field(hash=False)
-    final: bool = False
-
-
-async def keep_board(
-    client: MatrixClient,
-    room_id: str,
-    run_id: str,
-    renderings: trio.MemoryReceiveChannel[Rendering],
-    *,
-    throttle: BoardThrottle | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> str | None:
-    """Post and edit one run's board from ``renderings`` until the final one
-    is shown (or the channel closes and what it gave is shown); return the
-    board's event id (None if it was never posted).
-
-    Producers ``send_nowait`` on an unbounded channel; this task takes each
-    rendering at once (only the newest matters), so nothing waits on Matrix.
-    Transaction ids are ``board:<run_id>:<nonce>:<n>``, the nonce new for
-    each call: a retried post or edit cannot land twice, and a run resumed
-    after a restart (same device) gets a board of its own rather than edits
-    the homeserver would take for repeats of the last process's.
-    """
-    from ..matrix.errors import MatrixFailure
-
-    throttle = throttle or BoardThrottle()
-    nonce = secrets.token_hex(4)
-    ready: list[BoardAction] = []
-    wake = trio.Event()
-    closed = False
-    board_id: str | None = None
-
-    async def take() -> None:
-        nonlocal closed
-        async with renderings:
-            async for rendering in renderings:
-                now = trio.current_time()
-                ready.extend(throttle.final(rendering.content, now) if rendering.final else throttle.show(rendering.content, now))
-                wake.set()
-        closed = True
-        wake.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(take)
-        task_status.started()
-        while True:
-            while ready:
-                action = ready.pop(0)
-                try:
-                    if isinstance(action, PostBoard):
-                        board_id = await client.send(room_id, "m.room.message", action.content, f"board:{run_id}:{nonce}:0")
-                    else:
-                        assert board_id is not None
-                        await client.edit(room_id, board_id, action.content, f"board:{run_id}:{nonce}:{action.txn_no}")
-                except MatrixFailure as exc:
-                    _log.warning("dag.board_failed", room_id=room_id, run_id=run_id, error=str(exc))
-                    ready.extend(throttle.failed(trio.current_time()))
-                else:
-                    ready.extend(throttle.sent(trio.current_time()))
-            if throttle.finished or (closed and throttle.next_due() is None):
-                nursery.cancel_scope.cancel()
-                return board_id
-            due = throttle.next_due()
-            with trio.move_on_at(due if due is not None else math.inf):
-                await wake.wait()
-            wake = trio.Event()
-            ready.extend(throttle.tick(trio.current_time()))

@@ -31,10 +31,11 @@ blocked/recovered pairs. Run events, final statuses, outputs and session
 events are never coalesced or dropped.
 
 Producers never wait on Matrix: :meth:`Batcher.put` appends to a queue and
-returns (no ``await``), so a run's actor hands its events to the broadcaster
-with ``send_nowait`` and goes on; only the broadcaster's own task waits on
-the homeserver, and a failure there only delays the queue. :func:`broadcast`
-is that task's thin loop.
+returns (no ``await``). On a node the run actors write their events to the
+store's outbox and poke the broadcaster without waiting
+(``dag/actors/broadcast.py``); only the broadcaster's own task waits on the
+homeserver, and a failure there only delays the queue. A caller that reads
+:attr:`Batcher.replaced` must empty it as it goes.
 """
 
 from __future__ import annotations
@@ -45,15 +46,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import structlog
-import trio
-
-if TYPE_CHECKING:
-    from ..matrix import MatrixClient
-
-_log = structlog.get_logger("lambda_actors.dag.status")
+from typing import Any
 
 __all__ = [
     "BATCH",
@@ -77,7 +70,6 @@ __all__ = [
     "Progress",
     "SendEvent",
     "canonical_size",
-    "broadcast",
     "check_integers",
     "rfc3339",
     "run_created",
@@ -554,69 +546,3 @@ def _coalescing_key(event: LogicalEvent) -> tuple[str, str] | None:
     return (run_id, task_id)
 
 
-
-# -- the driver ------------------------------------------------------------------------------------
-
-
-async def broadcast(
-    client: MatrixClient,
-    room_id: str,
-    batcher: Batcher,
-    events: trio.MemoryReceiveChannel[LogicalEvent],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Send what ``batcher`` decides to ``room_id``, fed from ``events``, until
-    ``events`` is closed and everything it gave has been accepted.
-
-    Producers hold the send end of a channel opened with an unbounded
-    buffer (``trio.open_memory_channel(math.inf)``) and call ``send_nowait``:
-    it never blocks and never fails, whatever the homeserver does. Memory
-    still stays bounded: one task here moves each event from the channel
-    into the batcher as soon as it arrives (``put`` never waits), and
-    another performs the sends, so a slow or absent homeserver holds up only
-    the second; the batcher's queue is bounded as its docstring says.
-    """
-    from ..matrix.errors import MatrixFailure, RateLimited
-
-    ready: list[SendEvent] = []
-    wake = trio.Event()
-    drained = False
-
-    async def drain() -> None:
-        nonlocal wake, drained
-        async with events:
-            async for event in events:
-                ready.extend(batcher.put(event, trio.current_time()))
-                # Nothing here needs to know what was coalesced away (a
-                # feeder from a durable queue would): the list must not grow.
-                batcher.replaced.clear()
-                wake.set()
-        drained = True
-        wake.set()
-
-    async def send() -> None:
-        nonlocal wake
-        while True:
-            while ready:
-                action = ready.pop(0)
-                try:
-                    await client.send(room_id, action.event_type, action.content, action.txn_id)
-                except MatrixFailure as exc:
-                    retry_after = exc.retry_after_s if isinstance(exc, RateLimited) else None
-                    _log.warning("dag.broadcast_failed", room_id=room_id, backlog=batcher.backlog, error=str(exc))
-                    ready.extend(batcher.failed(action.txn_id, trio.current_time(), retry_after))
-                else:
-                    ready.extend(batcher.sent(action.txn_id, trio.current_time()))
-            if drained and batcher.idle:
-                return
-            due = batcher.next_due()
-            with trio.move_on_at(due if due is not None else math.inf):
-                await wake.wait()
-            wake = trio.Event()
-            ready.extend(batcher.tick(trio.current_time()))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain)
-        task_status.started()
-        await send()
