@@ -49,6 +49,7 @@ EXTRAS = {name: [Requirement(r) for r in reqs] for name, reqs in PROJECT["option
 USED_WITHOUT_IMPORT = {
     "pytest-trio": ("pyproject.toml", "trio_mode = true"),  # pytest plugin, loaded by entry point
     "mypy": ("scripts/test", "-m mypy"),
+    "pytest-xdist": ("scripts/test", '-n "$WORKERS"'),  # pytest plugin, loaded by entry point
     "matrix-synapse": ("lambda_actors/loopback/homeserver.py", '"synapse.app.homeserver"'),  # run as a process
 }
 

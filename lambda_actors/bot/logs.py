@@ -53,7 +53,13 @@ class SecretMask:
 
 def configure_logging(mask: SecretMask, *, level: str = "INFO", json: bool = False, stream: TextIO = sys.stderr) -> None:
     """Route all logging through structlog with ``mask`` applied last."""
-    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    # Plain tracebacks: with rich installed, structlog's console renderer would
+    # print rich ones with local variables, and a local may hold a secret.
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
