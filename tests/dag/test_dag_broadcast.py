@@ -338,3 +338,17 @@ async def test_a_backlog_larger_than_what_is_held_in_memory_goes_out_whole_and_i
     assert types[0] == st.RUN_CREATED and types[-1] == st.RUN_COMPLETED
     assert [c["task_id"] for t, c in hs.logical() if t == st.TASK_OUTPUT] == run.tasks
     assert _final_statuses(hs) == {t: "completed" for t in run.tasks}
+
+
+async def test_a_stop_while_the_homeserver_is_away_at_start_up_is_not_held_up(autojump_clock, store):
+    hs = Homeserver()
+    hs.down = True
+    spec = la.ChildSpec(
+        "dag-broadcast", functools.partial(broadcaster_actor, wall=lambda: 1010.0),
+        args=(hs, store, "#dag-status-n1:x"), shutdown=60,
+    )
+    async with la.open_supervisor("node", [spec]):
+        await _until(lambda: hs.calls >= 3)  # still looking for its room
+        stopping = trio.current_time()
+    # Virtual time: the start-up was cancelled at the stop, not after the 60 s shutdown.
+    assert trio.current_time() - stopping < 1

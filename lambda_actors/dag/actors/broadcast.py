@@ -58,7 +58,7 @@ from ..status import (
     task_output,
 )
 from ..store import DagStore, NotFound, StatusEvent
-from .rooms import ensure_room_patiently
+from .rooms import ensure_room_patiently, unless_stopped
 
 __all__ = ["BROADCAST_KEY", "SEQ_KEY", "Poke", "broadcaster_actor", "poke", "status_txn_id"]
 
@@ -159,15 +159,24 @@ async def broadcaster_actor(
 ) -> None:
     """Send the node's status events to ``room`` (an alias or id) and keep each run's board."""
     ctx.registry.register(BROADCAST_KEY, ctx.address)
-    room_id = await ensure_room_patiently(
-        client, room, ctx.log, name=f"DAG status {node_id}".strip(), topic="Status of the DAG runs of this node"
-    )
+
+    async def start() -> str:
+        room_id = await ensure_room_patiently(
+            client, room, ctx.log, name=f"DAG status {node_id}".strip(), topic="Status of the DAG runs of this node"
+        )
+        await _reconcile(ctx, client, dag_store, room_id)
+        return room_id
+
+    # Start-up waits on the homeserver as long as it is away; a stop meanwhile is not held up.
+    started, found = await unless_stopped(ctx, start)
+    if not started or found is None:
+        return
+    room_id = found
     state = _State(
         room_id,
         Batcher(f"dag.{node_id}", batch_interval_ms=batch_interval_ms),
         boot=f"{wall():.6f}",
     )
-    await _reconcile(ctx, client, dag_store, room_id)
     for run in dag_store.unfinished_runs():
         _track_board(state, dag_store, run.run_id, board_interval)
 

@@ -26,7 +26,7 @@ from ...matrix.client import MatrixClient
 from ..heartbeat import ActiveRun, Liveness, dag_active_content, heartbeat_content, keep_alive
 from ..status import Progress
 from ..store import DagStore, TaskStatus
-from .rooms import ensure_room_patiently
+from .rooms import ensure_room_patiently, unless_stopped
 
 __all__ = ["HEARTBEAT_PATH", "active_runs", "cpu_percent", "heartbeat_actor", "memory_percent"]
 
@@ -81,7 +81,16 @@ async def heartbeat_actor(
     restart_every_s: float = 5.0,
 ) -> None:
     """Keep ``node_id``'s heartbeats and liveness in ``room`` (an alias or id) until stopped."""
-    room_id = await ensure_room_patiently(client, room, ctx.log, name="Node heartbeats", topic="Liveness of the nodes")
+    # Other nodes of the network post here too (each with its own account),
+    # so the room is created joinable (not listed in the directory).
+    started, room_id = await unless_stopped(
+        ctx,
+        lambda: ensure_room_patiently(
+            client, room, ctx.log, name="Node heartbeats", topic="Liveness of the nodes", preset="public_chat"
+        ),
+    )
+    if not started or room_id is None:
+        return
 
     def beat() -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         now = datetime.now(UTC)
