@@ -218,10 +218,189 @@ async def _status_requests(directory: str) -> dict[str, Any]:
     }
 
 
+# -- throughput: the DAG actors vs a bare Trio program ------------------------------------
+
+#: The throughput DAG: 20 layers of 25 agent tasks (fan-out and fan-in of 3).
+THROUGHPUT_LAYERS, THROUGHPUT_WIDTH = 20, 25
+#: The latency DAG: a chain, so one task runs at a time and the figure is the
+#: path from one END to the next USER_MESSAGE, not a queue for the CPU.
+CHAIN_TASKS = 100
+#: Tasks at once, in the node and in the bare program alike: the width of a
+#: layer fits, so no ready task waits for a slot and the latency figure is
+#: the scheduling path alone.
+THROUGHPUT_SLOTS = 32
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """``tasks_per_s`` (the node's DAG actors, local mode, with their store) vs
+    ``raw_tasks_per_s`` (a bare Trio program, a socket per task, no store),
+    the same 500-task graph and concurrency against a fake agent answering at
+    once (one chunk), all in this process; ``schedule_latency_p50_ms``: a
+    task's last dependency's END sent -> its USER_MESSAGE received by the
+    agent, over the node's run."""
+    import logging
+    import tempfile
+
+    import structlog
+    import trio
+
+    # Info lines per connection would cost more than the tasks themselves.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with tempfile.TemporaryDirectory() as directory:
+        node = trio.run(_node_throughput, directory, _graph()[0])
+    with tempfile.TemporaryDirectory() as directory:
+        raw = trio.run(_raw_throughput, directory)
+    with tempfile.TemporaryDirectory() as directory:
+        chain = trio.run(_node_throughput, directory, layered_dag_toml(CHAIN_TASKS, 1, fan_in=1))
+    tasks = THROUGHPUT_LAYERS * THROUGHPUT_WIDTH
+    return {
+        "tasks_per_s": round(tasks / node["run_s"], 1),
+        "raw_tasks_per_s": round(tasks / raw["run_s"], 1),
+        "throughput_ratio": round(raw["run_s"] / node["run_s"], 3),
+        "throughput_ratio_goal": 0.7,
+        "schedule_latency_p50_ms": round(chain["latency_p50_ms"], 2),
+        "schedule_latency_p90_ms": round(chain["latency_p90_ms"], 2),
+        "schedule_latency_goal_ms": 5,
+        "schedule_latency_loaded_p50_ms": round(node["latency_p50_ms"], 2),
+        # What a fresh agent context costs alone (socket, upgrade, STATUS), idle.
+        "agent_connect_ms": round(raw["connect_ms"], 2),
+    }
+
+
+def _graph() -> tuple[str, dict[str, list[str]]]:
+    text = layered_dag_toml(THROUGHPUT_LAYERS, THROUGHPUT_WIDTH).replace(
+        "max_workers = 16", f"max_workers = {THROUGHPUT_SLOTS}"
+    )
+    spec = parse_dag(text)
+    return text, {t.id: list(t.deps) for t in spec.tasks}
+
+
+def _timed_agent(workspace: str) -> Any:
+    """A fake agent answering at once that notes when each chat's
+    USER_MESSAGE arrived and when its END went out (benchmark instrumentation)."""
+    import trio
+
+    from lambda_actors.agent.fake import FakeAgent
+
+    class TimedAgent(FakeAgent):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.arrived: dict[str, float] = {}
+            self.ended: dict[str, float] = {}
+
+        async def _answer(self, session: Any, message: Any) -> None:  # type: ignore[override]  # instrumentation
+            self.arrived[session.chat_id] = trio.current_time()
+            await super()._answer(session, message)
+            self.ended[session.chat_id] = trio.current_time()
+
+    return TimedAgent(workspace, chunks=1)
+
+
+async def _node_throughput(directory: str, text: str) -> dict[str, float]:
+    from pathlib import Path
+
+    import trio
+
+    from lambda_actors.dag.actors.task import chat_id_for
+    from lambda_actors.dag.parts import DagParts
+    from lambda_actors.dag.store import open_dag_store
+    from lambda_actors.node.config import DagConfig, DagLocal, ExecutionMode, NodeConfig
+    from lambda_actors.runtime.supervisor import open_supervisor
+
+    deps = {t.id: list(t.deps) for t in parse_dag(text).tasks}
+    config = NodeConfig(node_id="bench", dag=DagConfig(execution_mode=ExecutionMode.LOCAL, local=DagLocal(THROUGHPUT_SLOTS)))
+    store = open_dag_store(Path(directory) / "bot.sqlite3")
+    agent = _timed_agent(directory)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.serve)
+            parts = DagParts.local(store, config, lambda _: agent.base_url, known_agents=lambda a: a == "agent-0")
+            async with open_supervisor("node", parts.children()) as _:
+                control = parts.control
+                stored = await control.publish(text, "bench")
+                started = trio.current_time()
+                run_id = await control.confirm(stored.dag_id, stored.version, "bench")
+                async with control.watch(run_id) as feed:
+                    if not store.run(run_id).final:
+                        async for _event in feed:
+                            pass
+                run_s = trio.current_time() - started
+                assert str(store.run(run_id).status) == "completed", store.run(run_id)
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    latencies = []
+    for task_id, upstream in deps.items():
+        if upstream:
+            ready = max(agent.ended[chat_id_for(run_id, d, 1)] for d in upstream)
+            latencies.append((agent.arrived[chat_id_for(run_id, task_id, 1)] - ready) * 1000)
+    latencies.sort()
+    return {
+        "run_s": run_s,
+        "latency_p50_ms": statistics.median(latencies),
+        "latency_p90_ms": latencies[int(len(latencies) * 0.9)],
+    }
+
+
+async def _raw_throughput(directory: str) -> dict[str, float]:
+    """The same graph by a bare Trio program: a socket per task, a limit of
+    THROUGHPUT_SLOTS at once, dependents started at their last dep's END."""
+    import trio
+
+    from lambda_actors.agent.client import open_agent_connection
+    from lambda_actors.agent.protocol import End, TextChunk
+
+    _, deps = _graph()
+    dependents: dict[str, list[str]] = {t: [] for t in deps}
+    for task_id, upstream in deps.items():
+        for dep in upstream:
+            dependents[dep].append(task_id)
+    waiting = {t: len(u) for t, u in deps.items()}
+    outputs: dict[str, str] = {}
+    slots = trio.Semaphore(THROUGHPUT_SLOTS)
+    agent = _timed_agent(directory)
+
+    async with trio.open_nursery() as outer:
+        await outer.start(agent.serve)
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+
+            async def run(task_id: str) -> None:
+                async with slots:
+                    async with open_agent_connection(agent.base_url, f"raw.{task_id}") as conn:
+                        upstream = deps[task_id]
+                        await conn.send_user_message(f"Go on from: {outputs[upstream[0]]}" if upstream else f"Start {task_id}")
+                        text = []
+                        async for frame in conn:
+                            if isinstance(frame, TextChunk):
+                                text.append(frame.text)
+                            elif isinstance(frame, End):
+                                break
+                        outputs[task_id] = "".join(text)
+                        for dependent in dependents[task_id]:
+                            waiting[dependent] -= 1
+                            if waiting[dependent] == 0:
+                                nursery.start_soon(run, dependent)
+
+            for task_id, count in waiting.items():
+                if count == 0:
+                    nursery.start_soon(run, task_id)
+        run_s = trio.current_time() - started
+        connects = []
+        for n in range(20):
+            began = trio.current_time()
+            async with open_agent_connection(agent.base_url, f"idle.{n}"):
+                connects.append(trio.current_time() - began)
+        outer.cancel_scope.cancel()
+    assert len(outputs) == len(deps)
+    return {"run_s": run_s, "connect_ms": 1000 * statistics.median(connects)}
+
+
 #: name -> the function measuring it (in the order they run).
 FIGURES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "validate": validate,
     "status_requests": status_requests,
+    "throughput": throughput,
 }
 
 

@@ -147,5 +147,8 @@ class _Coordinator:
             return
         self.ctx.log.info("dag.worker_stopping", worker=worker)
         # Awaited: this actor's own children only, and nothing else waits on it.
-        await self.dag.terminate_child(worker)
-        self.dag.delete_child(worker)
+        try:
+            await self.dag.terminate_child(worker)
+            self.dag.delete_child(worker)
+        except ActorError:
+            pass  # a dynamic supervisor is forgotten when it stops: nothing left to delete

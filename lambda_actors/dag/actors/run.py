@@ -211,9 +211,12 @@ class _Run:
     # -- one step ---------------------------------------------------------------------
 
     def _step(self, actions: list[Action]) -> None:
-        """Apply ``actions`` and any slots granted meanwhile, until nothing is left."""
+        """Apply ``actions`` with the starts the freed or granted slots allow,
+        in one batch, until nothing is left."""
         services = self.services
         while True:
+            # Before the write: the starts this step allows go in the same commit.
+            services.board.allocate()
             for task_id in services.board.take(self.run_id):
                 # A grant may be stale (the run paused or ended since): skipped.
                 if self.machine.status is RunStatus.RUNNING and any(
@@ -226,7 +229,6 @@ class _Run:
             actions = []
             if self.finished:
                 return
-            services.board.allocate()
 
     def _apply(self, actions: list[Action]) -> None:
         services, store = self.services, self.store

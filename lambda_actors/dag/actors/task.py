@@ -65,10 +65,9 @@ class Job:
 
 async def task_actor(ctx: ActorContext, services: DagServices, job: Job) -> None:
     if job.task.is_command:
-        result = await _command(services, job)
+        await _tell(job, await _command(services, job))
     else:
-        result = await _agent(ctx, services, job)
-    await _tell(job, result)
+        await _agent(ctx, services, job)
 
 
 async def _tell(job: Job, msg: object) -> None:
@@ -81,17 +80,22 @@ async def _tell(job: Job, msg: object) -> None:
         pass  # the run ended or restarts: a restarted run starts a new attempt
 
 
-async def _agent(ctx: ActorContext, services: DagServices, job: Job) -> object:
+async def _agent(ctx: ActorContext, services: DagServices, job: Job) -> None:
+    """Run the attempt on the agent and tell the run its result (the answer
+    is told before the socket's closing handshake: dependents need not wait
+    for it)."""
     task, attempt = job.task, job.attempt
     assert task.agent is not None
     base_url = services.agent_url(task.agent)
     if base_url is None:
-        return AttemptFailed(task.id, attempt, f"agent {task.agent!r} is not served by this node")
+        await _tell(job, AttemptFailed(task.id, attempt, f"agent {task.agent!r} is not served by this node"))
+        return
     session_id = session_id_for(job.run_id, task.id)
     chat_id = chat_id_for(job.run_id, task.id, attempt)
     log = ctx.log.bind(session_id=session_id, attempt=attempt, chat_id=chat_id, agent=task.agent)
     text: list[str] = []
     artifacts: list[str] = []
+    told = False
     try:
         # The scheduler's deadline is the task's timeout; a silent agent is
         # caught by it, so the socket's own stall clock is as long.
@@ -115,13 +119,19 @@ async def _agent(ctx: ActorContext, services: DagServices, job: Job) -> object:
                     await _tell(job, AttemptRecovered(task.id, attempt, approved))
                 elif isinstance(frame, End):
                     log.info("dag.task.answered", chars=sum(map(len, text)))
-                    return AttemptSucceeded(task.id, attempt, "".join(text), tuple(artifacts))
+                    told = True
+                    await _tell(job, AttemptSucceeded(task.id, attempt, "".join(text), tuple(artifacts)))
+                    return
                 elif isinstance(frame, AgentError):
-                    return AttemptFailed(task.id, attempt, _short(f"the agent failed: {frame.message}"))
+                    told = True
+                    await _tell(job, AttemptFailed(task.id, attempt, _short(f"the agent failed: {frame.message}")))
+                    return
     except AgentConnectionError as exc:
         log.info("dag.task.agent_failed", error=type(exc).__name__)
-        return AttemptFailed(task.id, attempt, _short(str(exc)))
-    return AttemptFailed(task.id, attempt, "the agent closed the socket before END")
+        if not told:  # a close that failed after the result was told changes nothing
+            await _tell(job, AttemptFailed(task.id, attempt, _short(str(exc))))
+        return
+    await _tell(job, AttemptFailed(task.id, attempt, "the agent closed the socket before END"))
 
 
 async def _decide(
