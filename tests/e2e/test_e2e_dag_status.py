@@ -213,6 +213,17 @@ async def test_a_run_reaches_the_status_room_batched_in_order_across_an_outage_a
     # Found again by its alias: the same room, not a new one.
     assert await ensure_room(owner, alias, name="x", topic="x") == room_id
 
+    # A crash after the sends landed but before the store heard: a restarted
+    # broadcaster reads the room's newest status event of its own and posts nothing again.
+    store._db.execute("UPDATE dag_status_events SET sent = 0")
+    store._db.commit()
+    again = matrix_client(node_user)
+    spec_ = la.ChildSpec("dag-broadcast", functools.partial(broadcaster_actor, node_id="n1"), args=(again, store, alias))
+    async with la.open_supervisor("node", [spec_]):
+        await _until(lambda: store.status_backlog() == 0)
+    after = [e for e in await _history(owner, room_id) if e["type"].startswith("cis.dag.")]
+    assert len(after) == len(status_events)
+
 
 def _status_of(event: object, node_id: str) -> str | None:
     if isinstance(event, OtherEvent) and event.source.get("type") == NODE_STATUS and event.source.get("state_key") == node_id:
