@@ -47,6 +47,7 @@ from ...runtime.errors import ActorStopped, MailboxFull
 from ...runtime.registry import Registry
 from ..board import BoardThrottle, EditBoard, PostBoard, TaskRow, render
 from ..status import (
+    BATCH,
     OUTPUT_LIMIT,
     STATUS_EVENT_TYPES,
     TASK_OUTPUT,
@@ -226,7 +227,7 @@ async def _reconcile(ctx: Any, client: MatrixClient, dag_store: DagStore, room_i
             body = await client.messages(
                 room_id,
                 limit=20,
-                event_filter={"senders": [me], "types": sorted(STATUS_EVENT_TYPES | {"cis.dag.batch"})},
+                event_filter={"senders": [me], "types": sorted(STATUS_EVENT_TYPES | {BATCH})},
             )
             break
         except MatrixFailure as exc:
