@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import trio
 
+from ...runtime.address import Address
 from ...runtime.context import ActorContext
 from ...runtime.errors import ActorError
 from ...runtime.monitors import Down
@@ -43,7 +44,7 @@ from ..scheduler import (
     WakeAt,
 )
 from ..spec import DagSpec, render_prompt
-from ..store import IllegalMove
+from ..store import IllegalMove, TerminalState
 from .messages import (
     AttemptBlocked,
     AttemptFailed,
@@ -103,6 +104,8 @@ class _Run:
         self.interrupted = {t for t, f in facts.items() if f.status in (TaskStatus.RUNNING, TaskStatus.BLOCKED)}
         self.blocked: set[str] = set()
         self.live: dict[str, tuple[int, str]] = {}  #: task -> (attempt, child name)
+        self.addresses: dict[str, Address] = {}  #: child name -> its address (monitored)
+        self.tasks = {t.id: t for t in self.spec.tasks}
         self.by_child: dict[str, tuple[str, int]] = {}
         self.artifacts: dict[tuple[str, int], tuple[str, ...]] = {}
         self.previews: dict[tuple[str, int], str] = {}
@@ -129,6 +132,20 @@ class _Run:
                 self._step(self.machine.tick(services.clock()))
                 continue
             self._handle(msg)
+        self._drain()
+
+    def _drain(self) -> None:
+        """The run ended: what is still held (a task actor's end posted before
+        its report was read, a late call) is answered or let go here rather
+        than dropped with a warning when the mailbox closes."""
+        while True:
+            try:
+                msg = self.ctx.mailbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            if isinstance(msg, Request):
+                status = self.machine.status
+                msg.fail(TerminalState(f"run {self.run_id}", status, "moved"))
 
     def _orphans(self) -> None:
         """Task actors of an earlier incarnation of this run: stopped (their
@@ -206,7 +223,14 @@ class _Run:
         live = self.live.get(task_id)
         if live is not None and live[0] == attempt:
             del self.live[task_id]
-            self.by_child.pop(live[1], None)
+            self._forget(live[1])
+
+    def _forget(self, name: str) -> None:
+        """The attempt reported (or was stopped): its actor's end tells nothing more."""
+        self.by_child.pop(name, None)
+        address = self.addresses.pop(name, None)
+        if address is not None:
+            self.ctx.demonitor(address)
 
     # -- one step ---------------------------------------------------------------------
 
@@ -273,7 +297,7 @@ class _Run:
 
     def _write_task(self, change: TaskStatusChanged, wall: float, at: datetime) -> list[st.LogicalEvent]:
         store, run_id, task_id = self.store, self.run_id, change.task_id
-        task = self.spec.task(task_id)
+        task = self.tasks[task_id]
         session_id = session_id_for(run_id, task_id)
         status_event = st.task_status(
             run_id, task_id, str(change.status), agent_type=task.agent, session_id=session_id,
@@ -310,7 +334,7 @@ class _Run:
         return events
 
     def _start_attempt(self, start: StartAttempt) -> None:
-        task = self.spec.task(start.task_id)
+        task = self.tasks[start.task_id]
         name = task_child_name(self.run_id, task.id, start.attempt)
         prompt = "" if task.is_command else render_prompt(task, self.machine.outputs)
         job = Job(self.run_id, task, start.attempt, prompt, self.owner, self.ctx.address)
@@ -321,13 +345,14 @@ class _Run:
         )
         self.live[task.id] = (start.attempt, name)
         self.by_child[name] = (task.id, start.attempt)
+        self.addresses[name] = address
         self.ctx.monitor(address)
 
     def _stop_attempt(self, cancel: CancelAttempt) -> None:
         live = self.live.pop(cancel.task_id, None)
         if live is None or live[0] != cancel.attempt:
             return
-        self.by_child.pop(live[1], None)
+        self._forget(live[1])
         self.blocked.discard(cancel.task_id)
         # Synchronous: the actor is cancelled (its socket or process with it)
         # at its next checkpoint; its late report, if any, is ignored.
