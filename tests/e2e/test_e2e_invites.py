@@ -5,20 +5,18 @@ from harness.chat import onboard
 from lambda_actors.bot.actors.services import ERROR_KEY
 from lambda_actors.loopback.homeserver import register_user
 from lambda_actors.loopback.user import ScriptedUser
-from lambda_actors.matrix import MatrixClient
 
 
-async def stranger(bot_stack, nursery) -> ScriptedUser:
-    """A user on the homeserver whom agents.yaml does not know."""
+async def stranger(bot_stack) -> ScriptedUser:
+    """A user on the homeserver whom agents.yaml does not know (the stack
+    syncs it, and stops its sync before closing its client)."""
     registered = register_user(bot_stack.homeserver.url, bot_stack.homeserver.registration_shared_secret, "stranger-" + bot_stack.bot_id[8:14], "pw-stranger-123")
-    client = MatrixClient(bot_stack.homeserver.url, access_token=registered.access_token, user_id=registered.user_id)
-    user = ScriptedUser(client, sync_timeout_ms=2_000)
-    await nursery.start(user.run)
-    return user
+    bot_stack.users["stranger"] = registered
+    return await bot_stack.scripted_user("stranger")
 
 
-async def test_an_unknown_user_is_refused_politely_and_the_bot_leaves(bot_stack, nursery):
-    user = await stranger(bot_stack, nursery)
+async def test_an_unknown_user_is_refused_politely_and_the_bot_leaves(bot_stack):
+    user = await stranger(bot_stack)
     dm = await user.start_dm(bot_stack.bot_id)
     refusal = await user.notice(dm, "Sorry, I only work for")
     assert refusal.sender == bot_stack.bot_id
@@ -31,11 +29,10 @@ async def test_an_unknown_user_is_refused_politely_and_the_bot_leaves(bot_stack,
     # Nothing reached any agent, and no Space was made for them.
     assert all(agent.received_messages() == [] for agent in bot_stack.agents)
     assert user.invites == []
-    await user.client.aclose()
 
 
-async def test_a_group_room_invite_from_an_unknown_user_is_declined(bot_stack, nursery):
-    user = await stranger(bot_stack, nursery)
+async def test_a_group_room_invite_from_an_unknown_user_is_declined(bot_stack):
+    user = await stranger(bot_stack)
     alice = await bot_stack.scripted_user("alice")
     room = await user.client.create_room(name="Team room", invite=[alice.user_id, bot_stack.bot_id])
     await alice.client.join(room)
@@ -49,7 +46,6 @@ async def test_a_group_room_invite_from_an_unknown_user_is_declined(bot_stack, n
         )
     )
     assert not [s for s in user.seen if s.room_id == room and s.sender == bot_stack.bot_id and s.type == "m.room.message"]
-    await user.client.aclose()
 
 
 async def test_a_repeated_invite_does_not_create_a_second_space_or_chat(bot_stack):
