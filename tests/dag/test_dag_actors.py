@@ -190,3 +190,27 @@ async def test_a_stopped_node_resumes_its_run_with_new_attempts(tmp_path: Path) 
         assert agent.connections[chat_id_for(run_id, "a", 2)] == 0  # completed stays completed
         await node.control.cancel(run_id)
         assert node.store.run(run_id).status is RunStatus.CANCELLED
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+async def test_a_scope_worker_is_started_on_demand_and_kept_only_with_reuse_worker(tmp_path: Path, reuse: bool) -> None:
+    from lambda_actors.runtime.events import Exited
+
+    async with dag_node(tmp_path) as node:
+        dag_sup = node.sup.registry.supervisor("node/dag")
+        assert [c.name for c in dag_sup.which_children()] == ["runs"]
+        head = f'scope = "project:abc"\nreuse_worker = {"true" if reuse else "false"}'
+        with dag_sup.subscribe() as events:
+            run_id = await node.start(dag(task("a"), head=head))
+            assert "worker-project-abc" in [c.name for c in dag_sup.which_children()]
+            await node.finished(run_id)
+            if not reuse:
+                async for event in events:
+                    if isinstance(event, Exited) and event.path == "node/dag/worker-project-abc":
+                        break
+        names = [c.name for c in dag_sup.which_children()]
+        assert ("worker-project-abc" in names) is reuse
+        if reuse:
+            # The next run of the scope runs in the same worker.
+            second = await node.start(dag(task("b"), head=head))
+            assert (await node.finished(second)).status is RunStatus.COMPLETED

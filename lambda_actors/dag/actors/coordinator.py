@@ -145,6 +145,19 @@ class _Coordinator:
             pass
         if worker in self.reused or self._runs_in(worker, besides=run_id):
             return
+        # Task actors still closing their sockets (they report first): the
+        # worker is stopped once they are gone, not by cutting their closing
+        # handshake short (which would cost its whole timeout).
+        closing = [c.name for c in sup.which_children() if c.name.startswith("task-") and c.status is not Status.STOPPED]
+        if closing:
+            for name in closing:
+                try:
+                    address = sup.address(name)
+                except ActorError:
+                    continue
+                self.ending[address.path] = (worker, run_id)
+                self.ctx.monitor(address)
+            return
         self.ctx.log.info("dag.worker_stopping", worker=worker)
         # Awaited: this actor's own children only, and nothing else waits on it.
         try:
