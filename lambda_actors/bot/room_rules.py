@@ -21,9 +21,14 @@ The rules, in the order they are applied to one event:
 4. **Adoption.** A message in a room with no binding, from a configured user
    alone with the bot, binds that room as a fresh direct chat (the database
    was lost and the room could not hold its binding). The rules ask for the
-   room's members first (:class:`NeedMembers`).
+   room's members first (:class:`NeedMembers`). A room marked as the node's
+   own (a DAG status or heartbeat room, ``org.lambda.service``) is never
+   adopted.
 5. **Not the owner.** Anything else in an unbound room, or from someone who
-   is not the room's owner, is marked handled: nothing goes to an agent.
+   is not the room's owner, is marked handled: nothing goes to an agent;
+   except an approval's answer (a reaction, ``!yes`` / ``!no``) from the
+   approver of a request waiting in that room, which is taken as in a chat
+   (a blocked DAG task asks its run's owner in the status room).
 6. **Encryption.** The room becoming encrypted gets a notice.
 7. **Configuration drift.** A room bound to an agent no longer configured
    tells its owner: when the owner now maps to another agent, the room is
@@ -177,6 +182,9 @@ class RoomFacts:
     rooms_created_last_hour: int = 0
     room_slot_free_at: float | None = None
     members: frozenset[str] | None = None
+    #: The room carries the node's service marker (a DAG status or heartbeat
+    #: room); read with the members.
+    service_room: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,7 +241,8 @@ class Wait:
 
 @dataclass(frozen=True)
 class NeedMembers:
-    """Read the room's joined members into ``RoomFacts.members`` and ask again."""
+    """Read the room's joined members into ``RoomFacts.members``, and whether
+    it is one of the node's own rooms into ``RoomFacts.service_room``, and ask again."""
 
 
 @dataclass(frozen=True)
@@ -436,11 +445,18 @@ class RoomRules:
         if isinstance(event, ev.Invite):
             return self._invite(event, facts)
         binding = facts.binding
+        if binding is None and facts.approvals:
+            # An approval asked in a room that is no chat (a DAG run's
+            # status room): its approver answers it there like anywhere.
+            if isinstance(event, ev.Reaction):
+                return self._reaction(event, facts)
+            if isinstance(event, ev.TextMessage) and isinstance(command := cmd.parse_command(event.body), (cmd.Yes, cmd.No)):
+                return self._yes_no(event, isinstance(command, cmd.Yes), facts)
         if binding is None and isinstance(event, (ev.TextMessage, ev.FileMessage)):
             if self.agents.user_agents.get(event.sender, self.agents.default_agent) is not None:
                 if facts.members is None:
                     return [NeedMembers()]
-                if facts.members == {event.sender, facts.bot_user_id}:
+                if facts.members == {event.sender, facts.bot_user_id} and not facts.service_room:
                     agent = self.agents.agent_for(event.sender)
                     assert agent is not None
                     adopted = RoomBinding(facts.room_id, event.sender, agent.id, 0, "Direct chat")
@@ -460,7 +476,7 @@ class RoomRules:
         if agent is None:
             return self._drift(binding, facts)
         if isinstance(event, ev.Reaction):
-            return self._reaction(event, facts, binding)
+            return self._reaction(event, facts)
         if isinstance(event, ev.FileMessage):
             return self._file(event, facts, agent)
         if isinstance(event, ev.TextMessage):
@@ -546,7 +562,7 @@ class RoomRules:
 
     # -- approvals -----------------------------------------------------------------------
 
-    def _reaction(self, event: ev.Reaction, facts: RoomFacts, binding: RoomBinding) -> list[Action]:
+    def _reaction(self, event: ev.Reaction, facts: RoomFacts) -> list[Action]:
         approved = True if event.key in APPROVE_KEYS else False if event.key in DENY_KEYS else None
         if approved is not None:
             for prompt in facts.approvals:
@@ -554,7 +570,7 @@ class RoomRules:
                     return [AskApprovals(Answer(event.sender, approved, Via.REACTION, _seconds(event), prompt.approval_id))]
         return [Finish()]
 
-    def _yes_no(self, event: ev.TextMessage, approved: bool, facts: RoomFacts, binding: RoomBinding) -> list[Action]:
+    def _yes_no(self, event: ev.TextMessage, approved: bool, facts: RoomFacts) -> list[Action]:
         """``!yes`` / ``!no``: a reply answers the prompt it replies to; a bare
         one goes to the gate, which decides the one thing waiting or, with
         several, asks which (it never guesses)."""
@@ -660,7 +676,7 @@ class RoomRules:
                     Finish((Say("reply", f"Started over: {agent.label} now sees a fresh conversation here."),)),
                 ]
             case cmd.Yes() | cmd.No():
-                return self._yes_no(event, isinstance(command, cmd.Yes), facts, binding)
+                return self._yes_no(event, isinstance(command, cmd.Yes), facts)
             case cmd.ListStaged():
                 if not facts.staged:
                     return reply("No files are waiting.")

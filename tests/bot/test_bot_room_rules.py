@@ -149,6 +149,13 @@ def test_an_unbound_room_asks_for_its_members_then_adopts_a_direct_chat():
     assert again == r.Again()
 
 
+def test_a_room_marked_as_the_nodes_own_is_never_adopted():
+    # A DAG status room: the bot and a run's owner, who writes in it.
+    facts = r.RoomFacts(room_id=ROOM, bot_user_id=BOT, members=frozenset({ALICE, BOT}), service_room=True)
+    actions = rules().handle(text("hi"), facts, NOW)
+    assert actions[-1] == r.Finish() and not any(isinstance(a, r.Bind) for a in actions)
+
+
 def test_an_unbound_room_with_others_in_it_is_not_adopted():
     facts = r.RoomFacts(room_id=ROOM, bot_user_id=BOT, members=frozenset({ALICE, BOB, BOT}))
     actions = rules().handle(text("hi"), facts, NOW)
@@ -503,3 +510,16 @@ def test_the_rules_decide_the_same_with_only_the_facts_they_say_they_need(event)
         if group not in needed:
             lean = replace(lean, **{name: getattr(defaults, name) for name in names})
     assert rules().handle(event, lean, NOW) == rules().handle(event, PENDING_FACTS, NOW)
+
+
+def test_an_approval_waiting_in_an_unbound_room_is_answered_there_by_its_approver():
+    # A blocked DAG task asks its run's owner in the status room, which is no chat.
+    facts = r.RoomFacts(room_id=ROOM, bot_user_id=BOT, approvals=(APPROVAL,), service_room=True)
+    [ask] = rules().handle(ev.Reaction("$r", ROOM, ALICE, 1_700_000_000_500, "✅", "$approval-prompt"), facts, NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, True, Via.REACTION, 1_700_000_000.5, "apr_1"))
+    [ask] = rules().handle(text("!no"), facts, NOW)
+    assert ask == r.AskApprovals(Answer(ALICE, False, Via.COMMAND, 0.001, None))
+    # Anything else there, or an answer with nothing waiting for its sender, goes nowhere.
+    assert not any(isinstance(a, r.AskApprovals) for a in rules().handle(text("hello"), facts, NOW))
+    nothing = replace(facts, approvals=())
+    assert not any(isinstance(a, (r.AskApprovals, r.Bind)) for a in rules().handle(text("!yes"), nothing, NOW))

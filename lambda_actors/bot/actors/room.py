@@ -67,6 +67,7 @@ from .services import (
     AGENTS_PATH,
     APPROVALS_PATH,
     ERROR_UNDELIVERABLE,
+    SERVICE_STATE,
     BotServices,
     notice,
     quietly,
@@ -112,6 +113,7 @@ class _Room:
         self.in_flight_to: Any = None
         #: The room's members, when the rules asked for them (NeedMembers).
         self._asked_members: frozenset[str] | None = None
+        self._asked_service = False
 
     # -- the event loop over the inbox ------------------------------------------
 
@@ -150,8 +152,9 @@ class _Room:
 
     async def _handle(self, item: InboxEvent, event: Any) -> str:
         members: frozenset[str] | None = None
+        self._asked_service = False
         for _ in range(_MAX_ASKS):
-            facts = self._facts(item, event, members)
+            facts = replace(self._facts(item, event, members), service_room=self._asked_service)
             outcome = await self._execute(item, self.rules.handle(event, facts, time.time()))
             if outcome != _AGAIN:
                 return outcome
@@ -236,6 +239,7 @@ class _Room:
                 case rules.NeedMembers():
                     try:
                         self._asked_members = frozenset(await self.bot.client.joined_members(self.room_id))
+                        self._asked_service = await self.bot.client.get_state(self.room_id, SERVICE_STATE) is not None
                     except MatrixError:
                         self._asked_members = frozenset()
                     return _AGAIN

@@ -29,6 +29,9 @@ from ...node.metrics import BotCounters
 BINDING_STATE = "org.lambda.binding"
 #: State event type marking a user's Space.
 SPACE_STATE = "org.lambda.space"
+#: State event type marking a room the node keeps for itself (a DAG status
+#: or heartbeat room): never adopted as a user's chat, whoever is in it.
+SERVICE_STATE = "org.lambda.service"
 #: Where the tree's fixed actors live (see ``node.py``).
 OUTBOX_PATH = "node/outbox"
 AGENTS_PATH = "node/agents"

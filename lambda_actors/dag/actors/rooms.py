@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ...bot.actors.services import SERVICE_STATE
 from ...matrix.client import MatrixClient
 from ...matrix.errors import MatrixError, MatrixFailure, RateLimited
 
@@ -32,8 +33,11 @@ async def ensure_room(client: MatrixClient, room: str, *, name: str, topic: str,
         if exc.status != 404:
             raise
     localpart = room[1:].split(":", 1)[0]
+    # Marked as the node's own, so the chat side never takes it for a user's
+    # lost direct chat when a run's owner writes in it (an approval's !yes).
+    marker = {"type": SERVICE_STATE, "state_key": "", "content": {"kind": "dag"}}
     try:
-        return await client.create_room(name=name, topic=topic, alias=localpart, preset=preset)
+        return await client.create_room(name=name, topic=topic, alias=localpart, preset=preset, initial_state=[marker])
     except MatrixError as exc:
         if exc.errcode != "M_ROOM_IN_USE":
             raise
