@@ -103,7 +103,7 @@ async def test_pause_stops_new_starts_and_resume_carries_on(tmp_path: Path) -> N
         # The running task finishes; nothing new starts.
         await node.until(run_id, lambda: node.statuses(run_id)["a"] == "completed")
         assert node.statuses(run_id)["b"] == "pending"
-        assert agent.connections[chat_id_for(run_id, "b", 1)] == 0
+        assert agent.received_messages(chat_id_for(run_id, "b", 1)) == []
         await node.control.resume(run_id)
         run = await node.finished(run_id)
         assert run.status is RunStatus.COMPLETED
@@ -214,3 +214,27 @@ async def test_a_scope_worker_is_started_on_demand_and_kept_only_with_reuse_work
             # The next run of the scope runs in the same worker.
             second = await node.start(dag(task("b"), head=head))
             assert (await node.finished(second)).status is RunStatus.COMPLETED
+
+
+async def test_the_next_tasks_socket_opens_while_its_upstream_works(tmp_path: Path) -> None:
+    async with dag_node(tmp_path, slow_interval=0.2) as node:
+        agent = node.agents["agent-0"]
+        run_id = await node.start(dag(task("a", "[[slow]]"), task("b", "after {{ a.output }}", deps=("a",))))
+        await agent.wait_for_connections(chat_id_for(run_id, "b", 1))
+        # Open ahead, but nothing sent before its turn.
+        assert node.statuses(run_id) == {"a": "running", "b": "pending"}
+        assert agent.received_messages(chat_id_for(run_id, "b", 1)) == []
+        await node.finished(run_id)
+        assert agent.received_messages(chat_id_for(run_id, "b", 1)) == ["after echo: "]
+        assert agent.connections[chat_id_for(run_id, "b", 1)] == 1
+
+
+async def test_a_socket_opened_ahead_closes_when_its_task_is_skipped(tmp_path: Path) -> None:
+    async with dag_node(tmp_path, slow_interval=0.2) as node:
+        agent = node.agents["agent-0"]
+        run_id = await node.start(dag(task("a", "[[slow]] [[error]]"), task("b", deps=("a",))))
+        await agent.wait_for_connections(chat_id_for(run_id, "b", 1))
+        run = await node.finished(run_id)
+        assert run.status is RunStatus.FAILED and node.statuses(run_id)["b"] == "skipped"
+        await agent.wait_until(lambda: not agent.open_chats)
+        assert agent.received_messages(chat_id_for(run_id, "b", 1)) == []

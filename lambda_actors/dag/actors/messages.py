@@ -14,6 +14,7 @@ __all__ = [
     "AttemptRecovered",
     "AttemptSucceeded",
     "CancelRun",
+    "Go",
     "Granted",
     "PauseRun",
     "ResumeRun",
@@ -65,6 +66,16 @@ class AttemptRecovered:
 class Granted:
     """Slots were granted to the run: take them from the board (a merged flag:
     at most one waits in the mailbox, however many grants it stands for)."""
+
+
+# -- a run actor -> a warm task actor ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Go:
+    """The attempt starts: send this prompt on the socket opened ahead."""
+
+    prompt: str
 
 
 # -- the API (control.py) -> a run actor (calls; reply None or fail) --------------------------

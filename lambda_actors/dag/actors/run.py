@@ -51,6 +51,7 @@ from .messages import (
     AttemptRecovered,
     AttemptSucceeded,
     CancelRun,
+    Go,
     Granted,
     PauseRun,
     ResumeRun,
@@ -106,6 +107,12 @@ class _Run:
         self.live: dict[str, tuple[int, str]] = {}  #: task -> (attempt, child name)
         self.addresses: dict[str, Address] = {}  #: child name -> its address (monitored)
         self.tasks = {t.id: t for t in self.spec.tasks}
+        self.dependents: dict[str, list[str]] = {t.id: [] for t in self.spec.tasks}
+        for t in self.spec.tasks:
+            for dep in t.deps:
+                self.dependents[dep].append(t.id)
+        #: Agent tasks whose socket is opened ahead: task -> (attempt, child name).
+        self.warm: dict[str, tuple[int, str]] = {}
         self.by_child: dict[str, tuple[str, int]] = {}
         self.artifacts: dict[tuple[str, int], tuple[str, ...]] = {}
         self.previews: dict[tuple[str, int], str] = {}
@@ -184,6 +191,8 @@ class _Run:
                     self._step(machine.blocked(t, n, reason, now))
                 case AttemptRecovered(task_id=t, attempt=n):
                     self._step(machine.unblocked(t, n, now))
+                case Down(path=path) if self._warm_ended(path.rpartition("/")[2]):
+                    pass
                 case Down(path=path, reason=reason) if reason not in ("normal", "shutdown", "noproc"):
                     # A task actor that crashed without reporting: its attempt failed.
                     name = path.rpartition("/")[2]
@@ -219,6 +228,15 @@ class _Run:
             raise
         request.reply(None)
 
+    def _warm_ended(self, name: str) -> bool:
+        """A warm actor ended before its attempt started: it is forgotten."""
+        found = self.by_child.get(name)
+        if found is None or self.warm.get(found[0]) != (found[1], name):
+            return False
+        del self.warm[found[0]]
+        self._forget(name)
+        return True
+
     def _done(self, task_id: str, attempt: int) -> None:
         live = self.live.get(task_id)
         if live is not None and live[0] == attempt:
@@ -240,7 +258,7 @@ class _Run:
         services = self.services
         while True:
             # Before the write: the starts this step allows go in the same commit.
-            services.board.allocate()
+            services.board.allocate(self.run_id)
             for task_id in services.board.take(self.run_id):
                 # A grant may be stale (the run paused or ended since): skipped.
                 if self.machine.status is RunStatus.RUNNING and any(
@@ -262,11 +280,17 @@ class _Run:
         starts: list[StartAttempt] = []
         cancels: list[CancelAttempt] = []
         ended: RunFinished | None = None
+        touched: list[str] = []  #: tasks started or completed: their dependents may warm up
+        finals: list[str] = []
         with store.batch():
             for action in actions:
                 match action:
-                    case TaskStatusChanged():
+                    case TaskStatusChanged(task_id=task_id, status=task_status):
                         announced += self._write_task(action, wall, at)
+                        if task_status is TaskStatus.COMPLETED:
+                            touched.append(task_id)
+                        if task_status.final:
+                            finals.append(task_id)
                     case RunStatusChanged(status=status, progress=progress):
                         events = [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
                         store.set_run_status(self.run_id, status, wall, events=_pairs(events))
@@ -282,12 +306,19 @@ class _Run:
         # Kept: now acted on and told.
         for cancel in cancels:
             self._stop_attempt(cancel)
+        for task_id in finals:
+            self._cool(task_id)
         for start in starts:
             self._start_attempt(start)
+            touched.append(start.task_id)
+        if ended is None:
+            self._warm_up(touched)
         if announced:
             services.watchers.publish(self.run_id, announced)
             services.poke()
         if ended is not None:
+            for task_id in list(self.warm):
+                self._cool(task_id)
             self.finished = True
             self.wake_at = None
             services.watchers.end(self.run_id)
@@ -333,20 +364,80 @@ class _Run:
                 store.finish(run_id, task_id, change.status, wall, reason=change.reason, events=_pairs(events))
         return events
 
-    def _start_attempt(self, start: StartAttempt) -> None:
-        task = self.tasks[start.task_id]
-        name = task_child_name(self.run_id, task.id, start.attempt)
-        prompt = "" if task.is_command else render_prompt(task, self.machine.outputs)
-        job = Job(self.run_id, task, start.attempt, prompt, self.owner, self.ctx.address)
+    def _warm_up(self, touched: list[str]) -> None:
+        """Open ahead the socket of each agent task that waits only on one
+        running task: when that one completes, the prompt goes out on a
+        socket already open (the connection is made while the upstream task
+        works, not after it). No USER_MESSAGE is sent before the attempt
+        starts; the chat is the attempt's own. At most ``warm_sockets``
+        (the node's slots) per run are open ahead."""
+        machine, cap = self.machine, self.services.warm_sockets
+        if cap <= 0 or machine.status is not RunStatus.RUNNING:
+            return
+        for upstream in touched:
+            for task_id in self.dependents[upstream]:
+                if len(self.warm) >= cap:
+                    return
+                task = self.tasks[task_id]
+                if task.is_command or task_id in self.warm or task_id in self.live:
+                    continue
+                if machine.task_status(task_id) is not TaskStatus.PENDING:
+                    continue
+                waiting = [d for d in task.deps if machine.task_status(d) is not TaskStatus.COMPLETED]
+                if len(waiting) != 1 or machine.task_status(waiting[0]) is not TaskStatus.RUNNING:
+                    continue
+                attempt = machine.attempts(task_id) + 1
+                name = task_child_name(self.run_id, task_id, attempt) + "-warm"
+                job = Job(self.run_id, task, attempt, None, self.owner, self.ctx.address)
+                self._spawn(name, job)
+                self.warm[task_id] = (attempt, name)
+
+    def _cool(self, task_id: str) -> None:
+        """The task will not start (it ended, or the run did): its warm socket closes."""
+        warm = self.warm.pop(task_id, None)
+        if warm is not None:
+            self._forget(warm[1])
+            try:
+                self.ctx.supervisor.kill(warm[1], "its task will not start")
+            except LookupError:
+                pass
+
+    def _spawn(self, name: str, job: Job) -> None:
         address = self.ctx.supervisor.start_child(
             # Stopped at once when the node stops (it reads no mailbox to
             # drain); the cut attempt is closed as interrupted on resume.
             ChildSpec(name, task_actor, args=(self.services, job), restart="temporary", shutdown=0)
         )
-        self.live[task.id] = (start.attempt, name)
-        self.by_child[name] = (task.id, start.attempt)
+        self.by_child[name] = (job.task.id, job.attempt)
         self.addresses[name] = address
         self.ctx.monitor(address)
+
+    def _start_attempt(self, start: StartAttempt) -> None:
+        task = self.tasks[start.task_id]
+        name = task_child_name(self.run_id, task.id, start.attempt)
+        prompt = "" if task.is_command else render_prompt(task, self.machine.outputs)
+        warm = self.warm.pop(task.id, None)
+        if warm is not None:
+            if warm[0] == start.attempt:
+                try:
+                    # Never waits: a warm actor's mailbox holds nothing else.
+                    self.addresses[warm[1]].send_nowait(Go(prompt))
+                except (ActorError, KeyError):
+                    pass  # it ended meanwhile: a fresh actor below
+                else:
+                    self.live[task.id] = (start.attempt, warm[1])
+                    return
+            self._cool_name(warm[1])
+        job = Job(self.run_id, task, start.attempt, prompt, self.owner, self.ctx.address)
+        self._spawn(name, job)
+        self.live[task.id] = (start.attempt, name)
+
+    def _cool_name(self, name: str) -> None:
+        self._forget(name)
+        try:
+            self.ctx.supervisor.kill(name, "replaced by a fresh attempt")
+        except LookupError:
+            pass
 
     def _stop_attempt(self, cancel: CancelAttempt) -> None:
         live = self.live.pop(cancel.task_id, None)

@@ -89,7 +89,9 @@ class SlotBoard:
         entry.woken = False
         return granted
 
-    def allocate(self) -> None:
+    def allocate(self, caller: str | None = None) -> None:
+        """Grant the free slots. ``caller``, a run allocating in its own step,
+        is not woken: it takes its grants at once."""
         demands = []
         for run_id, entry in self._runs.items():
             demand = entry.scheduler.demand(run_id)
@@ -103,7 +105,7 @@ class SlotBoard:
         for grant in allocate(self.node_slots, demands):
             entry = self._runs[grant.run_id]
             entry.granted.append(grant.task_id)
-            if not entry.woken:
+            if not entry.woken and grant.run_id != caller:
                 entry.woken = True
                 entry.wake()
 
@@ -197,8 +199,13 @@ class DagServices:
     retry_backoff_s: float = 5.0
     #: Longest output of a command task kept, in bytes (the rest is cut).
     command_output_cap: int = 1024 * 1024
+    #: Agent sockets a run may open ahead of their task's start (see
+    #: actors/run.py); below 0: the node's slots; 0: none.
+    warm_sockets: int = -1
     #: The tree's registry, known once the first DAG actor starts.
     registry: Registry | None = None
 
     def __post_init__(self) -> None:
         self.board = SlotBoard(self.node.dag.local.max_workers)
+        if self.warm_sockets < 0:
+            self.warm_sockets = self.node.dag.local.max_workers

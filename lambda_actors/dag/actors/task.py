@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import trio
 
-from ...agent.client import AgentConnectionError, Late, open_agent_connection
+from ...agent.client import AgentConnection, AgentConnectionError, Late, open_agent_connection
 from ...agent.protocol import AgentError, CustomUpdate, End, SendFile, TextChunk
 from ...runtime.address import Address
 from ...runtime.context import ActorContext
 from ...runtime.errors import ActorError
 from ..spec import TaskSpec
-from .messages import AttemptBlocked, AttemptFailed, AttemptRecovered, AttemptSucceeded
+from .messages import AttemptBlocked, AttemptFailed, AttemptRecovered, AttemptSucceeded, Go
 from .services import ConfirmAsk, DagServices
 
 __all__ = ["Job", "chat_id_for", "session_id_for", "task_actor"]
@@ -58,7 +58,7 @@ class Job:
     run_id: str
     task: TaskSpec
     attempt: int
-    prompt: str  #: rendered with the upstream outputs
+    prompt: str | None  #: rendered with the upstream outputs; None: warm (see run.py), sent by Go
     owner: str | None
     run: Address  #: the run actor, told the result
 
@@ -95,43 +95,78 @@ async def _agent(ctx: ActorContext, services: DagServices, job: Job) -> None:
     log = ctx.log.bind(session_id=session_id, attempt=attempt, chat_id=chat_id, agent=task.agent)
     text: list[str] = []
     artifacts: list[str] = []
-    told = False
-    try:
-        # The scheduler's deadline is the task's timeout; a silent agent is
-        # caught by it, so the socket's own stall clock is as long.
-        async with open_agent_connection(base_url, chat_id, idle_timeout=float(task.timeout_s)) as conn:
-            await conn.send_user_message(job.prompt)
-            log.info("dag.task.sent")
-            async for frame in conn:
-                if isinstance(frame, Late):
-                    continue
-                if isinstance(frame, TextChunk):
-                    text.append(frame.text)
-                elif isinstance(frame, SendFile):
-                    artifacts.append(frame.path)
-                elif isinstance(frame, CustomUpdate) and frame.confirm is not None:
-                    ask = frame.confirm
-                    await _tell(
-                        job, AttemptBlocked(task.id, attempt, f"{ask.action}: {ask.details}".strip(": "), "".join(text))
-                    )
-                    approved = await _decide(ctx, services, job, session_id, ask.request_id, ask.action, ask.details)
-                    await conn.send_confirm_response(ask.request_id, approved)
-                    await _tell(job, AttemptRecovered(task.id, attempt, approved))
-                elif isinstance(frame, End):
-                    log.info("dag.task.answered", chars=sum(map(len, text)))
-                    told = True
-                    await _tell(job, AttemptSucceeded(task.id, attempt, "".join(text), tuple(artifacts)))
-                    return
-                elif isinstance(frame, AgentError):
-                    told = True
-                    await _tell(job, AttemptFailed(task.id, attempt, _short(f"the agent failed: {frame.message}")))
-                    return
-    except AgentConnectionError as exc:
-        log.info("dag.task.agent_failed", error=type(exc).__name__)
-        if not told:  # a close that failed after the result was told changes nothing
+    told = sent = False
+    prompt = job.prompt
+    # A warm socket that fails before its message is sent is replaced once by
+    # a fresh one: nothing of the attempt had reached the agent.
+    tries = 2 if prompt is None else 1
+    for try_ in range(tries):
+        try:
+            # The scheduler's deadline is the task's timeout; a silent agent is
+            # caught by it, so the socket's own stall clock is as long.
+            async with open_agent_connection(base_url, chat_id, idle_timeout=float(task.timeout_s)) as conn:
+                if prompt is None:
+                    prompt = await _wait_go(ctx)
+                    if prompt is None:
+                        return  # stopped before its turn came (skipped, cancelled, the run ended)
+                await conn.send_user_message(prompt)
+                sent = True
+                log.info("dag.task.sent")
+                result = await _converse(ctx, services, job, conn, session_id, text, artifacts)
+                told = True
+                await _tell(job, result)
+                return
+        except AgentConnectionError as exc:
+            log.info("dag.task.agent_failed", error=type(exc).__name__)
+            if told:
+                return  # a close that failed after the result was told changes nothing
+            if not sent and try_ + 1 < tries:
+                continue
+            if prompt is None:
+                return  # warm, never started: its run starts a fresh actor when the time comes
             await _tell(job, AttemptFailed(task.id, attempt, _short(str(exc))))
-        return
-    await _tell(job, AttemptFailed(task.id, attempt, "the agent closed the socket before END"))
+            return
+
+
+async def _wait_go(ctx: ActorContext) -> str | None:
+    """A warm attempt's prompt, once its run starts it (None: stopped first)."""
+    while True:
+        try:
+            msg = await ctx.mailbox.receive()
+        except trio.EndOfChannel:
+            return None
+        if isinstance(msg, Go):
+            return msg.prompt
+
+
+async def _converse(
+    ctx: ActorContext, services: DagServices, job: Job, conn: AgentConnection, session_id: str,
+    text: list[str], artifacts: list[str],
+) -> object:
+    """The answer to the USER_MESSAGE sent: the attempt's result."""
+    task, attempt = job.task, job.attempt
+    log = ctx.log.bind(session_id=session_id, attempt=attempt, chat_id=conn.chat_id, agent=task.agent)
+    async for frame in conn:
+        if isinstance(frame, Late):
+            continue
+        if isinstance(frame, TextChunk):
+            text.append(frame.text)
+        elif isinstance(frame, SendFile):
+            artifacts.append(frame.path)
+        elif isinstance(frame, CustomUpdate) and frame.confirm is not None:
+            ask = frame.confirm
+            await _tell(
+                job, AttemptBlocked(task.id, attempt, f"{ask.action}: {ask.details}".strip(": "), "".join(text))
+            )
+            approved = await _decide(ctx, services, job, session_id, ask.request_id, ask.action, ask.details)
+            await conn.send_confirm_response(ask.request_id, approved)
+            await _tell(job, AttemptRecovered(task.id, attempt, approved))
+        elif isinstance(frame, End):
+            log.info("dag.task.answered", chars=sum(map(len, text)))
+            return AttemptSucceeded(task.id, attempt, "".join(text), tuple(artifacts))
+        elif isinstance(frame, AgentError):
+            return AttemptFailed(task.id, attempt, _short(f"the agent failed: {frame.message}"))
+    return AttemptFailed(task.id, attempt, "the agent closed the socket before END")
 
 
 async def _decide(
