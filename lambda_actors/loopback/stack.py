@@ -44,6 +44,7 @@ from ..agent.fake import FakeAgent
 from ..bot.config import MatrixSettings, Secret, parse_agents_config
 from .homeserver import Homeserver, HomeserverError, RegisteredUser, register_user, start_synapse, stop_synapse
 from ..matrix.client import MatrixClient
+from ..node.config import NodeConfig
 from ..runtime.supervision_config import SupervisionConfig
 from .user import ScriptedUser
 
@@ -72,6 +73,12 @@ class LoopbackStack:
     def settings(self) -> MatrixSettings:
         return MatrixSettings(self.homeserver.url, self.bot_user.user_id, password=Secret(self.bot_user.password))
 
+    @property
+    def node_id(self) -> str:
+        """The bot's node id: its account's localpart, so stacks sharing a
+        homeserver never share a DAG status room (the host name would)."""
+        return self.bot_user.user_id[1:].split(":", 1)[0]
+
     # -- the bot in this process ----------------------------------------------------
 
     async def start_bot(self, *, control_socket: Path | None = None, faults: Iterable[str] = ()) -> Any:
@@ -84,6 +91,7 @@ class LoopbackStack:
         stop, stopped = self._stop, self._stopped
         # Only passed when asked for, so a bot without the fault hook still runs.
         extra: dict[str, Any] = {"faults": frozenset(faults)} if faults else {}
+        extra["node"] = NodeConfig(node_id=self.node_id)
 
         async def serve(task_status: trio.TaskStatus[Any]) -> None:
             try:
@@ -137,6 +145,9 @@ class LoopbackStack:
         env.pop("LAMBDA_ACTORS_FAULTS", None)
         if faults:
             env["LAMBDA_ACTORS_FAULTS"] = ",".join(sorted(faults))
+        if node_config is None:
+            node_config = self.config_path.parent / "node.toml"
+            node_config.write_text(f'node_id = "{self.node_id}"\n')
         log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
