@@ -113,6 +113,8 @@ class _Run:
                 self.dependents[dep].append(t.id)
         #: Agent tasks whose socket is opened ahead: task -> (attempt, child name).
         self.warm: dict[str, tuple[int, str]] = {}
+        #: Tasks started or completed since the last warm-up.
+        self.to_warm: list[str] = []
         self.by_child: dict[str, tuple[str, int]] = {}
         self.artifacts: dict[tuple[str, int], tuple[str, ...]] = {}
         self.previews: dict[tuple[str, int], str] = {}
@@ -128,6 +130,12 @@ class _Run:
         self._step(self.machine.start(now))
         self.interrupted.clear()
         while not self.finished:
+            if self.to_warm:
+                # After the attempts just started have sent their prompts:
+                # opening sockets ahead is never in their way.
+                await trio.lowlevel.checkpoint()
+                touched, self.to_warm = self.to_warm, []
+                self._warm_up(touched)
             deadline = math.inf if self.wake_at is None else self.wake_at
             msg = None
             with trio.move_on_at(deadline):
@@ -312,7 +320,7 @@ class _Run:
             self._start_attempt(start)
             touched.append(start.task_id)
         if ended is None:
-            self._warm_up(touched)
+            self.to_warm += touched
         if announced:
             services.watchers.publish(self.run_id, announced)
             services.poke()
