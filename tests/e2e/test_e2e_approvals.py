@@ -162,6 +162,21 @@ async def test_the_approver_decides_by_reaction_reply_and_command_and_is_never_g
     listed = (await node.request("GET", "/api/v1/delivery/approval-requests")).json()["approvals"]
     assert [r["id"] for r in listed[:2]] == [second["id"], first["id"]]
 
+    # Someone else in the room answers a third request: nothing changes.
+    # Then alice's bare !yes, with exactly one pending, decides it: the
+    # room handles events in order, so had bob's ✅ or !yes counted, the
+    # record would say so.
+    third = await node.ask(approver=alice.user_id, agent_id="agent-0", action="Rotate the keys")
+    third_prompt = await alice.wait_until(lambda: _prompt(alice, third["id"]))
+    bob = await node.stack.scripted_user("bob")
+    await alice.client.invite(chat1, bob.user_id)
+    await bob.accept_invite("Chat 1")
+    await bob.react(chat1, third_prompt.event_id, "✅")
+    await bob.say(chat1, "!yes")
+    await alice.say(chat1, "!yes")
+    decided = await node.read(third["id"], wait=30)
+    assert (decided["status"], decided["decided_by"], decided["decided_via"]) == ("approved", alice.user_id, "command")
+
 
 async def test_idempotency_tokens_and_default_deny(node):
     node, alice, chat1 = node
