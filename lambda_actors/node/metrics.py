@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -27,12 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-__all__ = ["APPROVAL_STATUSES", "BotCounters", "NodeMetrics", "SEND_RESULTS", "Snapshot", "message_kind"]
+from ..dag.scheduler import TaskStatus
+
+__all__ = ["APPROVAL_STATUSES", "DAG_TASK_STATUSES", "BotCounters", "NodeMetrics", "SEND_RESULTS", "Snapshot", "message_kind"]
 
 #: Every label value is from a closed set (SPEC 7.3: no user or room ids).
 MESSAGE_KINDS = ("text", "file", "reaction", "invite", "other")
 SEND_RESULTS = ("sent", "refused", "skipped", "failed")
 APPROVAL_STATUSES = ("pending", "approved", "denied", "expired", "cancelled")
+DAG_TASK_STATUSES = tuple(str(status) for status in TaskStatus)
 #: Seconds: an agent's first token comes in well under a second or after
 #: minutes of tool use; the buckets cover both.
 _TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -112,6 +114,8 @@ class Snapshot:
     connection_states: dict[str, int] | None = None
     #: 429 answers the Matrix client got since it was made.
     rate_limited: int = 0
+    #: status -> tasks of the DAG runs not finished yet (None: the node runs no DAGs).
+    dag_tasks: dict[str, int] | None = None
 
 
 class NodeCollector(Collector):
@@ -152,6 +156,11 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(
             "lambda_matrix_rate_limited", "429 (M_LIMIT_EXCEEDED) answers from the homeserver", value=now.rate_limited
         )
+        if now.dag_tasks is not None:
+            tasks = GaugeMetricFamily("lambda_dag_tasks", "Tasks of the DAG runs not finished yet, by status", labels=["status"])
+            for status in DAG_TASK_STATUSES:
+                tasks.add_metric([status], now.dag_tasks.get(status, 0))
+            yield tasks
 
     def describe(self) -> Iterable[Metric]:
         return []  # families depend on the snapshot; collect() at registration would call into the node

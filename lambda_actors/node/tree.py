@@ -180,6 +180,7 @@ class NodeParts:
             agents=self.agents(),
             outbox_depth=store.outbox_depth(),
             pending_approvals=self.approvals.pending_count(),
+            active_dag_runs=len(self.dag.services.store.unfinished_runs()) if self.dag is not None else 0,
         )
 
     def snapshot(self) -> Snapshot:
@@ -195,6 +196,11 @@ class NodeParts:
             approvals=self.approvals.count_by_status(),
             connection_states=self.connection_states(),
             rate_limited=self.bot.client.rate_limited,
+            dag_tasks=(
+                {str(status): n for status, n in self.dag.services.store.task_counts().items()}
+                if self.dag is not None
+                else None
+            ),
         )
 
     def connection_states(self) -> dict[str, int]:

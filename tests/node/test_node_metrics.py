@@ -29,9 +29,12 @@ from lambda_actors.bot.actors.services import DONE_KEY, ERROR_KEY, ERROR_KINDS, 
 from lambda_actors.bot.actors.sync import count_received
 from lambda_actors.bot.config import AgentsConfig
 from lambda_actors.bot.store import OutboxItem, Store
+from lambda_actors.dag.spec import parse_dag
+from lambda_actors.dag.store import open_dag_store
 from lambda_actors.matrix.errors import MatrixError, RateLimited
 from lambda_actors.matrix.retry import RetryPolicy, call_with_retries
 from lambda_actors.node.metrics import (
+    DAG_TASK_STATUSES,
     APPROVAL_STATUSES,
     MESSAGE_KINDS,
     SEND_RESULTS,
@@ -219,6 +222,20 @@ def test_approvals_are_counted_by_every_status_not_only_pending():
     by_status = {s: value(metrics, "lambda_approvals", status=s) for s in APPROVAL_STATUSES}
     assert by_status == {"pending": 2, "approved": 1, "denied": 0, "expired": 1, "cancelled": 0}
     assert value(metrics, "lambda_approvals_pending") == 2
+
+
+def test_dag_tasks_of_unfinished_runs_are_counted_by_every_status(tmp_path):
+    store = open_dag_store(tmp_path / "bot.sqlite3")
+    spec = parse_dag('dag_id = "d"\n[[tasks]]\nid = "a"\nagent = "agent-0"\nprompt = "p"\n'
+                     '[[tasks]]\nid = "b"\ndeps = ["a"]\nagent = "agent-0"\nprompt = "q"\n', known_agents=None)
+    store.publish(spec, "test", now=0.0)
+    run_id = store.create_run(spec, now=0.0).run_id
+    store.start_attempt(run_id, "a", now=1.0)
+    metrics = NodeMetrics(snapshot=lambda: snapshot(dag_tasks={str(k): n for k, n in store.task_counts().items()}))
+    by_status = {s: value(metrics, "lambda_dag_tasks", status=s) for s in DAG_TASK_STATUSES}
+    assert by_status["running"] == 1 and by_status["pending"] == 1 and sum(by_status.values()) == 2
+    assert set(DAG_TASK_STATUSES) == {"pending", "running", "completed", "failed", "blocked", "skipped", "cancelled"}
+    store.close()
 
 
 # -- the exposition as a whole -------------------------------------------------------------------
