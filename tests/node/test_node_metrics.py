@@ -34,8 +34,8 @@ from lambda_actors.dag.store import open_dag_store
 from lambda_actors.matrix.errors import MatrixError, RateLimited
 from lambda_actors.matrix.retry import RetryPolicy, call_with_retries
 from lambda_actors.node.metrics import (
-    DAG_TASK_STATUSES,
     APPROVAL_STATUSES,
+    DAG_TASK_STATUSES,
     MESSAGE_KINDS,
     SEND_RESULTS,
     BotCounters,
