@@ -1,0 +1,45 @@
+"""``lambda-actors dag run|status|list|cancel|pause|resume``: what an operator
+sees when the node cannot be used (the happy path is tests/e2e/test_e2e_dag.py)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dag(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lambda_actors.cli", "dag", *args], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+
+
+def test_no_token_is_exit_3_with_the_fix() -> None:
+    result = _dag("list", "--api", f"http://127.0.0.1:{_closed_port()}")
+    assert result.returncode == 3
+    assert result.stderr.strip() == "no API token: set LAMBDA_API_TOKEN or pass --token-file (a token with scope dag)"
+
+
+def test_an_unreachable_node_is_exit_4_in_one_line(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("la_secret\n")
+    result = _dag("status", "run-x", "--api", f"http://127.0.0.1:{_closed_port()}", "--token-file", str(token))
+    assert result.returncode == 4
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot reach the node" in result.stderr
+    assert "la_secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["cancel", "pause", "resume"])
+def test_a_move_needs_a_run_id(command: str) -> None:
+    result = _dag(command)
+    assert result.returncode == 2 and "RUN_ID" in result.stderr
