@@ -256,6 +256,10 @@ class Scheduler:
         self.auto_launch = auto_launch
         #: The first retry's wait (tests shorten it; the node uses the default).
         self.backoff_first_s = backoff_first_s
+        #: False: attempts' deadlines are the caller's to enforce (several nodes:
+        #: a timeout counts only once the coordinator's revocation is in the
+        #: run's room, so a result that got there first wins; ``dag/cluster.py``).
+        self.own_deadlines = True
         self.status = RunStatus.CREATED
         #: Completed tasks' outputs, for their dependents' prompts.
         self.outputs: dict[str, str] = {}
@@ -551,7 +555,7 @@ class Scheduler:
         self._ready.pop(task.spec.id, None)
 
     def _set_deadline(self, task: _Task, at: float | None) -> None:
-        task.deadline = at
+        task.deadline = at if self.own_deadlines else None
         self._index_timers(task)
 
     def _set_retry(self, task: _Task, at: float | None) -> None:
@@ -569,10 +573,10 @@ class Scheduler:
         self._unready(task)
         task.attempts += 1
         task.live = task.attempts
-        self._set_deadline(task, now + task.spec.timeout_s)
-        assert task.deadline is not None
+        deadline = now + task.spec.timeout_s
+        self._set_deadline(task, deadline)
         actions.append(self._changed(task, task.attempts))
-        actions.append(StartAttempt(task.spec.id, task.attempts, task.deadline))
+        actions.append(StartAttempt(task.spec.id, task.attempts, deadline))
 
     def _end_live(self, task: _Task) -> None:
         if task.live is not None:

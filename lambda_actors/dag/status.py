@@ -50,6 +50,27 @@ from typing import Any
 
 __all__ = [
     "BATCH",
+    "CLUSTER_EVENT_TYPES",
+    "INPUT_INLINE_LIMIT",
+    "RESULT_INLINE_LIMIT",
+    "RUN_COORDINATOR",
+    "TASK_ASSIGNED",
+    "TASK_CLAIMED",
+    "TASK_RESULT",
+    "TASK_REVOKED",
+    "Assigned",
+    "Claimed",
+    "ClusterEvent",
+    "Coordinator",
+    "Result",
+    "Revoked",
+    "TaskInput",
+    "parse_cluster_event",
+    "run_coordinator_content",
+    "task_assigned",
+    "task_claimed",
+    "task_result",
+    "task_revoked",
     "FINAL_TASK_STATUSES",
     "MAX_CONTENT_BYTES",
     "OUTPUT_LIMIT",
@@ -546,3 +567,264 @@ def _coalescing_key(event: LogicalEvent) -> tuple[str, str] | None:
     return (run_id, task_id)
 
 
+
+
+# -- several nodes (SPEC 8.3): assignment, claims, results, takeover -----------------------
+#
+# Sent one per room event (never in a ``cis.dag.batch``): the order of claims
+# in the timeline decides who runs a task, so each is its own event. Every
+# content here comes from another node and may be anything: the parsers
+# below return None for what does not fit, and never raise.
+
+TASK_ASSIGNED = "cis.dag.task.assigned"
+TASK_CLAIMED = "cis.dag.task.claimed"
+#: The result of one attempt of a task, with its epoch (the coordinator counts it).
+TASK_RESULT = "cis.dag.task.result"
+#: The coordinator withdrew a task (its attempt was cancelled or timed out):
+#: whatever runs it with an older epoch stops.
+TASK_REVOKED = "cis.dag.task.revoked"
+#: State event (state key ``""`` in the run's room): who leads the run.
+RUN_COORDINATOR = "cis.dag.run.coordinator"
+CLUSTER_EVENT_TYPES = frozenset({TASK_ASSIGNED, TASK_CLAIMED, TASK_RESULT, TASK_REVOKED, RUN_COORDINATOR})
+
+#: Task inputs (prompt or command and upstream outputs) travel inside the
+#: assignment up to this many bytes of canonical JSON; past it the worker
+#: fetches them from ``input_url`` (the coordinator's API, with its token).
+INPUT_INLINE_LIMIT = 32 * 1024
+#: A result's output travels inline up to this many bytes; past it by ``output_url``.
+RESULT_INLINE_LIMIT = 32 * 1024
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What a worker needs to run a task: the prompt (agent task) or the argv
+    (command task), and its upstream tasks' outputs."""
+
+    prompt: str | None = None
+    command: tuple[str, ...] | None = None
+    upstream_outputs: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """``cis.dag.task.assigned``: ``assigned_to`` None is an offer to any node (mode ``matrix``)."""
+
+    run_id: str
+    task_id: str
+    assigned_to: str | None
+    assigned_by: str
+    agent_type: str | None
+    upstream_tasks: tuple[str, ...]
+    epoch: int
+    attempt: int
+    input: TaskInput | None  #: None: fetch ``input_url``
+    input_url: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run_id: str
+    task_id: str
+    claimed_by: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Result:
+    run_id: str
+    task_id: str
+    reported_by: str
+    epoch: int
+    outcome: str  #: ``completed`` or ``failed``
+    output: str | None  #: None with ``output_url`` (too long to travel inline)
+    output_url: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Revoked:
+    run_id: str
+    task_id: str
+    revoked_by: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    """``cis.dag.run.coordinator``: ``node_id`` leads the run from ``epoch`` on."""
+
+    node_id: str
+    epoch: int
+
+
+def task_assigned(
+    run_id: str,
+    task_id: str,
+    *,
+    assigned_to: str | None,
+    assigned_by: str,
+    agent_type: str | None,
+    upstream_tasks: Iterable[str],
+    epoch: int,
+    attempt: int,
+    task_input: TaskInput,
+    input_url: str,
+    at: datetime,
+) -> LogicalEvent:
+    """``cis.dag.task.assigned``, with the input inline when it is small, else ``input_url``."""
+    content: dict[str, Any] = {
+        "run_id": run_id,
+        "task_id": task_id,
+        "assigned_to": assigned_to,
+        "assigned_by": assigned_by,
+        "agent_type": agent_type,
+        "upstream_tasks": list(upstream_tasks),
+        "epoch": epoch,
+        "attempt": attempt,
+        "timestamp": rfc3339(at),
+    }
+    inline: dict[str, Any] = {"upstream_outputs": dict(task_input.upstream_outputs)}
+    if task_input.command is not None:
+        inline["command"] = list(task_input.command)
+    else:
+        inline["prompt"] = task_input.prompt or ""
+    if canonical_size(inline) <= INPUT_INLINE_LIMIT:
+        content.update(inline)
+    else:
+        content["input_url"] = input_url
+    return _event(TASK_ASSIGNED, content)
+
+
+def task_claimed(run_id: str, task_id: str, claimed_by: str, epoch: int, *, at: datetime) -> LogicalEvent:
+    return _event(
+        TASK_CLAIMED,
+        {"run_id": run_id, "task_id": task_id, "claimed_by": claimed_by, "epoch": epoch, "timestamp": rfc3339(at)},
+    )
+
+
+def task_result(
+    run_id: str,
+    task_id: str,
+    *,
+    reported_by: str,
+    epoch: int,
+    outcome: str,
+    output: str,
+    output_url: str,
+    reason: str | None,
+    at: datetime,
+) -> LogicalEvent:
+    """``cis.dag.task.result``: the output inline up to :data:`RESULT_INLINE_LIMIT` bytes, else ``output_url``."""
+    if outcome not in ("completed", "failed"):
+        raise ValueError(f"{outcome!r} is not a result outcome (completed or failed)")
+    content: dict[str, Any] = {
+        "run_id": run_id,
+        "task_id": task_id,
+        "reported_by": reported_by,
+        "epoch": epoch,
+        "outcome": outcome,
+        "reason": None if reason is None else _cap(reason, _REASON_CHARS),
+        "timestamp": rfc3339(at),
+    }
+    size = len(output.encode("utf-8", "replace"))
+    if size <= RESULT_INLINE_LIMIT:
+        content["output"] = output
+    else:
+        content.update(output_url=output_url, size=size)
+    return _event(TASK_RESULT, content)
+
+
+def task_revoked(run_id: str, task_id: str, revoked_by: str, epoch: int, reason: str, *, at: datetime) -> LogicalEvent:
+    return _event(
+        TASK_REVOKED,
+        {
+            "run_id": run_id,
+            "task_id": task_id,
+            "revoked_by": revoked_by,
+            "epoch": epoch,
+            "reason": _cap(reason, _REASON_CHARS),
+            "timestamp": rfc3339(at),
+        },
+    )
+
+
+def run_coordinator_content(node_id: str, epoch: int) -> dict[str, Any]:
+    """``cis.dag.run.coordinator`` (state key ``""``)."""
+    return {"node_id": node_id, "epoch": epoch}
+
+
+ClusterEvent = Assigned | Claimed | Result | Revoked | Coordinator
+
+
+def parse_cluster_event(event_type: str, content: object) -> ClusterEvent | None:
+    """The cluster event a room event is, or None (unknown type, or malformed). Never raises."""
+    if not isinstance(content, Mapping):
+        return None
+    try:
+        if event_type == RUN_COORDINATOR:
+            node, epoch = _text(content, "node_id"), _count(content, "epoch")
+            return None if node is None or epoch is None else Coordinator(node, epoch)
+        run_id, task_id, epoch = _text(content, "run_id"), _text(content, "task_id"), _count(content, "epoch")
+        if run_id is None or task_id is None or epoch is None:
+            return None
+        if event_type == TASK_ASSIGNED:
+            return _parse_assigned(content, run_id, task_id, epoch)
+        if event_type == TASK_CLAIMED:
+            by = _text(content, "claimed_by")
+            return None if by is None else Claimed(run_id, task_id, by, epoch)
+        if event_type == TASK_RESULT:
+            by, outcome = _text(content, "reported_by"), content.get("outcome")
+            output, url, reason = content.get("output"), _text(content, "output_url"), content.get("reason")
+            if by is None or outcome not in ("completed", "failed"):
+                return None
+            if not isinstance(output, str):
+                if url is None:
+                    return None
+                output = None
+            return Result(
+                run_id, task_id, by, epoch, str(outcome), output, url, reason if isinstance(reason, str) else None
+            )
+        if event_type == TASK_REVOKED:
+            by, reason = _text(content, "revoked_by"), content.get("reason")
+            if by is None:
+                return None
+            return Revoked(run_id, task_id, by, epoch, reason if isinstance(reason, str) else "")
+    except Exception:  # noqa: BLE001 - hostile input must never take a node down
+        return None
+    return None
+
+
+def _parse_assigned(content: Mapping[str, Any], run_id: str, task_id: str, epoch: int) -> Assigned | None:
+    by, attempt = _text(content, "assigned_by"), _count(content, "attempt")
+    to, agent = content.get("assigned_to"), content.get("agent_type")
+    upstream = content.get("upstream_tasks")
+    if by is None or attempt is None:
+        return None
+    if not (to is None or (isinstance(to, str) and to)) or not (agent is None or isinstance(agent, str)):
+        return None
+    if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
+        return None
+    task_input: TaskInput | None = None
+    url = _text(content, "input_url")
+    outputs = content.get("upstream_outputs")
+    prompt, command = content.get("prompt"), content.get("command")
+    if isinstance(outputs, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()):
+        if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+            task_input = TaskInput(command=tuple(command), upstream_outputs=dict(outputs))
+        elif isinstance(prompt, str):
+            task_input = TaskInput(prompt=prompt, upstream_outputs=dict(outputs))
+    if task_input is None and url is None:
+        return None
+    return Assigned(run_id, task_id, to, by, agent, tuple(upstream), epoch, attempt, task_input, url)
+
+
+def _text(content: Mapping[str, Any], key: str) -> str | None:
+    value = content.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _count(content: Mapping[str, Any], key: str) -> int | None:
+    """A non-negative integer (``True`` is not one, though Python says it is an int)."""
+    value = content.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
