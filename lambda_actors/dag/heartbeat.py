@@ -28,7 +28,10 @@
   room's events and the time, each node's liveness. The state event is the
   truth where it is newer than the last heartbeat; a node whose heartbeats
   stopped for three intervals is offline whatever its state says (the
-  fallback where the homeserver has no delayed events).
+  fallback where the homeserver has no delayed events). This table is what
+  people see; whether to take a node's tasks over is decided by
+  :class:`.liveness.Observer`, which also tells the ``offline`` events a
+  homeserver restart fires from deaths.
 
 - **The driver** (:func:`keep_alive`): the thin loop that performs the
   machine's actions with a :class:`~lambda_actors.matrix.MatrixClient`.

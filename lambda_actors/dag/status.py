@@ -20,6 +20,10 @@ Two parts, both pure (no I/O, no clock):
   the room's order is the order of production and a send that did reach
   the homeserver before failing is not posted twice.
 
+The events of several nodes (SPEC 8.3: assignment, claim, result, revocation,
+the run's coordinator) are named and built at the end of this module, with a
+parser that never raises; ``dag/cluster.py`` gives them meaning.
+
 Nothing is lost while Matrix is away, and memory stays bounded without
 dropping anything that matters: waiting events pile up in the queue, but a
 task's intermediate status (``pending``, ``running``, ``blocked``) replaces

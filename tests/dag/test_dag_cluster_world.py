@@ -34,6 +34,7 @@ from lambda_actors.dag.cluster import (
     leadership,
 )
 from lambda_actors.dag.cluster_worker import Claim, PostResult, Run, Stop, Worker
+from lambda_actors.dag.liveness import NodeDead, Observer
 from lambda_actors.dag.scheduler import (
     Action,
     CancelAttempt,
@@ -486,6 +487,61 @@ def test_a_homeserver_restart_moves_nothing_when_no_one_is_declared_dead() -> No
     w.settle()
     assert {n: dict(node.copies) for n, node in w.nodes.items()} == before
     assert w.assign_count == 2
+    w.finish_everything()
+    w.check()
+
+
+def restart_homeserver(w: World, observers: dict[str, Observer], killed: str | None = None) -> None:
+    """The homeserver goes away at 100 and is back at 130; it fires every node's
+    overdue delayed offline as it starts; the live nodes re-announce within
+    their restart period (5 s). Deaths the observers confirm are declared."""
+    for o in observers.values():
+        o.sync_failed(100)
+    for o in observers.values():
+        o.sync_ok(130)
+    for node_id in w.node_ids:
+        for o in observers.values():
+            o.status(node_id, "offline", 130.5)
+    for node_id in w.node_ids:
+        if node_id != killed:
+            for o in observers.values():
+                o.status(node_id, "online", 134)
+    deaths = {a.node_id for o in observers.values() for a in o.tick(150) if isinstance(a, NodeDead)}
+    for node_id in sorted(deaths):
+        w.declare_dead(node_id)
+
+
+def observers_of(w: World) -> dict[str, Observer]:
+    observers = {n: Observer(me=n) for n in w.node_ids}
+    for o in observers.values():
+        for n in w.node_ids:
+            o.status(n, "online", 0)
+    return observers
+
+
+def test_a_homeserver_restart_takes_nothing_over() -> None:
+    w = world(fan_spec(2), mode="federation", nodes=("a", "b", "c"), workers=("b", "c"))
+    w.settle()
+    before = {n: dict(node.copies) for n, node in w.nodes.items()}
+    observers = observers_of(w)
+    restart_homeserver(w, observers)
+    w.settle()
+    assert w.dead == set()
+    assert {n: dict(node.copies) for n, node in w.nodes.items()} == before
+    assert w.assign_count == 2 and w.nodes["a"].cluster.reassigned == 0
+    assert all(o.spared == 2 for o in observers.values())
+    w.finish_everything()
+    w.check()
+
+
+def test_a_node_killed_during_a_homeserver_restart_is_taken_over() -> None:
+    w = world(fan_spec(2), mode="federation", nodes=("a", "b", "c"), workers=("b", "c"))
+    w.settle()
+    w.kill("b")
+    restart_homeserver(w, observers_of(w), killed="b")
+    w.settle()
+    assert w.dead == {"b"}
+    assert w.nodes["c"].copies == {"t0": 2, "t1": 1}
     w.finish_everything()
     w.check()
 
