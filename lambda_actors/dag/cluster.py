@@ -253,6 +253,10 @@ class Ledger:
         phase: Phase = "offered" if event.assigned_to is None else "assigned"
         if phase not in PHASE_MOVES[task.phase]:
             return self._ignore(event, f"task already {task.phase}")
+        if task.phase in ("failed_attempt", "revoked") and event.attempt <= task.attempt:
+            # A reassignment (a takeover) of an attempt whose end is already in
+            # the room: only the scheduler's next attempt may follow.
+            return self._ignore(event, f"attempt {event.attempt} already ended")
         self._move(task, phase)
         task.epoch, task.attempt, task.assigned_to, task.holder = event.epoch, event.attempt, event.assigned_to, None
         return Accepted(event, "assigned", task)
@@ -425,6 +429,9 @@ class ClusterRun:
         self.workers = tuple(workers)
         self.policy = policy
         self.live: set[str] = set(live)
+        #: Nodes declared dead (a node merely not yet seen is neither: its
+        #: claim is not a dead node's, and federation does not choose it).
+        self.dead: set[str] = set()
         self._pending: dict[str, _Pending] = {}
         #: task -> the scheduler's attempt this coordinator runs it as.
         self._attempt: dict[str, int] = {}
@@ -434,6 +441,8 @@ class ClusterRun:
         #: task -> when its attempt times out (the scheduler's own deadlines
         #: are off: ``Scheduler.own_deadlines = False``).
         self._deadline: dict[str, float] = {}
+        #: task -> the highest epoch this coordinator wrote (epochs stay unique).
+        self._written: dict[str, int] = {}
         #: Tasks whose timeout revocation is on its way: the failure counts
         #: only if the revocation reaches the room before a result.
         self._timing_out: set[str] = set()
@@ -471,7 +480,7 @@ class ClusterRun:
             return [AttemptFailed(task.task_id, action.attempt, task.reason or "the attempt failed")]
         if action.task_id not in self._attempt and action.task_id not in self._pending and task.phase in _HELD:
             owner = task.holder or task.assigned_to
-            if owner is None or owner in self.live:
+            if owner is None or owner not in self.dead:
                 # Taken over: the old coordinator's assignment stands.
                 self._attempt[task.task_id] = action.attempt
                 return [AttemptStarted(task.task_id, action.attempt)] if task.phase == "claimed" else []
@@ -497,7 +506,9 @@ class ClusterRun:
             return []
         task = outcome.task
         pending = self._pending.get(task.task_id)
-        if pending is not None and (task.epoch >= pending.epoch or not PHASE_MOVES[task.phase]):
+        ended = outcome.what in ("completed", "failed", "ended")
+        if pending is not None and (task.epoch >= pending.epoch or ended):
+            # Seen, or void: a write for an attempt that has ended since.
             del self._pending[task.task_id]
         if not self.leading or task.task_id not in self._attempt:
             # Not started by this coordinator's scheduler (yet): its start
@@ -513,7 +524,7 @@ class ClusterRun:
                 return [AttemptFailed(task.task_id, attempt, "timed out")]
         match outcome.what:
             case "claimed":
-                if task.holder not in self.live and task.holder != self.me and not newer_on_its_way:
+                if task.holder in self.dead and not newer_on_its_way:
                     return self._reassign(task)  # a late claim of a node already declared dead
                 return [AttemptStarted(task.task_id, attempt)]
             case "completed":
@@ -521,13 +532,15 @@ class ClusterRun:
             case "failed":
                 reason = event.reason if isinstance(event, Result) and event.reason else "the attempt failed"
                 return [AttemptFailed(task.task_id, attempt, reason)]
-            case "assigned" if not newer_on_its_way and task.assigned_to not in (None, *self.live):
+            case "assigned" if not newer_on_its_way and task.assigned_to in self.dead:
                 return self._reassign(task)
         return []
 
     def node_down(self, node_id: str) -> list[ClusterAction]:
         """``node_id`` was declared dead: its tasks go to live nodes with ``epoch + 1``."""
         self.live.discard(node_id)
+        if node_id != self.me:
+            self.dead.add(node_id)
         if not self.leading:
             return []
         actions: list[ClusterAction] = []
@@ -539,6 +552,7 @@ class ClusterRun:
     def node_up(self, node_id: str) -> list[ClusterAction]:
         """``node_id`` is alive (again): parked federation tasks may go to it."""
         self.live.add(node_id)
+        self.dead.discard(node_id)
         if not self.leading or not self._parked:
             return []
         parked, self._parked = self._parked, {}
@@ -596,8 +610,9 @@ class ClusterRun:
         return None
 
     def _next_epoch(self, task: TaskRecord) -> int:
-        pending = self._pending.get(task.task_id)
-        return max(task.epoch, pending.epoch if pending else 0) + 1
+        epoch = max(task.epoch, self._written.get(task.task_id, 0)) + 1
+        self._written[task.task_id] = epoch
+        return epoch
 
     def _reassign(self, task: TaskRecord) -> list[ClusterAction]:
         if task.task_id not in self._attempt and task.task_id not in self._pending:
@@ -659,19 +674,22 @@ class Follow:
     leader: str
 
 
-def leadership(coordinator: str, epoch: int, live: Iterable[str], me: str) -> Lead | TakeOver | Follow:
+def leadership(
+    coordinator: str, epoch: int, *, me: str, live: Iterable[str], dead: Iterable[str]
+) -> Lead | TakeOver | Follow:
     """Whether ``me`` leads a run whose room names ``coordinator`` at ``epoch``.
 
-    ``live`` are the nodes the liveness observer holds alive (``me`` counts
-    as alive). When the coordinator is not among them, the live node with
-    the lowest id takes over with ``epoch + 1``; if two nodes disagree on
-    who is alive and both write, the first write in the timeline wins
-    (:class:`Ledger`) and the other follows.
+    ``live`` and ``dead`` are what the liveness observer says
+    (:class:`.liveness.Observer`; ``me`` counts as alive). Only a coordinator
+    *declared* dead is replaced (one the observer has not seen yet is not):
+    the live node with the lowest id takes over with ``epoch + 1``. If two
+    nodes disagree on who is alive and both write, the first write in the
+    timeline wins (:class:`Ledger`) and the other follows. Ask it only once
+    caught up with the run's room, so ``coordinator`` is the current one.
     """
     if coordinator == me:
         return Lead(epoch)
-    alive = set(live) | {me}
-    if coordinator in alive:
+    if coordinator not in set(dead):
         return Follow(coordinator)
-    successor = min(alive)
+    successor = min((set(live) - set(dead)) | {me})
     return TakeOver(epoch + 1) if successor == me else Follow(successor)

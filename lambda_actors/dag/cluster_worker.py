@@ -77,9 +77,11 @@ WorkerAction = Claim | Run | Stop | PostResult
 class Worker:
     """One node's tasks from other nodes' runs.
 
-    :meth:`follow` a run when joining its room; feed :meth:`observe` the
-    run's cluster events in timeline order; :meth:`finished` when a local
-    copy ends; :meth:`run_ended` when the run is over.
+    :meth:`follow` a run when joining its room; feed the events a (re)start
+    finds in the room to :meth:`replay`, then call :meth:`caught_up`, then
+    feed :meth:`observe` each new event in timeline order; :meth:`finished`
+    when a local copy ends; :meth:`run_ended` when the run is over (its end
+    written by the run's coordinator, as the ledger names it).
     """
 
     def __init__(self, node_id: str, *, accept_remote_tasks: bool, slots: int) -> None:
@@ -93,6 +95,7 @@ class Worker:
         self._running: dict[tuple[str, str], int] = {}
         #: Offers this node had no slot for, in order (claimed when one frees).
         self._offers: dict[tuple[str, str], Assigned] = {}
+        #: The last assignment the ledger accepted, per task (what a Run carries).
         self._assigned: dict[tuple[str, str], Assigned] = {}
         self.claims_lost = 0
         self.stopped = 0
@@ -112,6 +115,7 @@ class Worker:
         return dict(self._running)
 
     def observe(self, run_id: str, event: LedgerEvent) -> list[WorkerAction]:
+        """An event of the run's room, in timeline order, as it comes."""
         ledger = self.ledgers.get(run_id)
         if ledger is None:
             return []
@@ -127,13 +131,12 @@ class Worker:
         actions = self._supersede(key, task.epoch, outcome.what)
         if outcome.what == "assigned":
             assert isinstance(event, Assigned)
+            self._assigned[key] = event
             self._offers.pop(key, None)
             if event.assigned_to == self.node_id:
                 self._claims[key] = event.epoch
-                self._assigned[key] = event
                 actions.append(Claim(run_id, task.task_id, event.epoch))
             elif event.assigned_to is None and self.accept_remote_tasks:
-                self._assigned[key] = event
                 if self.free > 0:
                     self._claims[key] = event.epoch
                     actions.append(Claim(run_id, task.task_id, event.epoch))
@@ -141,17 +144,48 @@ class Worker:
                     self._offers[key] = event
         elif outcome.what == "claimed":
             self._offers.pop(key, None)
-            epoch = self._claims.get(key)
-            if epoch == task.epoch:
-                del self._claims[key]
-                if task.holder == self.node_id:
-                    self._running[key] = epoch
-                    actions.append(Run(run_id, task.task_id, epoch, self._assigned.pop(key)))
-                else:
-                    # Another claim came first: back off, free the slot.
-                    self._assigned.pop(key, None)
-                    self.claims_lost += 1
+            claim = self._claims.pop(key, None)
+            if task.holder == self.node_id:
+                # Ours, posted now or by this node before it restarted (that
+                # copy died with it): run it.
+                actions += self._run(key, task.epoch)
+            elif claim == task.epoch:
+                # Another claim came first: back off, the slot is free again.
+                self.claims_lost += 1
         # A slot freed (a claim lost, a copy stopped): offers nobody took yet.
+        return actions + self._claim_offers()
+
+    def replay(self, run_id: str, event: LedgerEvent) -> None:
+        """An event read while catching up with the room after a (re)start:
+        the ledger learns it and nothing is done yet (see :meth:`caught_up`)."""
+        ledger = self.ledgers.get(run_id)
+        if ledger is None:
+            return
+        outcome = ledger.observe(event)
+        if isinstance(outcome, Accepted) and isinstance(event, Assigned):
+            self._assigned[(run_id, event.task_id)] = event
+
+    def caught_up(self, run_id: str) -> list[WorkerAction]:
+        """Caught up with the room: act on where the run stands. A task this
+        node had won and not finished before it restarted runs again (its copy
+        died with the process); what is assigned to it is claimed; open offers
+        are claimed while slots last."""
+        ledger = self.ledgers.get(run_id)
+        if ledger is None:
+            return []
+        actions: list[WorkerAction] = []
+        for task in ledger.tasks.values():
+            key = (run_id, task.task_id)
+            assigned = self._assigned.get(key)
+            if assigned is None or assigned.epoch != task.epoch or key in self._running or key in self._claims:
+                continue
+            if task.phase == "claimed" and task.holder == self.node_id:
+                actions += self._run(key, task.epoch)
+            elif task.phase == "assigned" and task.assigned_to == self.node_id:
+                self._claims[key] = task.epoch
+                actions.append(Claim(run_id, task.task_id, task.epoch))
+            elif task.phase == "offered" and self.accept_remote_tasks:
+                self._offers[key] = assigned
         return actions + self._claim_offers()
 
     def finished(
@@ -181,6 +215,13 @@ class Worker:
 
     # -- decisions ---------------------------------------------------------------------------
 
+    def _run(self, key: tuple[str, str], epoch: int) -> list[WorkerAction]:
+        assigned = self._assigned.get(key)
+        if key in self._running or assigned is None or assigned.epoch != epoch:
+            return []
+        self._running[key] = epoch
+        return [Run(key[0], key[1], epoch, assigned)]
+
     def _supersede(self, key: tuple[str, str], epoch: int, what: str) -> list[WorkerAction]:
         """Drop our claim or copy of the task if the timeline moved it past our epoch."""
         actions: list[WorkerAction] = []
@@ -188,12 +229,11 @@ class Worker:
         claim = self._claims.get(key)
         if claim is not None and (claim < epoch or final):
             del self._claims[key]
-            self._assigned.pop(key, None)
         mine = self._running.get(key)
-        if mine is not None and (mine < epoch or what in ("revoked", "ended")):
+        if mine is not None and (mine < epoch or final or what == "revoked"):
             del self._running[key]
             self.stopped += 1
-            reason = {"revoked": "revoked by the coordinator", "ended": "the task ended"}.get(
+            reason = {"revoked": "revoked by the coordinator", "ended": "the task ended", "completed": "completed"}.get(
                 what, f"superseded by epoch {epoch}"
             )
             actions.append(Stop(key[0], key[1], mine, reason))
@@ -204,7 +244,6 @@ class Worker:
         if self._claims.get(key) != event.epoch:
             return []
         del self._claims[key]
-        self._assigned.pop(key, None)
         self.claims_lost += 1
         return self._claim_offers()
 
@@ -218,6 +257,5 @@ class Worker:
             if task is None or task.phase != "offered" or task.epoch != offer.epoch:
                 continue  # claimed by someone else meanwhile, or moved on
             self._claims[key] = offer.epoch
-            self._assigned[key] = offer
             actions.append(Claim(key[0], key[1], offer.epoch))
         return actions

@@ -103,6 +103,10 @@ class Observer:
         """Nodes not dead (a suspect is still alive: its tasks stay where they are)."""
         return {n for n, node in self.nodes.items() if node.state in ("alive", "suspect")}
 
+    def dead(self) -> set[str]:
+        """Nodes declared dead (and not back)."""
+        return {n for n, node in self.nodes.items() if node.state == "dead"}
+
     # -- inputs ---------------------------------------------------------------------------
 
     def status(self, node_id: str, status: str, now: float) -> list[ObserverAction]:

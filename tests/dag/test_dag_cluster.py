@@ -331,6 +331,12 @@ def test_a_late_claim_of_a_node_already_dead_is_reassigned() -> None:
     assert run.observe(Claimed(R, "t0", "z", 1)) == [Assign("t0", 2, 1, None)]
 
 
+def test_a_claim_of_a_node_not_seen_yet_stands() -> None:
+    run = coordinator(mode="matrix", workers=())
+    echo(run, run.start_attempt(StartAttempt("t0", 1, 100.0)))
+    assert run.observe(Claimed(R, "t0", "new", 1)) == [AttemptStarted("t0", 1)]
+
+
 def test_a_timeout_counts_only_if_the_revocation_reaches_the_room_first() -> None:
     run = coordinator()
     echo(run, run.start_attempt(StartAttempt("t0", 1, 100.0)))
@@ -382,6 +388,7 @@ def test_after_a_takeover_a_live_holder_keeps_its_task_and_a_completed_one_is_an
     ledger.observe(done("t2", 1, "c"))
     ledger.observe(Coordinator("b", 1))
     run = ClusterRun(ledger, "b", mode="matrix", live={"b", "c"})
+    run.node_down("d")
     assert run.leading
     assert run.start_attempt(StartAttempt("t0", 2, 100.0)) == [AttemptStarted("t0", 2)]
     assert run.start_attempt(StartAttempt("t1", 2, 100.0)) == [Assign("t1", 2, 2, None)]  # d is dead
@@ -393,11 +400,13 @@ def test_after_a_takeover_a_live_holder_keeps_its_task_and_a_completed_one_is_an
 
 
 def test_leadership() -> None:
-    assert leadership("a", 0, {"a", "b"}, "a") == Lead(0)
-    assert leadership("a", 0, {"a", "b", "c"}, "b") == Follow("a")
-    assert leadership("a", 0, {"b", "c"}, "b") == TakeOver(1)
-    assert leadership("a", 3, {"b", "c"}, "c") == Follow("b")
-    assert leadership("a", 0, set(), "c") == TakeOver(1)  # alone: it counts itself alive
+    assert leadership("a", 0, me="a", live={"a", "b"}, dead=set()) == Lead(0)
+    assert leadership("a", 0, me="b", live={"a", "b", "c"}, dead=set()) == Follow("a")
+    # Not seen yet is not dead: no takeover before the observer has read the heartbeat room.
+    assert leadership("a", 0, me="b", live=set(), dead=set()) == Follow("a")
+    assert leadership("a", 0, me="b", live={"b", "c"}, dead={"a"}) == TakeOver(1)
+    assert leadership("a", 3, me="c", live={"b", "c"}, dead={"a"}) == Follow("b")
+    assert leadership("a", 0, me="c", live=set(), dead={"a", "b"}) == TakeOver(1)  # alone: it counts itself alive
 
 
 # -- the worker's side ----------------------------------------------------------------------------

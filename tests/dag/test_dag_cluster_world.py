@@ -90,7 +90,11 @@ class Node:
         self.cluster = ClusterRun(
             ledger, self.node_id, mode=w.mode, workers=w.workers or w.node_ids, live=w.believed_live(), policy="least-loaded"
         )
+        for node_id in w.dead:
+            self.cluster.node_down(node_id)
         self.scheduler, self.cursor, self.copies, self.outbox, self.took_over = None, 0, {}, [], set()
+        #: What the room held at the start: read as a replay, then acted on once.
+        self.catch_up_to = len(w.timeline)
 
     def post(self, event: Posted) -> None:
         if self.connected:
@@ -115,8 +119,13 @@ class Node:
                     self.perform_worker(self.worker.run_ended(RUN))
                     self.scheduler = None
                 continue
-            self.perform_worker(self.worker.observe(RUN, event))
+            if self.cursor <= self.catch_up_to:
+                self.worker.replay(RUN, event)
+            else:
+                self.perform_worker(self.worker.observe(RUN, event))
             self.perform_cluster(self.cluster.observe(event))
+            if self.cursor == self.catch_up_to:
+                self.perform_worker(self.worker.caught_up(RUN))
             self.check_leadership()
         return n
 
@@ -124,11 +133,15 @@ class Node:
         if not (self.up and self.connected) or self.world.ended:
             return
         ledger = self.cluster.ledger
-        decision = leadership(ledger.coordinator, ledger.coordinator_epoch, self.cluster.live, self.node_id)
+        if self.cursor < len(self.world.timeline):
+            return  # ask once caught up with the room: the ledger's coordinator is then the current one
+        decision = leadership(
+            ledger.coordinator, ledger.coordinator_epoch, me=self.node_id, live=self.cluster.live, dead=self.cluster.dead
+        )
         if isinstance(decision, TakeOver) and decision.epoch not in self.took_over:
             self.took_over.add(decision.epoch)
             self.post(Coordinator(self.node_id, decision.epoch))
-        elif isinstance(decision, Lead) and self.scheduler is None and self.cursor == len(self.world.timeline):
+        elif isinstance(decision, Lead) and self.scheduler is None:
             # Lead once caught up: the ledger then holds all the room says.
             retries = {t.id: t.retries for t in self.world.spec.tasks}
             facts = ledger.facts(retries)
