@@ -12,7 +12,9 @@ own. Three pure parts (events in, actions out; no I/O, no clock):
     the leader, the first write of an epoch wins. Assignments, revocations
     and final statuses count only from the current leader.
   - ``cis.dag.task.assigned`` with an epoch above the task's current one
-    makes it current (``assigned_to`` None: an offer to any node).
+    makes it current (``assigned_to`` None: an offer to any node), unless
+    it reassigns an attempt whose end (a failed result, a revocation) is
+    already in the room: only the scheduler's next attempt follows that.
   - The first ``cis.dag.task.claimed`` of the current epoch (by the
     assignee, if the task was assigned) wins; later claims lose, and every
     claimant reads that from the same timeline.

@@ -212,6 +212,15 @@ def test_a_result_before_the_reassignment_in_the_timeline_counts() -> None:
     assert ledger.tasks["t"].phase == "completed" and ledger.stale_results_ignored == 0
 
 
+def test_a_reassignment_of_an_attempt_that_already_ended_is_void() -> None:
+    ledger = Ledger(R, "a", task_ids=["t"])
+    ledger.observe(offer("t", 1))
+    ledger.observe(Claimed(R, "t", "b", 1))
+    ledger.observe(done("t", 1, "b", "failed"))  # in the room before the takeover's reassignment
+    assert ledger.observe(offer("t", 2, attempt=1)) == Ignored(offer("t", 2, attempt=1), "attempt 1 already ended")
+    assert isinstance(ledger.observe(offer("t", 3, attempt=2)), Accepted)  # the scheduler's retry
+
+
 def test_a_higher_coordinator_epoch_leads_and_the_first_write_of_an_epoch_wins() -> None:
     ledger = Ledger(R, "a", task_ids=["t"])
     assert isinstance(ledger.observe(Coordinator("b", 1)), Accepted)
@@ -461,6 +470,26 @@ def test_a_worker_stops_on_revocation_final_status_and_run_end() -> None:
     assert w.observe(R, TaskEnded(R, "t1", "cancelled", "a")) == [Stop(R, "t1", 1, "the task ended")]
     assert w.run_ended(R) == [Stop(R, "t2", 1, "the run ended")]
     assert w.running() == {} and w.stopped == 3
+
+
+def test_a_restarted_worker_replays_the_room_then_runs_what_it_had_won() -> None:
+    w = worker(slots=3)
+    for event in (offer("t0", 1), Claimed(R, "t0", "b", 1), offer("t1", 1), offer("t2", 1, to="b"), offer("t3", 1),
+                  Claimed(R, "t3", "c", 1), offer("t4", 1), Claimed(R, "t4", "b", 1), done("t4", 1, "b")):
+        w.replay(R, event)
+    # t0: won before the restart, its copy died with the process; t2: assigned to it;
+    # t1: an open offer, the third slot; t3 is c's; t4 is done.
+    assert w.caught_up(R) == [Run(R, "t0", 1, offer("t0", 1)), Claim(R, "t2", 1), Claim(R, "t1", 1)]
+
+
+def test_a_claim_this_node_posted_before_it_restarted_is_run_when_it_wins() -> None:
+    w = worker()
+    w.replay(R, offer("t0", 1))
+    assert w.caught_up(R) == [Claim(R, "t0", 1)]
+    w2 = worker()
+    w2.replay(R, offer("t0", 1))
+    w2.caught_up(R)
+    assert w2.observe(R, Claimed(R, "t0", "b", 1)) == [Run(R, "t0", 1, offer("t0", 1))]
 
 
 def test_slots_must_not_be_negative() -> None:

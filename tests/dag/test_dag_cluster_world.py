@@ -611,13 +611,16 @@ def dags(draw: st.DrawFn) -> DagSpec:
     spec=dags(),
     mode=st.sampled_from(["matrix", "federation"]),
     n_nodes=st.integers(2, 4),
+    slots=st.integers(1, 3),
+    coordinator_works=st.booleans(),
     steps=st.lists(step, max_size=60),
 )
 def test_model_every_task_ends_once_and_none_is_counted_complete_twice(
-    spec: DagSpec, mode: Mode, n_nodes: int, steps: list[tuple[str, int, Any]]
+    spec: DagSpec, mode: Mode, n_nodes: int, slots: int, coordinator_works: bool, steps: list[tuple[str, int, Any]]
 ) -> None:
     ids = tuple("abcd"[:n_nodes])
-    w = world(spec, mode=mode, nodes=ids)
+    workers = ids if coordinator_works else ids[1:]
+    w = world(spec, mode=mode, nodes=ids, slots=slots, workers=workers)
     for kind, index, arg in steps:
         w.now += 1
         node = w.nodes[ids[index % n_nodes]]
