@@ -238,3 +238,18 @@ async def test_a_socket_opened_ahead_closes_when_its_task_is_skipped(tmp_path: P
         assert run.status is RunStatus.FAILED and node.statuses(run_id)["b"] == "skipped"
         await agent.wait_until(lambda: not agent.open_chats)
         assert agent.received_messages(chat_id_for(run_id, "b", 1)) == []
+
+
+async def test_a_crashed_run_actor_carries_on_from_the_store(tmp_path: Path) -> None:
+    async with dag_node(tmp_path) as node:
+        agent = node.agents["agent-0"]
+        agent.misbehave("stall", times=1)
+        run_id = await node.start(dag(task("a"), task("b", deps=("a",))))
+        await agent.wait_for_message(chat_id=chat_id_for(run_id, "a", 1))
+        assert node.sup.kill(f"node/dag/worker-global/{run_id}", "test")
+        run = await node.finished(run_id)
+        assert run.status is RunStatus.COMPLETED
+        # The attempt cut by the crash is interrupted (no retry used up); a new one ran on a new chat.
+        assert [a.status for a in node.store.attempts(run_id, "a")] == [AttemptStatus.INTERRUPTED, AttemptStatus.COMPLETED]
+        assert agent.received_messages(chat_id_for(run_id, "a", 2)) == ["hi"]
+        await agent.wait_until(lambda: chat_id_for(run_id, "a", 1) not in agent.open_chats)

@@ -18,6 +18,7 @@ that was running gets a new attempt, the cut one closed as
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime
 
@@ -72,6 +73,10 @@ _RUN_EVENT = {
     RunStatus.FAILED: st.RUN_FAILED,
     RunStatus.CANCELLED: st.RUN_CANCELLED,
 }
+
+
+#: Numbers warm actors' names (unique in the process).
+_WARM_SEQ = itertools.count(1)
 
 
 def task_child_name(run_id: str, task_id: str, attempt: int) -> str:
@@ -395,9 +400,15 @@ class _Run:
                 if len(waiting) != 1 or machine.task_status(waiting[0]) is not TaskStatus.RUNNING:
                     continue
                 attempt = machine.attempts(task_id) + 1
-                name = task_child_name(self.run_id, task_id, attempt) + "-warm"
+                # Numbered: an earlier incarnation's warm actor for the same
+                # attempt may still be on its way out (kill is not immediate).
+                name = f"{task_child_name(self.run_id, task_id, attempt)}-warm{next(_WARM_SEQ)}"
                 job = Job(self.run_id, task, attempt, None, self.owner, self.ctx.address)
-                self._spawn(name, job)
+                try:
+                    self._spawn(name, job)
+                except ActorError as exc:
+                    self.log.info("dag.run.no_warm_socket", task_id=task_id, error=str(exc))
+                    continue  # only an optimisation: the attempt opens its socket when it starts
                 self.warm[task_id] = (attempt, name)
 
     def _cool(self, task_id: str) -> None:
