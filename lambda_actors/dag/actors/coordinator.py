@@ -102,7 +102,11 @@ class _Coordinator:
         try:
             worker = self.dag.child_supervisor(name)
         except ActorError:
-            worker = self.dag.start_child(SupervisorSpec(name))
+            # A run that keeps crashing is parked alone (as a room is), never
+            # taking the worker, and the other runs in it, down with it.
+            worker = self.dag.start_child(
+                SupervisorSpec(name, on_exhausted="park", intensity=3, period=30.0, cool_down=30.0)
+            )
         try:
             address = worker.address(run_id)
         except ActorError:
