@@ -141,6 +141,11 @@ class Observer:
         self._clock(now)
         if self._away_since is None:
             self._away_since = self._now
+        for node in self.nodes.values():
+            if node.state == "suspect":
+                # Away again before the suspect could re-announce: its grace
+                # starts over when the homeserver is back.
+                node.confirm_at = math.inf
         return []
 
     def sync_ok(self, now: float) -> list[ObserverAction]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lambda_actors.dag.liveness import NodeAlive, NodeDead, Observer
 
 
@@ -114,3 +117,72 @@ def test_a_node_never_seen_alive_is_not_announced_dead() -> None:
     assert o.status("a", "offline", 0) == []
     assert o.live() == set()
     assert o.status("a", "online", 1) == [NodeAlive("a")]
+
+
+# -- the model: homeserver outages and deaths at random ------------------------------------------
+
+NODES = ("a", "b", "c", "d")
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[tuple[float, str, str]], set[str]]:
+    """Events as an observer sees them, and the nodes that really died.
+
+    Outages of the homeserver, apart from each other; nodes that die (at a
+    time outside or inside an outage) or live. A live node's overdue
+    delayed offline may fire when the homeserver starts again; it then
+    re-announces within 9.5 s. A dead node's offline fires 10 s after its
+    death, or when the homeserver is back if it was away then."""
+    events: list[tuple[float, str, str]] = [(0.0, "online", n) for n in NODES]
+    t = 20.0
+    outages: list[tuple[float, float]] = []
+    for _ in range(draw(st.integers(0, 3))):
+        start = t + draw(st.floats(1, 60))
+        length = draw(st.floats(0.5, 120))
+        outages.append((start, start + length))
+        t = start + length
+    deaths = {n: draw(st.none() | st.floats(5, t + 60)) for n in NODES}
+    for start, back in outages:
+        events.append((start, "sync_failed", ""))
+        events.append((back, "sync_ok", ""))
+        for n in NODES:
+            death = deaths[n]
+            if death is not None and death < start:
+                continue
+            if draw(st.booleans()):  # its delayed offline was overdue and fires on the restart
+                events.append((back + 0.5, "offline", n))
+            if death is None or death > back + 10:
+                events.append((back + draw(st.floats(0.6, 9.5)), "online", n))
+    for n, death in deaths.items():
+        if death is None:
+            continue
+        fire = death + 10
+        for start, back in outages:
+            if start <= fire <= back:
+                fire = back + 0.5
+        events.append((fire, "offline", n))
+    events.sort(key=lambda e: (e[0], e[1] != "sync_ok"))  # the sync resumes before it delivers
+    dead = {n for n, d in deaths.items() if d is not None}
+    return events, dead
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=histories())
+def test_model_a_homeserver_outage_kills_nobody_and_every_death_is_found_once(
+    history: tuple[list[tuple[float, str, str]], set[str]],
+) -> None:
+    events, dead = history
+    o = Observer(grace_s=10.0, heartbeat_interval_s=1e9)
+    said: list[NodeDead] = []
+    for at, kind, node in events:
+        said += [a for a in o.tick(at) if isinstance(a, NodeDead)]
+        if kind == "sync_failed":
+            o.sync_failed(at)
+        elif kind == "sync_ok":
+            said += [a for a in o.sync_ok(at) if isinstance(a, NodeDead)]
+        else:
+            said += [a for a in o.status(node, kind, at) if isinstance(a, NodeDead)]
+    said += [a for a in o.tick(events[-1][0] + 1000) if isinstance(a, NodeDead)]
+    declared = [d.node_id for d in said]
+    assert len(declared) == len(set(declared)), f"a death said twice: {declared}"
+    assert set(declared) == dead, f"declared {declared}, died {dead}"
