@@ -16,6 +16,8 @@ import httpx
 import trio
 
 from harness.bot import TEST_SUPERVISION
+from harness.chat import onboard
+from lambda_actors.approvals.prompt import APPROVAL_KEY
 from lambda_actors.dag.actors.task import chat_id_for
 from lambda_actors.node.config import new_token
 
@@ -78,11 +80,40 @@ class DagNode:
             return (await client.get(f"/runs/{run_id}")).json()
 
 
+def _prompts(user) -> list:
+    return [s for s in user.seen if APPROVAL_KEY in s.content and "m.relates_to" not in s.content]
+
+
 async def test_a_dag_runs_through_the_cli_and_resumes_after_a_sigkill(bot_stack, tmp_path):
+    alice = await bot_stack.scripted_user("alice")
+    _, chat1 = await onboard(bot_stack, alice)
     await bot_stack.stop_bot()
     node = DagNode(bot_stack, tmp_path)
     await node.start()
     try:
+        # -- blocked tasks: the owner is asked in her room with the agent (local
+        # mode: no status room), approves the first and denies the second.
+        async with node.client() as client:
+            published = (await client.post("/publish", content=(
+                f'dag_id = "asks"\nowner = "{alice.user_id}"\n'
+                '[[tasks]]\nid = "first"\nagent = "agent-0"\nprompt = "clean [[confirm]]"\n'
+                '[[tasks]]\nid = "second"\ndeps = ["first"]\nagent = "agent-0"\nprompt = "deploy [[confirm]]"\n'
+            ), headers={"Content-Type": "application/toml"})).json()
+            asks = (await client.post(f"/{published['dag_id']}/confirm")).json()["run_id"]
+            for count, answer in ((1, "!yes"), (2, "!no")):
+                prompt = await alice.wait_until(lambda: len(_prompts(alice)) >= count and _prompts(alice)[count - 1])
+                assert prompt.room_id == chat1 and "delete_file" in prompt.content["body"]
+                assert (await client.get(f"/runs/{asks}")).json()["tasks"][count - 1]["status"] == "blocked"
+                await alice.say(chat1, answer)
+        run = await node.until_final(asks)
+        assert run["status"] == "completed"
+        agent = bot_stack.agents[0]
+        async with node.client() as client:
+            first = (await client.get(f"/runs/{asks}/tasks/first/output")).json()["output"]
+            second = (await client.get(f"/runs/{asks}/tasks/second/output")).json()["output"]
+        assert "approved" in first and "denied" in second
+        assert agent.received_messages(chat_id_for(asks, "first", 1)) == ["clean [[confirm]]"]
+
         # -- dag run FILE --follow: published, confirmed, followed to the end.
         diamond = tmp_path / "diamond.toml"
         diamond.write_text(
