@@ -38,7 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lambda_actors.loopback.demo", "a scripted conversation with the bot on loopback (starts and stops its own Synapse)"),
     "chaos": ("lambda_actors.loopback.chaos", "the measured reliability run: users, killed actors, agents and bot, on loopback; reports lost and duplicated messages"),
     "token": ("lambda_actors.node.token", "print a new HTTP API token and the node.toml lines for it"),
-    "dag": ("lambda_actors.dag.cli", "DAG runs: validate a DAG file offline (SPEC 8)"),
+    "dag": ("lambda_actors.dag.cli", "DAG runs (SPEC 8): validate a file offline; run, follow, list, pause, resume, cancel through the node's API"),
     "subscribe": ("lambda_actors.dag.subscribe", "watch a DAG status or node heartbeat room: its recent history, then live (table or JSON lines)"),
 }
 

@@ -103,9 +103,7 @@ class DagParts:
         dag = SupervisorSpec(
             "dag", children=[ChildSpec(COORDINATOR, self._coordinator, mailbox_capacity=COORDINATOR_MAILBOX)]
         )
-        matrix: list[ChildSpec | SupervisorSpec] = []
-        if self.broadcasting and self.bot is not None:
-            matrix = list(matrix_children(self.bot, self.services.store, self.services.node))
+        matrix = matrix_children(self.bot, self.services.store, self.services.node) if self.bot is not None else []
         return [dag, *matrix]
 
     def routes(self) -> list[Route]:

@@ -27,6 +27,7 @@ from lambda_actors.dag.heartbeat import DAG_ACTIVE, HEARTBEAT, NODE_STATUS
 from lambda_actors.dag.spec import parse_dag
 from lambda_actors.dag.store import DagStore, TaskStatus, open_dag_store
 from lambda_actors.matrix import Invite, MatrixClient, OtherEvent
+from lambda_actors.matrix.errors import MatrixError
 from lambda_actors.matrix.retry import RetryPolicy
 
 AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
@@ -258,3 +259,36 @@ async def test_heartbeats_and_liveness_online_then_stopped_on_a_clean_stop(matri
     beat = await node.messages(room_id, limit=20, event_filter={"types": [HEARTBEAT]})
     content = beat["chunk"][0]["content"]
     assert content["capabilities"]["agents"] == ["agent-0"] and 0 <= content["resources"]["memory_percent"] <= 100
+
+
+async def test_a_running_node_has_its_status_room_and_says_it_is_online_in_the_heartbeat_room(
+    bot_stack, matrix_user, matrix_client
+):
+    # The bot as the loopback stack runs it: node.toml's defaults (hybrid,
+    # status and heartbeats on), so the node's tree starts both actors.
+    watcher: MatrixClient = matrix_client(matrix_user("watcher"))
+    server = bot_stack.bot_id.split(":", 1)[1]
+
+    async def joined(alias: str, *, refused: int | None = None) -> str | int:
+        """The room's id once the alias exists and lets us in, or the status
+        ``refused`` when the homeserver refuses the join with it."""
+        with trio.fail_after(60):
+            while True:  # the alias appears when the node's actor has made the room
+                try:
+                    return await watcher.join(alias)
+                except MatrixError as exc:
+                    if exc.status == refused:
+                        return exc.status
+                    # 404: not made yet; a 403 for a while just after (seen:
+                    # the alias resolves before the public join rule applies).
+                    if exc.status not in (403, 404):
+                        raise
+                await trio.sleep(0.2)
+
+    heartbeat_room = await joined(f"#node-heartbeat-default:{server}")
+    assert isinstance(heartbeat_room, str)
+    cursor = await SyncCursor.start(watcher)
+    if (await watcher.get_state(heartbeat_room, NODE_STATUS, bot_stack.node_id) or {}).get("status") != "online":
+        await cursor.wait_for(lambda e: _status_of(e, bot_stack.node_id) == "online")
+    # The status room exists and is invitation only (a run's owner is invited).
+    assert await joined(f"#dag-status-{bot_stack.node_id}:{server}", refused=403) == 403
