@@ -20,7 +20,7 @@ import trio
 
 from ...approvals.actor import MAX_WAIT_S
 from ...approvals.agent import confirmation_id
-from ...approvals.messages import Confirm, NotFound, Read
+from ...approvals.messages import Cancel, Confirm, NotFound, Read
 from ...approvals.record import Status
 from ...bot.actors.services import APPROVALS_PATH, BotServices
 from ...runtime.context import ActorContext
@@ -67,13 +67,23 @@ class NodeGate:
                 break
             except (ActorError, CallError):
                 await trio.sleep(1.0)  # the gate restarts: ask it again
-        while not record.final:
-            try:
-                record = await ctx.registry.lookup(APPROVALS_PATH).call(
-                    Read(record.id, MAX_WAIT_S), timeout=MAX_WAIT_S + 10
-                )
-            except NotFound:
-                return False
-            except (ActorError, CallError):
-                await trio.sleep(1.0)
+        try:
+            while not record.final:
+                try:
+                    record = await ctx.registry.lookup(APPROVALS_PATH).call(
+                        Read(record.id, MAX_WAIT_S), timeout=MAX_WAIT_S + 10
+                    )
+                except NotFound:
+                    return False
+                except (ActorError, CallError):
+                    await trio.sleep(1.0)
+        finally:
+            if not record.final:
+                # The task was cancelled or timed out while asking: the
+                # question is withdrawn, so the owner is not asked in vain.
+                with trio.move_on_after(5.0, shield=True):
+                    try:
+                        await ctx.registry.lookup(APPROVALS_PATH).call(Cancel(record.id), timeout=5.0)
+                    except (ActorError, CallError, NotFound):
+                        pass  # it expires at its deadline instead (default deny)
         return record.status is Status.APPROVED
