@@ -114,6 +114,16 @@ async def test_a_dag_runs_through_the_cli_and_resumes_after_a_sigkill(bot_stack,
         assert "approved" in first and "denied" in second
         assert agent.received_messages(chat_id_for(asks, "first", 1)) == ["clean [[confirm]]"]
 
+        # A run cancelled while its task asks: the question is withdrawn (its prompt is edited to say so).
+        async with node.client() as client:
+            again = (await client.post("/asks/confirm")).json()["run_id"]
+            prompt = await alice.wait_until(lambda: len(_prompts(alice)) >= 3 and _prompts(alice)[2])
+            assert (await client.post(f"/runs/{again}/cancel")).json()["status"] == "cancelled"
+        await alice.wait_until(lambda: any(
+            (s.content.get("m.relates_to") or {}).get("event_id") == prompt.event_id
+            and (s.content.get("m.relates_to") or {}).get("rel_type") == "m.replace" for s in alice.seen
+        ))
+
         # -- dag run FILE --follow: published, confirmed, followed to the end.
         diamond = tmp_path / "diamond.toml"
         diamond.write_text(
