@@ -277,21 +277,77 @@ def run_file(args: argparse.Namespace) -> int:
 
 
 def _follow(api: _Api, run_id: str) -> int:
-    """Print transitions until the run ends; the stream is opened again if it breaks."""
-    while True:
-        try:
-            for event, data in api.events(run_id):
-                line = _transition(event, data)
-                if line:
-                    print(line, flush=True)
-        except _Failed as exc:
-            if exc.status != EXIT_UNREACHABLE:
-                raise
-            print(f"{exc}; reconnecting", file=sys.stderr)
-            time.sleep(1.0)
-        status = api.request("GET", f"/runs/{run_id}")["status"]
-        if status in ("completed", "failed", "cancelled"):
-            return EXIT_OK if status == "completed" else EXIT_REFUSED
+    """Follow the run until it ends: a live table on a terminal (rich), one
+    line per transition otherwise; the stream is opened again if it breaks."""
+    table = _LiveTable(run_id) if sys.stdout.isatty() else None
+    try:
+        while True:
+            try:
+                for event, data in api.events(run_id):
+                    if table is not None:
+                        table.take(event, data)
+                        continue
+                    line = _transition(event, data)
+                    if line:
+                        print(line, flush=True)
+            except _Failed as exc:
+                if exc.status != EXIT_UNREACHABLE:
+                    raise
+                print(f"{exc}; reconnecting", file=sys.stderr)
+                time.sleep(1.0)
+            status = api.request("GET", f"/runs/{run_id}")["status"]
+            if status in ("completed", "failed", "cancelled"):
+                return EXIT_OK if status == "completed" else EXIT_REFUSED
+    finally:
+        if table is not None:
+            table.close()
+
+
+class _LiveTable:
+    """The run's tasks as a rich table, redrawn in place on each transition."""
+
+    def __init__(self, run_id: str) -> None:
+        from rich.live import Live
+
+        self.run_id = run_id
+        self.status = "?"
+        self.progress = ""
+        self.tasks: dict[str, tuple[str, str, str]] = {}  #: task -> (status, attempt, reason)
+        self.live = Live(self._render(), auto_refresh=False)
+        self.live.start()
+
+    def take(self, event: str, data: dict[str, Any]) -> None:
+        progress = data.get("progress") or {}
+        if progress:
+            self.progress = f"{progress.get('completed', 0)}/{progress.get('total', 0)} completed"
+        if event == "snapshot":
+            self.status = str(data.get("status"))
+            for task in data.get("tasks") or []:
+                self.tasks[str(task.get("task_id"))] = (
+                    str(task.get("status")), str(task.get("attempts")), str(task.get("reason") or "")
+                )
+        elif event == "cis.dag.task.status":
+            old = self.tasks.get(str(data.get("task_id")), ("", "", ""))
+            self.tasks[str(data.get("task_id"))] = (str(data.get("status")), str(data.get("attempt")), old[2])
+        elif event.startswith("cis.dag.run."):
+            self.status = event.rsplit(".", 1)[1]
+        elif event == "cis.dag.session.blocked":
+            old = self.tasks.get(str(data.get("task_id")), ("blocked", "", ""))
+            self.tasks[str(data.get("task_id"))] = (old[0], old[1], f"waits for its owner: {data.get('reason')}")
+        self.live.update(self._render(), refresh=True)
+
+    def close(self) -> None:
+        self.live.stop()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"run {self.run_id}: {self.status}  {self.progress}".rstrip(), title_justify="left")
+        for column in ("task", "status", "attempt", "note"):
+            table.add_column(column)
+        for task_id, (status, attempt, note) in self.tasks.items():
+            table.add_row(task_id, status, attempt, note)
+        return table
 
 
 def _transition(event: str, data: dict[str, Any]) -> str | None:

@@ -43,3 +43,21 @@ def test_an_unreachable_node_is_exit_4_in_one_line(tmp_path: Path) -> None:
 def test_a_move_needs_a_run_id(command: str) -> None:
     result = _dag(command)
     assert result.returncode == 2 and "RUN_ID" in result.stderr
+
+
+def test_follow_keeps_each_tasks_latest_status_for_the_live_table() -> None:
+    from lambda_actors.dag.cli import _LiveTable
+
+    table = _LiveTable("run-1")
+    try:
+        table.take("snapshot", {"status": "running", "progress": {"completed": 0, "total": 2},
+                                "tasks": [{"task_id": "a", "status": "running", "attempts": 1},
+                                          {"task_id": "b", "status": "pending", "attempts": 0}]})
+        table.take("cis.dag.task.status", {"task_id": "a", "status": "completed", "attempt": 1,
+                                           "progress": {"completed": 1, "total": 2}})
+        table.take("cis.dag.session.blocked", {"task_id": "b", "reason": "delete_file"})
+        table.take("cis.dag.run.completed", {"progress": {"completed": 2, "total": 2}})
+    finally:
+        table.close()
+    assert table.status == "completed" and table.progress == "2/2 completed"
+    assert table.tasks == {"a": ("completed", "1", ""), "b": ("pending", "0", "waits for its owner: delete_file")}
