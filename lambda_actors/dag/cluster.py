@@ -448,6 +448,9 @@ class ClusterRun:
         #: Tasks whose timeout revocation is on its way: the failure counts
         #: only if the revocation reaches the room before a result.
         self._timing_out: set[str] = set()
+        #: Tasks this coordinator has out with a node (or on their way to one):
+        #: what a death or a choice of node looks at, so neither costs the run's size.
+        self._inflight: set[str] = set()
         #: Tasks given to another node because theirs was declared dead.
         self.reassigned = 0
 
@@ -485,6 +488,7 @@ class ClusterRun:
             if owner is None or owner not in self.dead:
                 # Taken over: the old coordinator's assignment stands.
                 self._attempt[task.task_id] = action.attempt
+                self._inflight.add(task.task_id)
                 return [AttemptStarted(task.task_id, action.attempt)] if task.phase == "claimed" else []
         self._attempt[task.task_id] = action.attempt
         return self._assign(task.task_id, action.attempt)
@@ -512,6 +516,8 @@ class ClusterRun:
         if pending is not None and (task.epoch >= pending.epoch or ended):
             # Seen, or void: a write for an attempt that has ended since.
             del self._pending[task.task_id]
+        if task.phase not in _HELD and task.task_id not in self._pending:
+            self._inflight.discard(task.task_id)
         if not self.leading or task.task_id not in self._attempt:
             # Not started by this coordinator's scheduler (yet): its start
             # reads the ledger (see start_attempt).
@@ -546,7 +552,8 @@ class ClusterRun:
         if not self.leading:
             return []
         actions: list[ClusterAction] = []
-        for task in list(self.ledger.tasks.values()):
+        for task_id in sorted(self._inflight):
+            task = self._record(task_id)
             if self._owner(task) == node_id:
                 actions += self._reassign(task)
         return actions
@@ -635,6 +642,7 @@ class ClusterRun:
                 return []
         epoch = self._next_epoch(task)
         self._pending[task_id] = _Pending(epoch, target)
+        self._inflight.add(task_id)
         return [Assign(task_id, epoch, attempt, target)]
 
     def _choose(self) -> str | None:
@@ -645,8 +653,8 @@ class ClusterRun:
             self._turn += 1
             return candidates[(self._turn - 1) % len(candidates)]
         load = {w: 0 for w in candidates}
-        for task in self.ledger.tasks.values():
-            owner = self._owner(task)
+        for task_id in self._inflight:
+            owner = self._owner(self._record(task_id))
             if owner in load:
                 load[owner] += 1
         return min(candidates, key=lambda w: load[w])  # ties: the first in --workers
