@@ -149,7 +149,7 @@ keys = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     event_type=st.sampled_from([TASK_ASSIGNED, TASK_CLAIMED, TASK_RESULT, TASK_REVOKED, RUN_COORDINATOR]),
     content=st.dictionaries(keys, json, max_size=12) | json,

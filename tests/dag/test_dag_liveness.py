@@ -166,7 +166,7 @@ def histories(draw: st.DrawFn) -> tuple[list[tuple[float, str, str]], set[str]]:
     return events, dead
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(history=histories())
 def test_model_a_homeserver_outage_kills_nobody_and_every_death_is_found_once(
     history: tuple[list[tuple[float, str, str]], set[str]],
