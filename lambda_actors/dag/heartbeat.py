@@ -246,7 +246,11 @@ class Liveness:
     at a time (besides cancels and heartbeats, which need no answer), so
     the driver can be one task performing actions in order. A request that
     failed (the homeserver away) is reported with :meth:`failed`: it is
-    asked again after ``retry_s``.
+    asked again after ``retry_s``, doubling with each failure in a row up to
+    ``retry_max_s`` (a refusal that lasts, such as a room whose power levels
+    do not let this node write its status, is not asked every second);
+    restarts of the delayed offline always after ``retry_s``, which must
+    beat its delay.
     """
 
     def __init__(
@@ -256,6 +260,7 @@ class Liveness:
         restart_every_s: float = 5.0,
         heartbeat_every_s: float = 30.0,
         retry_s: float = 1.0,
+        retry_max_s: float = 30.0,
     ) -> None:
         if restart_every_s * 1000 >= delay_ms:
             raise ValueError("restart_every_s must be shorter than the delay, or the offline fires between restarts")
@@ -263,6 +268,9 @@ class Liveness:
         self.restart_every_s = restart_every_s
         self.heartbeat_every_s = heartbeat_every_s
         self.retry_s = retry_s
+        self.retry_max_s = retry_max_s
+        #: Requests failed in a row (reset by any answer).
+        self.failures = 0
         self.phase: Phase = "start"
         #: None until /versions answered.
         self.delayed_events: bool | None = None
@@ -373,7 +381,11 @@ class Liveness:
         else:
             retry = ListDelayed()
         self._waiting = None
-        self._retry, self._retry_at = retry, self._now + self.retry_s
+        self.failures += 1
+        pause = self.retry_s if isinstance(retry, RestartDelayed) else min(
+            self.retry_max_s, self.retry_s * 2 ** (self.failures - 1)
+        )
+        self._retry, self._retry_at = retry, self._now + pause
         return []
 
     def tick(self, now: float) -> list[LivenessAction]:
@@ -430,6 +442,7 @@ class Liveness:
         if self._waiting is not kind:
             return False
         self._waiting = None
+        self.failures = 0
         return True
 
     def _due(self) -> list[LivenessAction]:

@@ -153,6 +153,25 @@ def test_a_failed_restart_is_retried_and_keeps_the_same_delayed_event() -> None:
     assert machine.tick(6.4) == [RestartDelayed("d1")]
 
 
+def test_a_refusal_that_lasts_is_asked_again_less_and_less_often_and_an_answer_resets_the_pace() -> None:
+    # Without delayed events, "online" is the first write; a room whose power
+    # levels refuse it keeps refusing.
+    machine = Liveness(retry_s=1.0, retry_max_s=8.0)
+    machine.start(0.0)
+    machine.versions({}, 0.0)
+    t, pauses = 0.0, []
+    for _ in range(6):
+        machine.failed(t)
+        due = machine.next_due()
+        assert due is not None
+        pauses.append(due - t)
+        t = due
+        assert machine.tick(t) == [WriteStatus("online")]
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    machine.written(t)
+    assert machine.failures == 0
+
+
 def test_a_clean_stop_cancels_the_delayed_offline_then_writes_stopped() -> None:
     machine = Liveness()
     live(machine)

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from ...matrix.client import MatrixClient
-from ..heartbeat import ActiveRun, Liveness, dag_active_content, heartbeat_content, keep_alive
+from ..heartbeat import NODE_STATUS, ActiveRun, Liveness, dag_active_content, heartbeat_content, keep_alive
 from ..status import Progress
 from ..store import DagStore, TaskStatus
 from .rooms import ensure_room_patiently, unless_stopped
@@ -32,6 +32,17 @@ __all__ = ["HEARTBEAT_PATH", "active_runs", "cpu_percent", "heartbeat_actor", "m
 
 #: Where the node tree runs the heartbeat actor.
 HEARTBEAT_PATH = "node/dag-heartbeat"
+#: The heartbeat room's power levels: every node (each with its own account,
+#: at level 0) writes its own ``cis.node.status`` state event; the room's
+#: own settings keep Synapse's defaults.
+HEARTBEAT_ROOM_POWER = {
+    "events": {
+        NODE_STATUS: 0,
+        "m.room.name": 50, "m.room.avatar": 50, "m.room.canonical_alias": 50, "m.room.topic": 50,
+        "m.room.power_levels": 100, "m.room.history_visibility": 100, "m.room.tombstone": 100,
+        "m.room.server_acl": 100, "m.room.encryption": 100,
+    }
+}
 #: ``cis.node.dag.active`` lists at most this many runs (the event stays small).
 MAX_ACTIVE_RUNS = 100
 
@@ -86,7 +97,8 @@ async def heartbeat_actor(
     started, room_id = await unless_stopped(
         ctx,
         lambda: ensure_room_patiently(
-            client, room, ctx.log, name="Node heartbeats", topic="Liveness of the nodes", preset="public_chat"
+            client, room, ctx.log, name="Node heartbeats", topic="Liveness of the nodes", preset="public_chat",
+            power_levels=HEARTBEAT_ROOM_POWER,
         ),
     )
     if not started or room_id is None:

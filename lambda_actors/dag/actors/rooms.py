@@ -8,7 +8,7 @@ loser joins the winner's room).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -22,9 +22,13 @@ __all__ = ["ensure_room", "ensure_room_patiently", "unless_stopped"]
 T = TypeVar("T")
 
 
-async def ensure_room(client: MatrixClient, room: str, *, name: str, topic: str, preset: str = "private_chat") -> str:
+async def ensure_room(
+    client: MatrixClient, room: str, *, name: str, topic: str, preset: str = "private_chat",
+    power_levels: Mapping[str, Any] | None = None,
+) -> str:
     """The id of ``room`` (an alias or a room id), joined; created with the alias if missing
-    (``preset``: ``private_chat``, invitation only, or ``public_chat``, anyone may join)."""
+    (``preset``: ``private_chat``, invitation only, or ``public_chat``, anyone may join;
+    ``power_levels``: overrides of the room's power levels)."""
     if room.startswith("!"):
         return await client.join(room)
     try:
@@ -37,7 +41,9 @@ async def ensure_room(client: MatrixClient, room: str, *, name: str, topic: str,
     # lost direct chat when a run's owner writes in it (an approval's !yes).
     marker = {"type": SERVICE_STATE, "state_key": "", "content": {"kind": "dag"}}
     try:
-        return await client.create_room(name=name, topic=topic, alias=localpart, preset=preset, initial_state=[marker])
+        return await client.create_room(
+            name=name, topic=topic, alias=localpart, preset=preset, initial_state=[marker], power_level_override=power_levels
+        )
     except MatrixError as exc:
         if exc.errcode != "M_ROOM_IN_USE":
             raise
@@ -47,7 +53,7 @@ async def ensure_room(client: MatrixClient, room: str, *, name: str, topic: str,
 
 async def ensure_room_patiently(
     client: MatrixClient, room: str, log: Any, *, name: str, topic: str, preset: str = "private_chat",
-    max_pause: float = 30.0,
+    power_levels: Mapping[str, Any] | None = None, max_pause: float = 30.0,
 ) -> str:
     """:func:`ensure_room`, trying again while the homeserver is away or
     refuses: the room is needed before anything can be posted, and a
@@ -56,7 +62,7 @@ async def ensure_room_patiently(
     pause = 0.5
     while True:
         try:
-            return await ensure_room(client, room, name=name, topic=topic, preset=preset)
+            return await ensure_room(client, room, name=name, topic=topic, preset=preset, power_levels=power_levels)
         except MatrixFailure as exc:
             wait = max(pause, exc.retry_after_s) if isinstance(exc, RateLimited) else pause
             if isinstance(exc, MatrixError) and exc.status == 403:
