@@ -19,16 +19,22 @@ function and adding it to the table.
   all that a DAG published as JSON costs).
 
 - **status_requests** (``status_requests_per_s``, goal <= 2.5; ``events_lost``,
-  goal 0): the Matrix requests the node's broadcaster makes for a 200-task
-  run's status (status events, the board, finding the room, inviting the
-  owner, reading back at start), per second of the run, against a real local
-  Synapse. The run is synthetic: transitions written into a DagStore with
-  their status events at a realistic pace (a layered DAG of 10 layers of 20
-  tasks, 8 at a time, each taking 0.4-1.2 s) and the broadcaster poked after
-  each write, exactly as the run actors do; the run actors themselves are
-  left out so the figure is the broadcaster's alone. ``events_lost``: tasks
-  whose final status a subscriber (dag/subscribe.py's pure parts) does not
-  rebuild from the room's history.
+  goal 0): a real 200-task run in ``hybrid`` mode (a DAG of 10 layers of 20
+  agent tasks, fan-in 3, 8 at a time) by the node's DAG actors
+  (``dag/parts.py``'s ``node/dag`` subtree, a real DagStore in a temporary
+  file, every status write poking the broadcaster) beside the broadcaster
+  as ``dag/actors/matrix_side.py`` starts it (``node/dag-broadcast``, the
+  node.toml defaults: 500 ms batches, outputs on), against a real local
+  Synapse (relaxed rate limits) and an in-process fake agent that pauses
+  0.4-1.2 s (seeded) before each answer. Counted: every HTTP request of the
+  broadcaster's own Matrix client (status events, the board's post and
+  edits, finding the room, inviting the owner, the read-back at start) from
+  its start until the status backlog is empty and the board's last edit is
+  out; the bot's sync and the heartbeats are not part of it (no bot runs).
+  Divided by the run's time: confirm -> the run's final event.
+  ``events_lost``: tasks whose final status in the store a subscriber
+  (dag/subscribe.py's pure parts, reading the room's history after the
+  run) does not rebuild.
 
 - **throughput** (``tasks_per_s`` vs ``raw_tasks_per_s``, ``throughput_ratio``
   goal >= 0.7; ``schedule_latency_p50_ms`` goal <= 5): the node's DAG actors
@@ -106,99 +112,122 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: The status run: 10 layers of 20 agent tasks (fan-in 3), 8 at a time, each
+#: answered by the fake agent after a pause drawn from STATUS_ANSWER_S.
+STATUS_LAYERS, STATUS_WIDTH, STATUS_SLOTS = 10, 20, 8
+STATUS_ANSWER_S = (0.4, 1.2)
+
+
 def status_requests(args: argparse.Namespace) -> dict[str, Any]:
+    """``status_requests_per_s``: the node broadcaster's Matrix requests
+    during a real 200-task hybrid run, per second of the run;
+    ``events_lost``: tasks whose final status a subscriber does not rebuild
+    from the status room's history."""
+    import logging
     import tempfile
 
+    import structlog
     import trio
 
+    # A line per task attempt and per send would drown the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="lambda-bench-dag-") as directory:
         return trio.run(_status_requests, directory)
 
 
-async def _status_requests(directory: str) -> dict[str, Any]:
+def _pausing_agent(workspace: str) -> Any:
+    """A fake agent that thinks before it answers: a pause drawn from
+    STATUS_ANSWER_S (seeded, so runs are alike), then its ordinary answer."""
     import random
+
+    import trio
+
+    from lambda_actors.agent.fake import FakeAgent
+
+    rng = random.Random(14)
+
+    class PausingAgent(FakeAgent):
+        async def _answer(self, session: Any, message: Any) -> None:  # type: ignore[override]  # instrumentation
+            await trio.sleep(rng.uniform(*STATUS_ANSWER_S))
+            await super()._answer(session, message)
+
+    return PausingAgent(workspace, chunks=1)
+
+
+async def _status_requests(directory: str) -> dict[str, Any]:
     from pathlib import Path
 
     import httpx
     import trio
 
-    import lambda_actors as la
-    from lambda_actors.dag import status as st
-    from lambda_actors.dag.actors.broadcast import broadcaster_actor, poke
-    from lambda_actors.dag.store import TaskStatus, open_dag_store
+    from lambda_actors.dag.actors.broadcast import broadcaster_actor
+    from lambda_actors.dag.actors.matrix_side import BROADCAST_PATH
+    from lambda_actors.dag.parts import DagParts
+    from lambda_actors.dag.store import open_dag_store
     from lambda_actors.dag.subscribe import Watch, logical_events
     from lambda_actors.loopback.homeserver import register_user, start_synapse, stop_synapse
     from lambda_actors.matrix import MatrixClient
+    from lambda_actors.node.config import DagConfig, DagLocal, ExecutionMode, NodeConfig
+    from lambda_actors.runtime.spec import ChildSpec
+    from lambda_actors.runtime.supervisor import open_supervisor
 
     server = start_synapse(Path(directory) / "synapse")
     try:
-        node = register_user(server.url, server.registration_shared_secret, "node", "node-password")
+        node_user = register_user(server.url, server.registration_shared_secret, "node", "node-password")
         owner = register_user(server.url, server.registration_shared_secret, "owner", "owner-password")
+        text = layered_dag_toml(STATUS_LAYERS, STATUS_WIDTH).replace(
+            'dag_id = "bench"', f'dag_id = "bench"\nowner = "{owner.user_id}"'
+        ).replace("max_workers = 16", f"max_workers = {STATUS_SLOTS}")
+        config = NodeConfig(node_id="bench", dag=DagConfig(execution_mode=ExecutionMode.HYBRID, local=DagLocal(STATUS_SLOTS)))
         store = open_dag_store(Path(directory) / "bot.sqlite3")
-        spec = parse_dag(layered_dag_toml(10, 20).replace('dag_id = "bench"', f'dag_id = "bench"\nowner = "{owner.user_id}"'))
-        store.publish(spec, "bench", time.time())
         requests: dict[str, int] = {}
-
         counting = [True]
 
         async def count(request: httpx.Request) -> None:
+            # Every request of this client is the broadcaster's: nothing else uses it.
             if not counting[0]:
                 return
-            kind = "events" if "/send/cis." in request.url.path else "board" if "/send/m.room.message" in request.url.path else "other"
+            path = request.url.path
+            kind = "events" if "/send/cis." in path else "board" if "/send/m.room.message" in path else "other"
             requests[kind] = requests.get(kind, 0) + 1
 
         http = httpx.AsyncClient(event_hooks={"request": [count]}, timeout=60)
-        client = MatrixClient(server.url, access_token=node.access_token, user_id=node.user_id, device_id=node.device_id, http=http)
-        rng = random.Random(14)
-        at = lambda: datetime.now(UTC)  # noqa: E731
+        client = MatrixClient(server.url, access_token=node_user.access_token, user_id=node_user.user_id,
+                              device_id=node_user.device_id, http=http)
+        agent = _pausing_agent(directory)
+        parts = DagParts.local(store, config, lambda _: agent.base_url, known_agents=lambda a: a == "agent-0")
+        assert parts.broadcasting  # hybrid with [matrix.dag_broadcast] on: every status write pokes
+        broadcast = config.dag_broadcast
 
-        def progress(run_id: str) -> st.Progress:
-            return st.Progress(**store.progress(run_id))
+        # The broadcaster as matrix_side.matrix_children starts it beside
+        # node/dag (that function wants a whole bot; this is its child, on
+        # a client of our own so its requests can be counted).
+        async def broadcaster(ctx: Any) -> None:
+            await broadcaster_actor(
+                ctx, client, store, broadcast.room_for(config.node_id, client.server_name), node_id=config.node_id,
+                batch_interval_ms=broadcast.batch_interval_ms, broadcast_output=broadcast.broadcast_output,
+            )
 
-        def task_event(run_id: str, task_id: str, status: str) -> tuple[str, dict[str, Any]]:
-            ev = st.task_status(run_id, task_id, status, agent_type="agent-0", session_id=f"{run_id}:{task_id}",
-                                attempt=1, progress=progress(run_id), at=at())
-            return ev.type, dict(ev.content)
-
-        spec_child = la.ChildSpec("dag-broadcast", lambda ctx: broadcaster_actor(ctx, client, store, f"#dag-status-bench:{client.server_name}", node_id="bench"))
-        async with la.open_supervisor("node", [spec_child]) as sup:
-            started = time.perf_counter()
-            created = st.run_created("x", "bench", "bench.toml", 8, False, at=at())
-            run_id = store.create_run(spec, time.time()).run_id
-            store.append_status_events(run_id, [(created.type, {**created.content, "run_id": run_id})], time.time())
-            ev = st.run_event(st.RUN_STARTED, run_id, "bench", progress(run_id), at=at())
-            store.set_run_status(run_id, "running", time.time(), events=[(ev.type, dict(ev.content))])
-            poke(sup.registry)
-            deps = {t.id: set(t.deps) for t in spec.tasks}
-            slots = trio.Semaphore(8)
-
-            async def run_task(task_id: str, ready: trio.Event) -> None:
-                for dep in deps[task_id]:
-                    await finished[dep].wait()
-                async with slots:
-                    store.start_attempt(run_id, task_id, time.time(), events=[task_event(run_id, task_id, "running")])
-                    poke(sup.registry)
-                    await trio.sleep(rng.uniform(0.4, 1.2))
-                    out = st.task_output(run_id, task_id, f"output of {task_id}", at=at())
-                    with store.batch():
-                        store.finish(run_id, task_id, TaskStatus.COMPLETED, time.time(), output=f"output of {task_id}")
-                        store.append_status_events(run_id, [task_event(run_id, task_id, "completed"), (out.type, dict(out.content))], time.time())
-                    poke(sup.registry)
-                ready.set()
-
-            finished = {t.id: trio.Event() for t in spec.tasks}
-            async with trio.open_nursery() as nursery:
-                for t in spec.tasks:
-                    nursery.start_soon(run_task, t.id, finished[t.id])
-            ev = st.run_event(st.RUN_COMPLETED, run_id, "bench", progress(run_id), at=at())
-            store.set_run_status(run_id, "completed", time.time(), events=[(ev.type, dict(ev.content))])
-            poke(sup.registry)
-            run_s = time.perf_counter() - started
-            while store.status_backlog():
-                await trio.sleep(0.05)
-            caught_up_s = time.perf_counter() - started - run_s
-            # Let the board's final edit out (at most one throttle interval).
-            await trio.sleep(2.5)
+        children = [*parts.children(), ChildSpec(BROADCAST_PATH.rsplit("/", 1)[1], broadcaster)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(agent.serve)
+            async with open_supervisor("node", children):
+                control = parts.control
+                stored = await control.publish(text, "bench")
+                started = trio.current_time()
+                run_id = await control.confirm(stored.dag_id, stored.version, "bench")
+                async with control.watch(run_id) as feed:
+                    if not store.run(run_id).final:
+                        async for _event in feed:
+                            pass
+                run_s = trio.current_time() - started
+                assert str(store.run(run_id).status) == "completed", store.run(run_id)
+                while store.status_backlog():
+                    await trio.sleep(0.05)
+                caught_up_s = trio.current_time() - started - run_s
+                # Let the board's final edit out (at most one throttle interval).
+                await trio.sleep(2.5)
+            nursery.cancel_scope.cancel()
         counting[0] = False  # what follows is the subscriber's reading, not the node's
         room_id = store.run(run_id).room_id
         assert room_id is not None, "the broadcaster never recorded the run's room"
@@ -213,7 +242,8 @@ async def _status_requests(directory: str) -> dict[str, Any]:
             if not body["chunk"] or start is None:
                 break
         table = watch.final_table()
-        lost = sum(1 for task in store.tasks(run_id) if table.get((run_id, task.task_id)) != str(task.status))
+        tasks = store.tasks(run_id)
+        lost = sum(1 for task in tasks if table.get((run_id, task.task_id)) != str(task.status))
         await client.aclose()
         await http.aclose()
         store.close()
@@ -227,6 +257,7 @@ async def _status_requests(directory: str) -> dict[str, Any]:
         "status_requests_events": requests.get("events", 0),
         "status_requests_board": requests.get("board", 0),
         "status_requests_other": requests.get("other", 0),
+        "status_tasks": len(tasks),
         "status_run_s": round(run_s, 1),
         "status_catch_up_s": round(caught_up_s, 2),
         "events_lost": lost,
