@@ -1,9 +1,11 @@
 """End to end: a node's DAG status room and heartbeats on the real homeserver (SPEC 8.1, 8.2).
 
-The broadcaster is driven directly with a DagStore filled with status events
-as the run actors write them (no run actors here). Matrix going away is a
-real network failure: the node's client talks to Synapse through a TCP relay
-the test cuts (connections dropped, new ones closed at once) and restores.
+The first test drives the broadcaster directly with a DagStore filled with
+status events as the run actors write them; the hybrid-run test runs a real
+DAG with the node's own DAG actors (node/dag) and a fake agent beside the
+broadcaster. Matrix going away is a real network failure: the node's client
+talks to Synapse through a TCP relay the test cuts (connections dropped, new
+ones closed at once) and restores.
 """
 
 from __future__ import annotations
@@ -18,17 +20,22 @@ import trio
 from harness.synapse import SyncCursor
 
 import lambda_actors as la
+from lambda_actors.agent.fake import FakeAgent
 from lambda_actors.dag import status as st
 from lambda_actors.dag.actors.broadcast import SEQ_KEY, broadcaster_actor, poke
 from lambda_actors.dag.actors.heartbeats import heartbeat_actor
+from lambda_actors.dag.actors.matrix_side import BROADCAST_PATH
 from lambda_actors.dag.actors.rooms import ensure_room
 from lambda_actors.dag.board import DAG_KEY
 from lambda_actors.dag.heartbeat import DAG_ACTIVE, HEARTBEAT, NODE_STATUS
+from lambda_actors.dag.parts import DagParts
 from lambda_actors.dag.spec import parse_dag
 from lambda_actors.dag.store import DagStore, TaskStatus, open_dag_store
+from lambda_actors.dag.subscribe import Watch, logical_events
 from lambda_actors.matrix import Invite, MatrixClient, OtherEvent
 from lambda_actors.matrix.errors import MatrixError
 from lambda_actors.matrix.retry import RetryPolicy
+from lambda_actors.node.config import DagConfig, DagLocal, ExecutionMode, NodeConfig
 
 AT = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 TASKS = [f"t{i}" for i in range(8)]
@@ -295,3 +302,111 @@ async def test_a_running_node_has_its_status_room_and_says_it_is_online_in_the_h
     await watcher.put_state(heartbeat_room, NODE_STATUS, {"node_id": "second", "status": "online"}, "second")
     # The status room exists and is invitation only (a run's owner is invited).
     assert await joined(f"#dag-status-{bot_stack.node_id}:{server}", refused=403) == 403
+
+
+# -- a real hybrid run with Matrix cut mid-run ------------------------------------------------
+
+HYBRID_FIRST = [f"a{i}" for i in range(4)]
+HYBRID_SECOND = [f"b{i}" for i in range(4)]
+HYBRID_SPEC = "dag_id = \"hybrid\"\nowner = \"{owner}\"\nmax_workers = 4\n" + "".join(
+    f'[[tasks]]\nid = "{t}"\nagent = "agent-0"\nprompt = "first"\n' for t in HYBRID_FIRST
+) + "".join(
+    f'[[tasks]]\nid = "{t}"\nagent = "agent-0"\nprompt = "second"\ndeps = {HYBRID_FIRST!r}\n'.replace("'", '"')
+    for t in HYBRID_SECOND
+)
+
+
+class HeldAgent(FakeAgent):
+    """A fake agent that answers the second layer's prompts only once
+    ``release`` is set, so the test decides when the run's second half runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = trio.Event()
+
+    async def _answer(self, session: Any, message: Any) -> None:  # type: ignore[override]  # the test's hold
+        if "second" in message.text:
+            await self.release.wait()
+        await super()._answer(session, message)
+
+
+async def test_a_hybrid_run_completes_while_matrix_is_cut_and_its_status_room_catches_up_in_order(
+    synapse, matrix_user, matrix_client, store, tmp_path
+):
+    # The node's own DAG actors (node/dag) run the tasks against a fake agent;
+    # the broadcaster, as matrix_side starts it in hybrid mode, reaches
+    # Synapse only through the relay the test cuts.
+    node_user, owner_user = matrix_user("hnode"), matrix_user("howner")
+    owner: MatrixClient = matrix_client(owner_user)
+    config = NodeConfig(node_id="hybrid-e2e", dag=DagConfig(execution_mode=ExecutionMode.HYBRID, local=DagLocal(4)))
+    agent = HeldAgent(tmp_path, chunks=1)
+    relay = Relay(int(synapse.url.rsplit(":", 1)[1]))
+    parts = DagParts.local(store, config, lambda _: agent.base_url, known_agents=lambda a: a == "agent-0")
+    assert parts.broadcasting
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.serve)
+        await nursery.start(agent.serve)
+        node = MatrixClient(f"http://127.0.0.1:{relay.port}", access_token=node_user.access_token,
+                            user_id=node_user.user_id, device_id=node_user.device_id, retry=RetryPolicy(attempts=1))
+        room = config.dag_broadcast.room_for(config.node_id, node.server_name)
+        broadcaster = la.ChildSpec(BROADCAST_PATH.rsplit("/", 1)[1], functools.partial(
+            broadcaster_actor, node_id=config.node_id), args=(node, store, room))
+        async with la.open_supervisor("node", [*parts.children(), broadcaster]):
+            control = parts.control
+            stored = await control.publish(HYBRID_SPEC.format(owner=owner_user.user_id), "test")
+            run_id = await control.confirm(stored.dag_id, stored.version, "test")
+            async with control.watch(run_id) as feed:
+                # The first layer's statuses reach the room while Matrix is up.
+                await _until(lambda: all(str(store.task(run_id, t).status) == "completed" for t in HYBRID_FIRST))
+                await _until(lambda: store.status_backlog() == 0 and store.run(run_id).room_id is not None)
+                room_id = store.run(run_id).room_id
+                assert room_id is not None
+
+                # Matrix goes away mid-run: the second layer runs and the run ends all the same.
+                relay.set_cut(True)
+                agent.release.set()
+                with trio.fail_after(15):
+                    async for _event in feed:
+                        if store.run(run_id).final:
+                            break
+            assert relay.cut and str(store.run(run_id).status) == "completed"
+            assert all(str(t.status) == "completed" for t in store.tasks(run_id))
+            # Nothing of the second half went out, and the broadcaster did try.
+            assert store.status_backlog() > 0
+            await _until(lambda: relay.refused >= 1)
+            assert store.status_backlog() > 0
+
+            relay.set_cut(False)
+            await _until(lambda: store.status_backlog() == 0, within=30)
+        nursery.cancel_scope.cancel()
+        await node.aclose()
+
+    # A subscriber (subscribe.py's pure parts) reads the room's history after the run.
+    await owner.join(room_id)
+    events = await _history(owner, room_id)
+    status_events = [e for e in events if e["type"].startswith("cis.dag.")]
+    watch = Watch()
+    logical = []
+    for raw in status_events:
+        for index, item in enumerate(logical_events(raw)):
+            watch.add(item, index)
+            logical.append(item)
+    assert watch.final_table() == {(run_id, t): "completed" for t in HYBRID_FIRST + HYBRID_SECOND}
+    # The store's outbox went out once, in its order: the sends' seq ranges
+    # follow each other without a gap or an overlap (a range may carry fewer
+    # events than seqs: a task's intermediate status waiting behind a later
+    # one is replaced by it, status.py's coalescing; nothing else is).
+    ranges = [e["content"][SEQ_KEY] for e in status_events]
+    assert ranges[0][0] == 1 and all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:]))
+    assert logical[0].type == st.RUN_CREATED and [i.type for i in logical].count(st.RUN_COMPLETED) == 1
+    assert logical[-1].type == st.RUN_COMPLETED
+    lifecycle = ["pending", "running", "completed"]
+    for task in HYBRID_FIRST + HYBRID_SECOND:
+        seen = [i.content["status"] for i in logical if i.type == st.TASK_STATUS and i.content["task_id"] == task]
+        assert seen[-1] == "completed" and seen.count("completed") == 1
+        assert seen == sorted(seen, key=lifecycle.index)  # never back in time
+    outputs = [i.content["task_id"] for i in logical if i.type == st.TASK_OUTPUT]
+    assert sorted(outputs) == sorted(HYBRID_FIRST + HYBRID_SECOND)  # each once
+    # The second layer's outputs reached the room after the first's (the run's order).
+    assert set(outputs[:4]) == set(HYBRID_FIRST)
