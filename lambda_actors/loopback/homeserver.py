@@ -38,6 +38,7 @@ __all__ = [
     "Homeserver",
     "HomeserverError",
     "RegisteredUser",
+    "free_port",
     "register_user",
     "start_synapse",
     "stop_synapse",
@@ -159,7 +160,7 @@ def start_synapse(
     # probe and Synapse's bind; try a few before giving up.
     attempts = 3 if port == "auto" else 1
     for attempt in range(attempts):
-        chosen = _free_port() if port == "auto" else int(port)
+        chosen = free_port() if port == "auto" else int(port)
         secret = _write_overrides(directory, chosen, rate_limits)
         process = _spawn(directory, detach)
         url = f"http://127.0.0.1:{chosen}"
@@ -336,7 +337,9 @@ def _write_overrides(directory: Path, port: int, rate_limits: str) -> str:
     return secret
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (the kernel's pick; another
+    process may take it before it is bound again, which loopback tests accept)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import sqlite3
 import time
 from functools import partial
@@ -34,6 +33,7 @@ from lambda_actors.approvals.callbacks import Poke, callback_actor
 from lambda_actors.approvals.gate import Answer, AskWhich, Decided
 from lambda_actors.approvals.messages import Answered, Read, Submit
 from lambda_actors.approvals.request import parse
+from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.runtime.backoff import Backoff
 from lambda_actors.approvals.record import Approval, Via
 from lambda_actors.approvals.store import ApprovalStore
@@ -67,12 +67,6 @@ class ShownViews:
 
     async def ask_which(self, ctx, room_id: str, event_id: str, candidates: tuple[Approval, ...]) -> None:
         self.asked.append((room_id, tuple(c.id for c in candidates)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:
@@ -111,7 +105,7 @@ async def node():
         poke = lambda: sup.address("callbacks").send_nowait(Poke())  # noqa: E731
         sup.start_child(ChildSpec("approvals", approvals_actor, args=(store, views, poke)))
         api.routes.extend(approval_routes(sup.address("approvals"), store))
-        listen = Listen("127.0.0.1", _free_port())
+        listen = Listen("127.0.0.1", free_port())
         sup.start_child(ChildSpec("http", http_actor, args=(build_app(api), api, listen)))
         await api.listening.wait()
         async with httpx.AsyncClient(base_url=api.urls[0]) as client:
@@ -245,7 +239,7 @@ async def test_a_callback_that_fails_three_times_is_retried_then_delivered_once_
         return Response(status_code=204)
 
     config = Config()
-    config.bind = [f"127.0.0.1:{_free_port()}"]
+    config.bind = [f"127.0.0.1:{free_port()}"]
     config.accesslog = config.errorlog = None
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(lambda task_status: serve(Starlette(routes=[Route("/cb", receiver, methods=["POST"])]), config, task_status=task_status))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 
 import httpx
 import pytest
@@ -21,14 +20,8 @@ from starlette.routing import Route
 from harness.bot import TEST_SUPERVISION
 from harness.chat import onboard
 from lambda_actors.approvals.prompt import APPROVAL_KEY
+from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.node.config import new_token
-
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:
@@ -46,7 +39,7 @@ class Node:
         self.supervision = tmp_path / "supervision.toml"
         self.supervision.write_text(TEST_SUPERVISION)
         self.log = tmp_path / "bot.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
@@ -116,7 +109,7 @@ async def receiver(nursery):
         return Response(status_code=204)
 
     config = Config()
-    config.bind = [f"127.0.0.1:{_free_port()}"]
+    config.bind = [f"127.0.0.1:{free_port()}"]
     config.accesslog = config.errorlog = None
     binds = await nursery.start(lambda task_status: serve(Starlette(routes=[Route("/cb", callback, methods=["POST"])]), config, task_status=task_status))
     yield f"{binds[0]}/cb", received, accepted

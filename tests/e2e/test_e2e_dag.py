@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,15 +18,10 @@ from harness.bot import TEST_SUPERVISION
 from harness.chat import onboard
 from lambda_actors.approvals.prompt import APPROVAL_KEY
 from lambda_actors.dag.actors.task import chat_id_for
+from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.node.config import new_token
 
 FINAL = {"completed", "failed", "skipped", "cancelled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DagNode:
@@ -42,7 +36,7 @@ class DagNode:
         self.supervision = tmp_path / "supervision.toml"
         self.supervision.write_text(TEST_SUPERVISION)
         self.log = tmp_path / "bot.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lambda_actors import Backoff, ChildSpec, Restarted, open_supervisor
+from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.node.api import MAX_BODY, NodeApi, build_app, read_json, require
 from lambda_actors.node.config import ApiClient, Listen, NodeConfig
 from lambda_actors.node.health import AgentHealth, Facts, assess
@@ -62,12 +63,6 @@ def _facts(**changes) -> Facts:
     return Facts(**values)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the health verdict (pure) -------------------------------------------------
 
 
@@ -104,7 +99,7 @@ def test_a_parked_agent_or_a_deep_outbox_is_degraded_and_says_why():
 @pytest.fixture
 async def node_http():
     api = _api()
-    spec = ChildSpec("http", http_actor, args=(build_app(api), api, Listen("127.0.0.1", _free_port())))
+    spec = ChildSpec("http", http_actor, args=(build_app(api), api, Listen("127.0.0.1", free_port())))
     async with open_supervisor("node", [spec]) as sup:
         await api.listening.wait()
         async with httpx.AsyncClient(base_url=api.urls[0]) as client:
@@ -121,7 +116,7 @@ async def test_healthz_answers_with_the_verdict_and_its_checks(node_http):
 
 async def test_healthz_is_503_when_the_node_is_down():
     api = _api(_facts(store_writable=False))
-    async with open_supervisor("node", [ChildSpec("http", http_actor, args=(build_app(api), api, Listen("127.0.0.1", _free_port())))]):
+    async with open_supervisor("node", [ChildSpec("http", http_actor, args=(build_app(api), api, Listen("127.0.0.1", free_port())))]):
         await api.listening.wait()
         async with httpx.AsyncClient(base_url=api.urls[0]) as client:
             response = await client.get("/healthz")
@@ -253,7 +248,7 @@ async def test_a_clean_stop_lets_a_request_in_flight_finish(nursery):
 
     api.routes.append(Route("/slow", slow))
     app = build_app(api)
-    async with open_supervisor("node", [ChildSpec("http", http_actor, args=(app, api, Listen("127.0.0.1", _free_port())))]) as sup:
+    async with open_supervisor("node", [ChildSpec("http", http_actor, args=(app, api, Listen("127.0.0.1", free_port())))]) as sup:
         await api.listening.wait()
         async with httpx.AsyncClient(base_url=api.urls[0]) as client:
             answered = trio.Event()
