@@ -91,6 +91,7 @@ class DagParts:
         services = DagServices(store, node, agent_url, known_agents=known_agents, gate=gate)
         parts = cls(services, NodeDagControl(services, DAG_PATH))
         if parts.broadcasting:
+            services.broadcasting = True
             services.poke = parts._poke
         return parts
 

@@ -105,6 +105,7 @@ async def dag_node(
     allow_commands: bool = True,
     retry_backoff_s: float = 0.01,
     database: Path | None = None,
+    status_outbox: bool = True,
     **fake: Any,
 ) -> AsyncIterator[DagNode]:
     config = NodeConfig(
@@ -125,6 +126,10 @@ async def dag_node(
 
             parts = DagParts.local(store, config, url, known_agents=lambda a: a in fakes, gate=gate)
             parts.services.retry_backoff_s = retry_backoff_s
+            # The tests read each run's transitions from the store's status
+            # outbox, as a broadcaster would: kept although nothing sends them
+            # (execution_mode local keeps none, ``status_outbox=False``).
+            parts.services.broadcasting = status_outbox
             async with open_supervisor("node", parts.children()) as sup:
                 yield DagNode(store, parts, sup, fakes)
             nursery.cancel_scope.cancel()

@@ -46,6 +46,14 @@ async def test_diamond_runs_in_dependency_order(tmp_path: Path) -> None:
         assert types[-1] == "cis.dag.run.completed"
 
 
+async def test_a_node_that_does_not_broadcast_keeps_no_status_events(tmp_path: Path) -> None:
+    # execution_mode local: nobody would ever send them, so none pile up.
+    async with dag_node(tmp_path, status_outbox=False) as node:
+        run_id = await node.start(dag(task("a"), task("b", deps=("a",))))
+        assert (await node.finished(run_id)).status is RunStatus.COMPLETED
+        assert node.store.status_backlog() == 0 and node.events(run_id) == []
+
+
 async def test_upstream_output_is_in_the_prompt(tmp_path: Path) -> None:
     async with dag_node(tmp_path) as node:
         run_id = await node.start(dag(task("a", "hello"), task("b", "Plan from: {{ a.output }}", deps=("a",))))

@@ -5,7 +5,6 @@ fake agents. The node is SIGKILLed mid-run and started again."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
@@ -20,9 +19,6 @@ from lambda_actors.approvals.prompt import APPROVAL_KEY
 from lambda_actors.dag.actors.task import chat_id_for
 from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.node.config import new_token
-
-FINAL = {"completed", "failed", "skipped", "cancelled"}
-
 
 class DagNode:
     def __init__(self, stack, tmp_path) -> None:
@@ -163,11 +159,11 @@ async def test_a_dag_runs_through_the_cli_and_resumes_after_a_sigkill(bot_stack,
         assert bot_stack.agents[0].connections[chat_id_for(chain, "first", 2)] == 0
     finally:
         await bot_stack.terminate_bot_process()
-    # Every task ended once: one final status event each in the outbox.
+    # Every task ended once (one completed attempt each, above), and a node in
+    # local mode, which has nobody to send status events to, kept none.
     db = sqlite3.connect(bot_stack.data_dir / "bot.sqlite3")
     try:
-        rows = db.execute("SELECT content FROM dag_status_events WHERE run_id = ? AND type = 'cis.dag.task.status'", (chain,)).fetchall()
+        (kept,) = db.execute("SELECT COUNT(*) FROM dag_status_events").fetchone()
     finally:
         db.close()
-    finals = [json.loads(c)["task_id"] for (c,) in rows if json.loads(c)["status"] in FINAL]
-    assert sorted(finals) == ["cut", "first", "last"]
+    assert kept == 0

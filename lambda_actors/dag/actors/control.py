@@ -60,7 +60,7 @@ class NodeDagControl:
             run_id, spec.dag_id, f"published by {stored.client}", max_workers, False,
             at=datetime.fromtimestamp(now, UTC),
         )
-        run = services.store.create_run(spec, now, run_id=run_id, events=[(created.type, dict(created.content))])
+        run = services.store.create_run(spec, now, run_id=run_id, events=services.outbox([created]))
         services.poke()
         try:
             await self._registry().lookup(f"{self.dag_path}/{COORDINATOR}").call(

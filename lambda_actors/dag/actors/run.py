@@ -306,7 +306,7 @@ class _Run:
                             finals.append(task_id)
                     case RunStatusChanged(status=status, progress=progress):
                         events = [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
-                        store.set_run_status(self.run_id, status, wall, events=_pairs(events))
+                        store.set_run_status(self.run_id, status, wall, events=self.services.outbox(events))
                         announced += events
                     case StartAttempt():
                         starts.append(action)
@@ -352,9 +352,9 @@ class _Run:
             case TaskStatus.RUNNING if task_id in self.blocked:
                 self.blocked.discard(task_id)
                 events.append(st.session_recovered(run_id, task_id, session_id, at=at))
-                store.recover(run_id, task_id, wall, events=_pairs(events))
+                store.recover(run_id, task_id, wall, events=self.services.outbox(events))
             case TaskStatus.RUNNING:
-                number = store.start_attempt(run_id, task_id, wall, session_id=session_id, events=_pairs(events))
+                number = store.start_attempt(run_id, task_id, wall, session_id=session_id, events=self.services.outbox(events))
                 if number != change.attempt:
                     raise RuntimeError(f"{run_id}/{task_id}: the store numbers this attempt {number}, the run {change.attempt}")
             case TaskStatus.BLOCKED:
@@ -362,19 +362,19 @@ class _Run:
                 reason = change.reason or "waiting for the owner"
                 preview = self.previews.pop((task_id, change.attempt), "")
                 events.append(st.session_blocked(run_id, task_id, session_id, reason, preview, at=at))
-                store.block(run_id, task_id, wall, reason, events=_pairs(events))
+                store.block(run_id, task_id, wall, reason, events=self.services.outbox(events))
             case TaskStatus.PENDING if task_id in self.interrupted:
-                store.interrupt(run_id, task_id, wall, events=_pairs(events))
+                store.interrupt(run_id, task_id, wall, events=self.services.outbox(events))
             case TaskStatus.COMPLETED:
                 output = change.output or ""
                 if self.services.node.dag_broadcast.broadcast_output:
                     events.append(st.task_output(run_id, task_id, output, at=at))
                 artifacts = self.artifacts.pop((task_id, change.attempt), ())
                 store.finish(run_id, task_id, TaskStatus.COMPLETED, wall, output=output, artifacts=artifacts,
-                             events=_pairs(events))
+                             events=self.services.outbox(events))
             case _:
                 self.blocked.discard(task_id)
-                store.finish(run_id, task_id, change.status, wall, reason=change.reason, events=_pairs(events))
+                store.finish(run_id, task_id, change.status, wall, reason=change.reason, events=self.services.outbox(events))
         return events
 
     def _warm_up(self, touched: list[str]) -> None:
@@ -485,6 +485,3 @@ class _Run:
 def _progress(progress: sch.Progress) -> st.Progress:
     return st.Progress(progress.completed, progress.total, progress.failed)
 
-
-def _pairs(events: list[st.LogicalEvent]) -> list[tuple[str, dict[str, object]]]:
-    return [(e.type, dict(e.content)) for e in events]

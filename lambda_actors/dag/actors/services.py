@@ -10,7 +10,7 @@ a grant or an event can never be half-given.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -187,6 +187,10 @@ class DagServices:
     known_agents: KnownAgents | None = None
     #: How a blocked task asks its owner; None: every confirmation is denied.
     gate: Gate | None = None
+    #: Whether a broadcaster sends this node's status events to Matrix. Only
+    #: then are they kept in the store's status outbox: with nobody to send
+    #: them (``local`` mode, broadcast off) they would pile up for ever.
+    broadcasting: bool = False
     #: Called after each write that appended status events (the status
     #: broadcaster's poke; it must never wait).
     poke: Callable[[], None] = _nothing
@@ -204,6 +208,11 @@ class DagServices:
     warm_sockets: int = -1
     #: The tree's registry, known once the first DAG actor starts.
     registry: Registry | None = None
+
+    def outbox(self, events: Iterable[LogicalEvent]) -> list[tuple[str, dict[str, object]]]:
+        """What of ``events`` goes to the store's status outbox with the
+        transition: all of them when the node broadcasts, none otherwise."""
+        return [(e.type, dict(e.content)) for e in events] if self.broadcasting else []
 
     def __post_init__(self) -> None:
         self.board = SlotBoard(self.node.dag.local.max_workers)
