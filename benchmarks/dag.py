@@ -63,11 +63,15 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli
 
 from lambda_actors.dag.spec import parse_dag
+
+if TYPE_CHECKING:
+    from lambda_actors.dag.parts import DagParts
+    from lambda_actors.dag.store import DagStore
 
 
 def layered_dag_toml(layers: int, width: int, fan_in: int = 3) -> str:
@@ -212,19 +216,11 @@ async def _status_requests(directory: str) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             await nursery.start(agent.serve)
             async with open_supervisor("node", children):
-                control = parts.control
-                stored = await control.publish(text, "bench")
-                started = trio.current_time()
-                run_id = await control.confirm(stored.dag_id, stored.version, "bench")
-                async with control.watch(run_id) as feed:
-                    if not store.run(run_id).final:
-                        async for _event in feed:
-                            pass
-                run_s = trio.current_time() - started
-                assert str(store.run(run_id).status) == "completed", store.run(run_id)
+                run_id, run_s = await _run_to_end(parts, store, text)
+                ended = trio.current_time()
                 while store.status_backlog():
                     await trio.sleep(0.05)
-                caught_up_s = trio.current_time() - started - run_s
+                caught_up_s = trio.current_time() - ended
                 # Let the board's final edit out (at most one throttle interval).
                 await trio.sleep(2.5)
             nursery.cancel_scope.cancel()
@@ -370,16 +366,7 @@ async def _node_throughput(directory: str, text: str) -> dict[str, float]:
             await nursery.start(agent.serve)
             parts = DagParts.local(store, config, lambda _: agent.base_url, known_agents=lambda a: a == "agent-0")
             async with open_supervisor("node", parts.children()) as _:
-                control = parts.control
-                stored = await control.publish(text, "bench")
-                started = trio.current_time()
-                run_id = await control.confirm(stored.dag_id, stored.version, "bench")
-                async with control.watch(run_id) as feed:
-                    if not store.run(run_id).final:
-                        async for _event in feed:
-                            pass
-                run_s = trio.current_time() - started
-                assert str(store.run(run_id).status) == "completed", store.run(run_id)
+                run_id, run_s = await _run_to_end(parts, store, text)
             nursery.cancel_scope.cancel()
     finally:
         store.close()
@@ -456,6 +443,25 @@ FIGURES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "status_requests": status_requests,
     "throughput": throughput,
 }
+
+
+
+async def _run_to_end(parts: DagParts, store: DagStore, text: str) -> tuple[str, float]:
+    """Publish ``text``, confirm a run of it and wait for its end, through the
+    node's own API control; the run's id and seconds from confirm to end."""
+    import trio
+
+    control = parts.control
+    stored = await control.publish(text, "bench")
+    started = trio.current_time()
+    run_id = await control.confirm(stored.dag_id, stored.version, "bench")
+    async with control.watch(run_id) as feed:
+        if not store.run(run_id).final:
+            async for _event in feed:
+                pass
+    run_s = trio.current_time() - started
+    assert str(store.run(run_id).status) == "completed", store.run(run_id)
+    return run_id, run_s
 
 
 def main() -> int:

@@ -17,42 +17,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from harness.bot import TEST_SUPERVISION
 from harness.chat import onboard
+from harness.node import NodeProcess
 from lambda_actors.approvals.prompt import APPROVAL_KEY
 from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.node.config import new_token
 
 
-class Node:
+class Node(NodeProcess):
     """The bot as a process with its HTTP API, and a client of that API."""
 
     def __init__(self, stack, tmp_path) -> None:
-        self.stack = stack
         self.token, digest = new_token()
         self.reader_token, reader_digest = new_token()
-        self.node_toml = tmp_path / "node.toml"
-        self.node_toml.write_text(
+        super().__init__(
+            stack, tmp_path,
             f'[[api.clients]]\nname = "gateway"\ntoken_sha256 = "{digest}"\nscopes = ["approvals"]\n'
-            f'[[api.clients]]\nname = "reader"\ntoken_sha256 = "{reader_digest}"\nscopes = ["dag"]\n'
+            f'[[api.clients]]\nname = "reader"\ntoken_sha256 = "{reader_digest}"\nscopes = ["dag"]\n',
         )
-        self.supervision = tmp_path / "supervision.toml"
-        self.supervision.write_text(TEST_SUPERVISION)
-        self.log = tmp_path / "bot.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.stack.start_bot_process(self.supervision, self.log, http=f"127.0.0.1:{self.port}", node_config=self.node_toml)
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(60):
-                while True:  # the process's listener is up once it answers
-                    try:
-                        if (await client.get(f"{self.url}/healthz")).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
 
     async def request(self, method: str, path: str, token: str | None = None, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token or self.token}"}

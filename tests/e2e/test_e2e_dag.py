@@ -13,39 +13,20 @@ import sys
 import httpx
 import trio
 
-from harness.bot import TEST_SUPERVISION
 from harness.chat import onboard
+from harness.node import NodeProcess
 from lambda_actors.approvals.prompt import APPROVAL_KEY
 from lambda_actors.dag.actors.task import chat_id_for
-from lambda_actors.loopback.homeserver import free_port
 from lambda_actors.node.config import new_token
 
-class DagNode:
+class DagNode(NodeProcess):
     def __init__(self, stack, tmp_path) -> None:
-        self.stack = stack
         self.token, digest = new_token()
-        self.node_toml = tmp_path / "node.toml"
-        self.node_toml.write_text(
+        super().__init__(
+            stack, tmp_path,
             f'[[api.clients]]\nname = "ci"\ntoken_sha256 = "{digest}"\nscopes = ["dag"]\n'
-            '[dag]\nexecution_mode = "local"\n'
+            '[dag]\nexecution_mode = "local"\n',
         )
-        self.supervision = tmp_path / "supervision.toml"
-        self.supervision.write_text(TEST_SUPERVISION)
-        self.log = tmp_path / "bot.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.stack.start_bot_process(self.supervision, self.log, http=f"127.0.0.1:{self.port}", node_config=self.node_toml)
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(60):
-                while True:  # the listener is up once it answers
-                    try:
-                        if (await client.get(f"{self.url}/healthz")).status_code in (200, 503):
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=f"{self.url}/api/v1/dag", headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
@@ -79,7 +60,7 @@ async def test_a_dag_runs_through_the_cli_and_resumes_after_a_sigkill(bot_stack,
     _, chat1 = await onboard(bot_stack, alice)
     await bot_stack.stop_bot()
     node = DagNode(bot_stack, tmp_path)
-    await node.start()
+    await node.start(healthy=False)
     try:
         # -- blocked tasks: the owner is asked in her room with the agent (local
         # mode: no status room), approves the first and denies the second.
@@ -147,7 +128,7 @@ async def test_a_dag_runs_through_the_cli_and_resumes_after_a_sigkill(bot_stack,
         with trio.fail_after(30):
             await slow_agent.wait_for_message(chat_id=chat_id_for(chain, "cut", 1))
         bot_stack.kill_bot_process()
-        await node.start()
+        await node.start(healthy=False)
         run = await node.until_final(chain)
         assert run["status"] == "completed"
         tasks = {t["task_id"]: t for t in run["tasks"]}
