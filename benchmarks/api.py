@@ -54,7 +54,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,7 +81,9 @@ from lambda_actors.loopback.stack import open_loopback_stack  # noqa: E402
 from lambda_actors.loopback.user import ScriptedUser  # noqa: E402
 from lambda_actors.matrix import content as contents  # noqa: E402
 from lambda_actors.matrix.client import MatrixClient  # noqa: E402
+from lambda_actors.loopback.homeserver import free_port  # noqa: E402
 from lambda_actors.node.config import new_token  # noqa: E402
+from bot import cpu_seconds, percentile  # noqa: E402  (benchmarks/bot.py, beside this file)
 
 GOALS = {"prompt_ratio": 1.5, "decision_ratio": 1.5, "get_ratio": 0.7, "deadline_late_p99_ms": 1000.0}
 WAIT = 60.0  # longest wait for any one observation
@@ -92,28 +93,6 @@ MIN_TIMEOUT_S = 10
 
 
 # --- small helpers ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank (with few samples, p99 is the maximum)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))]
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wall(iso: str) -> float:
