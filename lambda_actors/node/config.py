@@ -7,10 +7,10 @@ secret-free: an API client is known by the SHA-256 of its token, never the
 token itself, so the file can be committed and shown.
 
 Every key of SPEC section 10 is accepted; an unknown key is refused by name
-(usually a typo), so a setting is never silently ignored. The execution
-modes ``matrix`` and ``federation`` parse (the file is the SPEC's), but
-:data:`BUILT_MODES` says which ones a node can run today; ``run`` refuses the
-others at start (see :func:`unbuilt_mode`).
+(usually a typo), so a setting is never silently ignored. Every execution
+mode of SPEC 8.3 runs; :func:`unbuilt_mode` still says why ``run`` refuses a
+mode a node cannot run as configured (several nodes need the heartbeat room:
+it is how nodes know each other's accounts and deaths).
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ __all__ = [
     "DEFAULT_LISTEN",
     "SCOPES",
     "ApiClient",
+    "CLUSTER_MODES",
     "DagBroadcast",
+    "DagCluster",
     "DagConfig",
     "DagLocal",
     "ExecutionMode",
@@ -66,8 +68,10 @@ class ExecutionMode(enum.StrEnum):
     FEDERATION = "federation"  #: a coordinator assigns tasks to named nodes
 
 
-#: The modes a node can run today (several nodes come later).
-BUILT_MODES = frozenset({ExecutionMode.LOCAL, ExecutionMode.HYBRID})
+#: The modes a node can run.
+BUILT_MODES = frozenset(ExecutionMode)
+#: The modes of several nodes (SPEC 8.3): runs go through the cluster room.
+CLUSTER_MODES = frozenset({ExecutionMode.MATRIX, ExecutionMode.FEDERATION})
 
 
 class NodeConfigError(Exception):
@@ -118,6 +122,18 @@ class DagLocal:
 
 
 @dataclass(frozen=True)
+class DagCluster:
+    """``[dag.cluster]``: the room every node of the network shares in modes
+    ``matrix`` and ``federation`` (SPEC 8.3)."""
+
+    #: An alias or room id; "" means ``#dag-cluster-default:<server>``.
+    room: str = ""
+
+    def room_for(self, server: str) -> str:
+        return self.room or f"#dag-cluster-default:{server}"
+
+
+@dataclass(frozen=True)
 class DagConfig:
     """``[dag]``: how DAG runs execute on this node (SPEC 8)."""
 
@@ -126,6 +142,12 @@ class DagConfig:
     allow_commands: bool = False
     accept_remote_tasks: bool = False
     local: DagLocal = field(default_factory=DagLocal)
+    cluster: DagCluster = field(default_factory=DagCluster)
+
+    @property
+    def clustered(self) -> bool:
+        """Runs go through the cluster room (modes ``matrix`` and ``federation``)."""
+        return self.execution_mode in CLUSTER_MODES
 
 
 @dataclass(frozen=True)
@@ -182,13 +204,15 @@ def unbuilt_mode(config: NodeConfig) -> str | None:
     """The line ``run`` refuses to start with when ``[dag] execution_mode``
     names a mode this version cannot run yet; None when it can."""
     mode = config.dag.execution_mode
+    if mode in CLUSTER_MODES and not config.node_heartbeat.enabled:
+        return (
+            f"{config.source}: matrix.node_heartbeat.enabled: mode {str(mode)!r} needs the heartbeat room"
+            " (it is how nodes know each other's accounts and deaths); set it to true, or use 'local' or 'hybrid'"
+        )
     if mode in BUILT_MODES:
         return None
     built = " or ".join(repr(str(m)) for m in ExecutionMode if m in BUILT_MODES)
-    return (
-        f"{config.source}: dag.execution_mode: {str(mode)!r} is not built yet"
-        f" (several nodes come later); use {built}"
-    )
+    return f"{config.source}: dag.execution_mode: {str(mode)!r} is not built; use {built}"
 
 
 def new_token() -> tuple[str, str]:
@@ -354,6 +378,9 @@ _DAG_LOCAL_KEYS: dict[str, tuple[Any, str]] = {
     "max_workers": (_int_in(1, 1024), "must be a whole number of task slots from 1 to 1024"),
     "default_agent": (_agent, "must be an agent id (a configured agent's id or a registered agent's DID)"),
 }
+_CLUSTER_KEYS: dict[str, tuple[Any, str]] = {
+    "room": (_room, f"must be {_ROOM_TEXT}"),
+}
 _BROADCAST_KEYS: dict[str, tuple[Any, str]] = {
     "enabled": (_bool, "must be true or false"),
     "room": (_room, f"must be {_ROOM_TEXT}"),
@@ -395,15 +422,16 @@ def _table(data: dict[str, Any], where: str, problem: Any) -> dict[str, Any]:
 
 
 def _dag_sections(data: dict[str, Any], problem: Any) -> tuple[DagConfig, DagBroadcast, NodeHeartbeat]:
-    dag, subs = _section(data, "dag", _DAG_KEYS, problem, tables=frozenset({"local"}))
+    dag, subs = _section(data, "dag", _DAG_KEYS, problem, tables=frozenset({"local", "cluster"}))
     local, _ = _section(subs, "dag.local", _DAG_LOCAL_KEYS, problem)
+    cluster, _ = _section(subs, "dag.cluster", _CLUSTER_KEYS, problem)
     if "execution_mode" in dag:
         dag["execution_mode"] = ExecutionMode(dag["execution_mode"])
     matrix = _table(data, "matrix", problem)
     _unknown(matrix, "matrix", {"dag_broadcast", "node_heartbeat"}, problem)
     broadcast, _ = _section(matrix, "matrix.dag_broadcast", _BROADCAST_KEYS, problem)
     heartbeat, _ = _section(matrix, "matrix.node_heartbeat", _HEARTBEAT_KEYS, problem)
-    return DagConfig(**dag, local=DagLocal(**local)), DagBroadcast(**broadcast), NodeHeartbeat(**heartbeat)
+    return DagConfig(**dag, local=DagLocal(**local), cluster=DagCluster(**cluster)), DagBroadcast(**broadcast), NodeHeartbeat(**heartbeat)
 
 
 def _unknown(table: dict[str, Any], where: str, allowed: set[str], problem: Any, *, secrets_hint: bool = False) -> None:

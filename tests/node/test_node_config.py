@@ -252,26 +252,37 @@ def test_sections_that_are_not_tables_are_refused_by_path():
     assert [p for p, _ in caught.value.problems] == ["dag.local", "matrix.dag_broadcast", "matrix.node_heartbeat"]
 
 
-@pytest.mark.parametrize("mode", ["local", "hybrid"])
-def test_the_built_modes_start(mode):
+@pytest.mark.parametrize("mode", ["local", "hybrid", "matrix", "federation"])
+def test_every_mode_starts(mode):
     assert unbuilt_mode(parse_node_config(f'[dag]\nexecution_mode = "{mode}"\n')) is None
 
 
+def test_the_cluster_room_defaults_per_server_and_may_be_named():
+    assert parse_node_config("").dag.cluster.room_for("example.org") == "#dag-cluster-default:example.org"
+    named = parse_node_config('[dag.cluster]\nroom = "#ours:example.org"\n')
+    assert named.dag.cluster.room_for("example.org") == "#ours:example.org"
+    with pytest.raises(NodeConfigError) as caught:
+        parse_node_config('[dag.cluster]\nroom = "ours"\nrooms = 1\n')
+    assert [p for p, _ in caught.value.problems] == ["dag.cluster.rooms", "dag.cluster.room"]
+
+
 @pytest.mark.parametrize("mode", ["matrix", "federation"])
-def test_modes_not_built_yet_parse_but_are_named_as_such(mode):
-    config = parse_node_config(f'[dag]\nexecution_mode = "{mode}"\n', source="node.toml")
-    assert config.dag.execution_mode == ExecutionMode(mode)
+def test_several_nodes_need_the_heartbeat_room_said_in_one_line(mode):
+    config = parse_node_config(
+        f'[dag]\nexecution_mode = "{mode}"\n[matrix.node_heartbeat]\nenabled = false\n', source="node.toml"
+    )
     line = unbuilt_mode(config)
     assert line is not None and "\n" not in line
-    assert line.startswith("node.toml: dag.execution_mode: ")
-    assert "not built yet" in line and "'local' or 'hybrid'" in line
+    assert line.startswith("node.toml: matrix.node_heartbeat.enabled: ") and "set it to true" in line
 
 
-def test_run_refuses_a_mode_not_built_yet_with_one_line_and_exit_2(tmp_path):
+def test_run_refuses_a_cluster_mode_without_heartbeats_with_one_line_and_exit_2(tmp_path):
     (tmp_path / "agents.yaml").write_text(
         'agents:\n  - id: agent-0\n    base_url: "http://127.0.0.1:9/agent_0/"\n    workspace_path: "work/0"\n'
     )
-    (tmp_path / "node.toml").write_text('[dag]\nexecution_mode = "federation"\n')
+    (tmp_path / "node.toml").write_text(
+        '[dag]\nexecution_mode = "federation"\n[matrix.node_heartbeat]\nenabled = false\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MATRIX_", "LAMBDA_ACTORS_"))}
     env.update(
         MATRIX_HOMESERVER="http://127.0.0.1:9", MATRIX_USER_ID="@lambda:example.org", MATRIX_PASSWORD="unused"
@@ -282,4 +293,4 @@ def test_run_refuses_a_mode_not_built_yet_with_one_line_and_exit_2(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "dag.execution_mode: 'federation' is not built yet" in result.stderr
+    assert "matrix.node_heartbeat.enabled: mode 'federation' needs the heartbeat room" in result.stderr
