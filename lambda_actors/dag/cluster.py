@@ -2,7 +2,12 @@
 
 Matrix is the substrate: the run's room timeline is one ordered, durable
 log every node reads in the same order, so we build no consensus of our
-own. Three pure parts (events in, actions out; no I/O, no clock):
+own. The "run's room" is the network's one cluster room (node.toml
+``[dag.cluster] room``): every run's events go there, each carrying its
+``run_id``, and ``cis.dag.run.coordinator`` is a state event whose state
+key is the run id (the driver, ``actors/cluster_node.py``, routes events to
+their run's ledger). Three pure parts (events in, actions out; no I/O, no
+clock):
 
 - **The ledger** (:class:`Ledger`): the state of one run's tasks as a fold
   of its room timeline, the same on every node that reads it. Its rules

@@ -58,6 +58,11 @@ __all__ = [
     "INPUT_INLINE_LIMIT",
     "RESULT_INLINE_LIMIT",
     "RUN_COORDINATOR",
+    "RUN_SPEC",
+    "RunSpec",
+    "SpecTooLarge",
+    "parse_run_spec",
+    "run_spec",
     "TASK_ASSIGNED",
     "TASK_CLAIMED",
     "TASK_RESULT",
@@ -587,8 +592,13 @@ TASK_RESULT = "cis.dag.task.result"
 #: The coordinator withdrew a task (its attempt was cancelled or timed out):
 #: whatever runs it with an older epoch stops.
 TASK_REVOKED = "cis.dag.task.revoked"
-#: State event (state key ``""`` in the run's room): who leads the run.
+#: State event (state key: the run id, in the cluster room every run shares): who leads the run.
 RUN_COORDINATOR = "cis.dag.run.coordinator"
+#: The run itself, posted once by the node that received the confirm, so any
+#: node can take it over: ``{run_id, dag_id, version, spec, owner, mode,
+#: workers, node_id, timestamp}``; ``spec`` is the DAG document as JSON (the
+#: publish API's JSON form), whose content version must be ``version``.
+RUN_SPEC = "cis.dag.run.spec"
 CLUSTER_EVENT_TYPES = frozenset({TASK_ASSIGNED, TASK_CLAIMED, TASK_RESULT, TASK_REVOKED, RUN_COORDINATOR})
 
 #: Task inputs (prompt or command and upstream outputs) travel inside the
@@ -754,8 +764,81 @@ def task_revoked(run_id: str, task_id: str, revoked_by: str, epoch: int, reason:
 
 
 def run_coordinator_content(node_id: str, epoch: int) -> dict[str, Any]:
-    """``cis.dag.run.coordinator`` (state key ``""``)."""
+    """``cis.dag.run.coordinator`` (state key: the run id)."""
     return {"node_id": node_id, "epoch": epoch}
+
+
+class SpecTooLarge(ValueError):
+    """A run's spec does not fit in one ``cis.dag.run.spec`` event."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """``cis.dag.run.spec``: what a node needs to lead (or take over) a run."""
+
+    run_id: str
+    dag_id: str
+    version: str
+    spec: Mapping[str, Any] = field(hash=False)
+    owner: str | None
+    mode: str  #: ``matrix`` or ``federation``
+    workers: tuple[str, ...]
+    node_id: str  #: the node that posted it (its first coordinator)
+
+
+def run_spec(
+    run_id: str,
+    dag_id: str,
+    version: str,
+    spec: Mapping[str, Any],
+    *,
+    owner: str | None,
+    mode: str,
+    workers: Iterable[str],
+    node_id: str,
+    at: datetime,
+) -> dict[str, Any]:
+    """The content of ``cis.dag.run.spec``. :class:`SpecTooLarge` when it would
+    not fit in one event (:data:`MAX_CONTENT_BYTES`): the run is refused at
+    its confirm, never half-posted."""
+    content: dict[str, Any] = {
+        "run_id": run_id,
+        "dag_id": dag_id,
+        "version": version,
+        "spec": dict(spec),
+        "owner": owner,
+        "mode": mode,
+        "workers": list(workers),
+        "node_id": node_id,
+        "timestamp": rfc3339(at),
+    }
+    check_integers(content, RUN_SPEC)
+    size = canonical_size(content)
+    if size > MAX_CONTENT_BYTES:
+        raise SpecTooLarge(
+            f"the DAG is {size} bytes as a cluster event, over the {MAX_CONTENT_BYTES} a Matrix event may hold;"
+            " shorten its prompts (upstream outputs travel separately) or split it into several DAGs"
+        )
+    return content
+
+
+def parse_run_spec(content: object) -> RunSpec | None:
+    """The :class:`RunSpec` a ``cis.dag.run.spec`` content says, or None. Never raises
+    (the spec inside is checked by whoever uses it: :func:`.spec.parse_dag`)."""
+    if not isinstance(content, Mapping):
+        return None
+    run_id, dag_id, version = _text(content, "run_id"), _text(content, "dag_id"), _text(content, "version")
+    node_id, mode, spec = _text(content, "node_id"), content.get("mode"), content.get("spec")
+    owner, workers = content.get("owner"), content.get("workers", [])
+    if run_id is None or dag_id is None or version is None or node_id is None:
+        return None
+    if mode not in ("matrix", "federation") or not isinstance(spec, Mapping):
+        return None
+    if not (owner is None or isinstance(owner, str)):
+        return None
+    if not isinstance(workers, list) or not all(isinstance(w, str) and w for w in workers):
+        return None
+    return RunSpec(run_id, dag_id, version, spec, owner, str(mode), tuple(workers), node_id)
 
 
 ClusterEvent = Assigned | Claimed | Result | Revoked | Coordinator
