@@ -10,8 +10,9 @@ Routes (all under ``/api/v1/dag``):
 - ``POST /publish``: the DAG file as TOML (``Content-Type: application/toml``
   or ``text/plain``), or the same document as JSON -> ``{dag_id, version}``;
   a spec with problems is 422 with every problem in ``problems``.
-- ``POST /{dag_id}/confirm`` (optional JSON ``{"version"}``; default: the
-  latest published) -> 201 ``{run_id}``.
+- ``POST /{dag_id}/confirm`` (optional JSON ``{"version", "workers"}``;
+  default: the latest published; ``workers``, a list of node ids, only in
+  mode ``federation``, where it is required) -> 201 ``{run_id}``.
 - ``GET /runs[?status=&limit=&before=]``, newest first.
 - ``GET /runs/{run_id}``: the run, its progress, every task with its status,
   attempts and timings.
@@ -31,7 +32,7 @@ Routes (all under ``/api/v1/dag``):
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -74,8 +75,9 @@ class DagControl(Protocol):
         allow_commands``) and keep it under its content version."""
         ...
 
-    async def confirm(self, dag_id: str, version: str | None, client: str) -> str:
-        """Start a run of that version (None: the latest published); its run id."""
+    async def confirm(self, dag_id: str, version: str | None, client: str, workers: Sequence[str] = ()) -> str:
+        """Start a run of that version (None: the latest published); its run id.
+        ``workers``: the nodes a run of mode ``federation`` is assigned to."""
         ...
 
     async def cancel(self, run_id: str) -> None: ...
@@ -108,13 +110,20 @@ def dag_routes(control: DagControl, store: DagStore, *, keepalive_s: float = KEE
     async def confirm(request: Request) -> JSONResponse:
         client = require(request, SCOPE)
         version = None
+        workers: list[str] = []
         if await request.body():
             body = await read_json(request)
-            _unknown_fields(body, {"version"})
+            _unknown_fields(body, {"version", "workers"})
             version = body.get("version")
             if version is not None and not isinstance(version, str):
                 raise ApiError(400, "version must be the string /publish answered", field="version")
-        run_id = await _ask(control.confirm(request.path_params["dag_id"], version, client.name))
+            workers = body.get("workers") or []
+            if not isinstance(workers, list) or not all(isinstance(w, str) and w for w in workers):
+                raise ApiError(400, "workers must be a list of node ids, e.g. [\"node-a\", \"node-b\"]", field="workers")
+        if workers:
+            run_id = await _ask(control.confirm(request.path_params["dag_id"], version, client.name, workers))
+        else:
+            run_id = await _ask(control.confirm(request.path_params["dag_id"], version, client.name))
         return JSONResponse({"run_id": run_id}, status_code=201)
 
     async def listing(request: Request) -> JSONResponse:

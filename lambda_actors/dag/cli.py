@@ -11,7 +11,9 @@ Each ``dag`` command is one entry of :data:`COMMANDS`: a function adding its
 arguments and a function running it, returning the exit status.
 
 The other commands talk to the node's API (SPEC 8 "API"): ``dag run FILE
-[--follow]`` (publish, then confirm; ``--follow`` prints each transition from
+[--follow] [--workers node-a,node-b]`` (publish, then confirm; ``--workers``
+names the nodes a run is assigned to in mode ``federation``, where it is
+required, and is refused in the other modes; ``--follow`` prints each transition from
 the run's event stream until it ends), ``dag status RUN_ID``, ``dag list``,
 ``dag cancel|pause|resume RUN_ID``. ``--api URL`` (default
 ``http://127.0.0.1:8470``); the token comes from ``LAMBDA_API_TOKEN`` or
@@ -250,7 +252,18 @@ def _commanding(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="the DAG file (TOML)")
     parser.add_argument("--follow", action="store_true", help="print every transition until the run ends")
+    parser.add_argument(
+        "--workers", metavar="NODE,NODE", default="",
+        help="mode federation: the nodes the run's tasks are assigned to (comma-separated node ids)",
+    )
     add_api_arguments(parser)
+
+
+def _workers(text: str) -> list[str]:
+    workers = [w.strip() for w in text.split(",") if w.strip()]
+    if len(set(workers)) != len(workers):
+        raise _Failed(EXIT_INVALID, f"--workers: {text!r} names a node twice; name each once")
+    return workers
 
 
 def run_file(args: argparse.Namespace) -> int:
@@ -261,6 +274,7 @@ def run_file(args: argparse.Namespace) -> int:
         raise _Failed(EXIT_INVALID, f"{path}: cannot be read ({exc.strerror}); give the path of the DAG file") from None
     if len(text) > MAX_FILE_BYTES:
         raise _Failed(EXIT_INVALID, f"{path}: larger than {MAX_FILE_BYTES} bytes; split the DAG")
+    workers = _workers(getattr(args, "workers", "") or "")
     with _Api(args) as api:
         try:
             published = api.request("POST", "/publish", content=text, headers={"Content-Type": "application/toml"})
@@ -268,7 +282,10 @@ def run_file(args: argparse.Namespace) -> int:
             if exc.status == EXIT_INVALID:
                 raise _Failed(EXIT_INVALID, "\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
             raise
-        run = api.request("POST", f"/{published['dag_id']}/confirm", json={"version": published["version"]})
+        body: dict[str, Any] = {"version": published["version"]}
+        if workers:
+            body["workers"] = workers
+        run = api.request("POST", f"/{published['dag_id']}/confirm", json=body)
         run_id = run["run_id"]
         print(f"run {run_id}: dag {published['dag_id']} version {published['version'][:12]}")
         if not args.follow:

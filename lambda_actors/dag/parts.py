@@ -9,6 +9,12 @@ and the API's DAG routes.
         ├── runs            the coordinator (actors/coordinator.py)
         └── worker-<scope>  started on demand; runs and their task attempts
 
+In modes ``matrix`` and ``federation`` (several nodes, SPEC 8.3) runs are
+the cluster driver's instead (``node/dag-cluster``: actors/cluster_node.py):
+``node/dag`` does not run (it would resume the runs the store holds as its
+own, and run their tasks here), and the API's confirm and moves go to the
+driver.
+
 The DAG store is a connection of its own to the bot's database file (one
 file to back up). In ``hybrid`` mode with ``[matrix.dag_broadcast]
 enabled`` the Matrix side (status room, boards, heartbeats:
@@ -21,19 +27,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.routing import Route
 
 from ..bot.actors.services import BotServices
+from ..matrix.client import MatrixClient
 from ..node.config import ExecutionMode, NodeConfig
 from ..runtime.context import ActorContext
 from ..runtime.spec import ChildSpec, SupervisorSpec
 from .actors.control import NodeDagControl
 from .actors.coordinator import COORDINATOR_MAILBOX, coordinator_actor
 from .actors.gate import NodeGate
-from .actors.matrix_side import matrix_children, poke_broadcaster
+from .actors.cluster_brain import ClusterBrain
+from .actors.matrix_side import cluster_child, matrix_children, poke_broadcaster
 from .actors.run import COORDINATOR
 from .actors.services import DagServices, Gate
 from .api import dag_routes
@@ -58,6 +66,8 @@ class DagParts:
     services: DagServices
     control: NodeDagControl
     bot: BotServices | None = None
+    #: The cluster driver's brain once it runs (what /metrics reads).
+    brains: list[ClusterBrain] = field(default_factory=list)
 
     @classmethod
     def build(cls, bot: BotServices, node: NodeConfig) -> DagParts:
@@ -75,6 +85,7 @@ class DagParts:
         parts = cls.local(store, node, agent_url, known_agents=lambda a: agent_url(a) is not None,
                           gate=NodeGate(bot, store))
         parts.bot = bot
+        bot.counters.watch_cluster(parts.cluster_counts)
         return parts
 
     @classmethod
@@ -100,12 +111,32 @@ class DagParts:
         node = self.services.node
         return node.dag.execution_mode is ExecutionMode.HYBRID and node.dag_broadcast.enabled
 
+    def cluster_counts(self) -> dict[str, int] | None:
+        """``lambda_dag_cluster_*`` (None: this node runs no cluster driver)."""
+        if not self.brains:
+            return None
+        counts = self.brains[-1].current_stats()
+        return {
+            "reassigned": counts.reassigned, "stale_results_ignored": counts.stale_results_ignored,
+            "claims_lost": counts.claims_lost,
+        }
+
     def children(self) -> list[ChildSpec | SupervisorSpec]:
+        node = self.services.node
+        if node.dag.clustered:
+            matrix = matrix_children(self.bot, self.services.store, node) if self.bot is not None else []
+            return [*matrix, *self.cluster_children(self.bot.client if self.bot is not None else None)]
         dag = SupervisorSpec(
             "dag", children=[ChildSpec(COORDINATOR, self._coordinator, mailbox_capacity=COORDINATOR_MAILBOX)]
         )
         matrix = matrix_children(self.bot, self.services.store, self.services.node) if self.bot is not None else []
         return [dag, *matrix]
+
+    def cluster_children(self, client: MatrixClient | None, *, grace_s: float = 10.0) -> list[ChildSpec]:
+        """``node/dag-cluster`` on ``client`` (the node's own Matrix account), in modes matrix and federation."""
+        if client is None or not self.services.node.dag.clustered:
+            return []
+        return [cluster_child(client, self.services, self.services.node, brains=self.brains, grace_s=grace_s)]
 
     def routes(self) -> list[Route]:
         return dag_routes(self.control, self.services.store)

@@ -89,6 +89,11 @@ class BotCounters:
         for result in SEND_RESULTS:
             self.sends.labels(result)
 
+    def watch_cluster(self, counts: Callable[[], dict[str, int] | None]) -> None:
+        """Scrape ``lambda_dag_cluster_*`` (several nodes, SPEC 8.3) from ``counts``
+        (None: the node runs no cluster driver, and they are not shown)."""
+        self.registry.register(_ClusterCollector(counts))
+
     def received(self, event: dict[str, Any]) -> None:
         self.messages_received.labels(message_kind(event)).inc()
 
@@ -116,6 +121,29 @@ class Snapshot:
     rate_limited: int = 0
     #: status -> tasks of the DAG runs not finished yet (None: the node runs no DAGs).
     dag_tasks: dict[str, int] | None = None
+
+
+#: ``lambda_dag_cluster_<key>``: what each count is.
+CLUSTER_COUNTS = {
+    "reassigned": "Tasks given to another node because theirs was declared dead",
+    "stale_results_ignored": "Results of an older epoch than their task's, ignored",
+    "claims_lost": "Claims of this node that another node's claim beat",
+}
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int] | None]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        now = self._counts()
+        if now is None:
+            return
+        for key, text in CLUSTER_COUNTS.items():
+            yield CounterMetricFamily(f"lambda_dag_cluster_{key}", text, value=now.get(key, 0))
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
 
 class NodeCollector(Collector):

@@ -4,11 +4,13 @@
 
     node
     ├── dag-broadcast   the status room: the store's status outbox, batched, and each run's board
-    └── dag-heartbeat   the heartbeat room: heartbeats and liveness (delayed ``offline``)
+    ├── dag-heartbeat   the heartbeat room: heartbeats and liveness (delayed ``offline``)
+    └── dag-cluster     modes matrix and federation: the cluster room (actors/cluster_node.py)
 
-Neither runs in ``local`` mode (no Matrix at all), and each only when
-node.toml's ``[matrix.dag_broadcast]`` / ``[matrix.node_heartbeat]`` enables
-it. The run actors never wait on either: they write status events to the
+Neither of the first two runs in ``local`` mode (no Matrix at all), and each
+only when node.toml's ``[matrix.dag_broadcast]`` / ``[matrix.node_heartbeat]``
+enables it; ``dag-cluster`` runs in modes ``matrix`` and ``federation``
+(:func:`cluster_child`), after the heartbeat actor. The run actors never wait on either: they write status events to the
 store and :func:`poke_broadcaster`.
 """
 
@@ -18,14 +20,18 @@ from typing import Any
 
 from ...bot.actors.services import BotServices
 from ...cli import version
+from ...matrix.client import MatrixClient
 from ...node.config import ExecutionMode, NodeConfig
 from ...runtime.registry import Registry
 from ...runtime.spec import ChildSpec
 from ..store import DagStore
 from .broadcast import broadcaster_actor, poke
+from .cluster_brain import ClusterBrain
+from .cluster_node import CLUSTER_MAILBOX, CLUSTER_PATH, cluster_node_actor
 from .heartbeats import heartbeat_actor
+from .services import DagServices
 
-__all__ = ["BROADCAST_PATH", "HEARTBEAT_PATH", "matrix_children", "poke_broadcaster"]
+__all__ = ["BROADCAST_PATH", "CLUSTER_PATH", "HEARTBEAT_PATH", "cluster_child", "matrix_children", "poke_broadcaster"]
 
 #: Where the node tree runs the broadcaster and the heartbeat actor.
 BROADCAST_PATH = "node/dag-broadcast"
@@ -64,6 +70,23 @@ def matrix_children(bot: BotServices, dag_store: DagStore, node_config: NodeConf
 
         children.append(ChildSpec(HEARTBEAT_PATH.rsplit("/", 1)[1], heartbeats, shutdown=HEARTBEAT_SHUTDOWN_S))
     return children
+
+
+def cluster_child(
+    client: MatrixClient, services: DagServices, node_config: NodeConfig, *, brains: list[ClusterBrain] | None = None,
+    grace_s: float = 10.0,
+) -> ChildSpec:
+    """``node/dag-cluster`` (modes ``matrix`` and ``federation``), on the node's own Matrix account."""
+    server = client.server_name
+
+    async def driver(ctx: Any) -> None:
+        await cluster_node_actor(
+            ctx, client, services, node_config,
+            heartbeat_room=node_config.node_heartbeat.room_for(server),
+            cluster_room=node_config.dag.cluster.room_for(server), grace_s=grace_s, brain_sink=brains,
+        )
+
+    return ChildSpec(CLUSTER_PATH.rsplit("/", 1)[1], driver, mailbox_capacity=CLUSTER_MAILBOX)
 
 
 def poke_broadcaster(registry: Registry) -> None:
