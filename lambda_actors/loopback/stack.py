@@ -135,35 +135,13 @@ class LoopbackStack:
         """Start ``lambda-actors run`` as a child process (its log goes to ``log_path``,
         one JSON object a line with ``log_json``; ``faults`` go to ``LAMBDA_ACTORS_FAULTS``;
         ``http`` is where its API listens, ``node_config`` its node.toml)."""
-        env = {
-            **os.environ,
-            "MATRIX_HOMESERVER": self.homeserver.url,
-            "MATRIX_USER_ID": self.bot_user.user_id,
-            "MATRIX_PASSWORD": self.bot_user.password,
-        }
-        env.pop("MATRIX_ACCESS_TOKEN", None)
-        env.pop("LAMBDA_ACTORS_FAULTS", None)
-        if faults:
-            env["LAMBDA_ACTORS_FAULTS"] = ",".join(sorted(faults))
         if node_config is None:
             node_config = self.config_path.parent / "node.toml"
             node_config.write_text(f'node_id = "{self.node_id}"\n')
-        log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(self.config_path),
-             "--supervision", str(supervision_path), "--data-dir", str(self.data_dir),
-             *(["--control-socket", str(control_socket)] if control_socket else []),
-             *(["--log-json"] if log_json else []),
-             *(["--node-config", str(node_config)] if node_config else []),
-             # No HTTP API unless asked: a fixed port would be taken by the
-             # previous process (or another bot on this machine) when it is
-             # restarted.
-             "--http", http],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.process = spawn_node_process(
+            self.homeserver.url, self.bot_user, self.config_path, supervision_path, self.data_dir, log_path,
+            control_socket=control_socket, log_json=log_json, faults=faults, http=http, node_config=node_config,
         )
-        log.close()
         return self.process
 
     def kill_bot_process(self) -> None:
@@ -227,6 +205,51 @@ class LoopbackStack:
         await self.stop_bot()
         if self.process is not None:
             await self.terminate_bot_process()
+
+
+def spawn_node_process(
+    homeserver_url: str,
+    account: RegisteredUser,
+    config_path: Path,
+    supervision_path: Path,
+    data_dir: Path,
+    log_path: Path,
+    *,
+    control_socket: Path | None = None,
+    log_json: bool = False,
+    faults: Iterable[str] = (),
+    http: str = "off",
+    node_config: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``lambda-actors run`` as a child process logged in as ``account``
+    (the bot of one stack, or one node of several: ``loopback/cluster.py``)."""
+    env = {
+        **os.environ,
+        "MATRIX_HOMESERVER": homeserver_url,
+        "MATRIX_USER_ID": account.user_id,
+        "MATRIX_PASSWORD": account.password,
+    }
+    env.pop("MATRIX_ACCESS_TOKEN", None)
+    env.pop("LAMBDA_ACTORS_FAULTS", None)
+    if faults:
+        env["LAMBDA_ACTORS_FAULTS"] = ",".join(sorted(faults))
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lambda_actors.cli", "run", "--config", str(config_path),
+         "--supervision", str(supervision_path), "--data-dir", str(data_dir),
+         *(["--control-socket", str(control_socket)] if control_socket else []),
+         *(["--log-json"] if log_json else []),
+         *(["--node-config", str(node_config)] if node_config else []),
+         # No HTTP API unless asked: a fixed port would be taken by the
+         # previous process (or another bot on this machine) when it is
+         # restarted.
+         "--http", http],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    return process
 
 
 def agents_yaml(agents: Sequence[FakeAgent], user_agents: dict[str, str], *, removed: Iterable[int] = ()) -> str:
