@@ -1600,10 +1600,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", action="store_true", help="print the report as one JSON object (progress goes to stderr)")
     add("--keep", type=Path, metavar="DIR",
         help="work in DIR (new or empty) and keep it: the bot's log and database, problems.json, report.json")
+    from .cluster_chaos import add_arguments as add_cluster_arguments
+
+    add_cluster_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """0: nothing lost, duplicated or wrong; 1: the run found problems (or failed); 2: cannot start; 130: Ctrl-C."""
+    if args.nodes is not None:
+        from .cluster_chaos import run as run_cluster  # several nodes: docs/chaos.md "Several nodes"
+
+        return run_cluster(args)
     if importlib.util.find_spec("synapse") is None:
         print("chaos: Synapse is not installed. Run scripts/setup (it installs lambda_actors[test]).", file=sys.stderr)
         return 2
