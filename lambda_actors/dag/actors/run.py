@@ -134,6 +134,7 @@ class _Run:
         now = services.clock()
         self._step(self.machine.start(now))
         self.interrupted.clear()
+        mailbox = self.ctx.mailbox
         while not self.finished:
             if self.to_warm:
                 # After the attempts just started have sent their prompts:
@@ -145,14 +146,23 @@ class _Run:
             msg = None
             with trio.move_on_at(deadline):
                 try:
-                    msg = await self.ctx.mailbox.receive()
+                    msg = await mailbox.receive()
                 except trio.EndOfChannel:
                     return  # the node stops: the store resumes the run on the next start
             if msg is None:
                 self._step(self.machine.tick(services.clock()))
                 continue
-            self._handle(msg)
-        self._drain()
+            # Every message already waiting is folded into the same step: one
+            # commit (and one allocation, one feed to the watchers) for all of
+            # them, instead of one each. Taken without waiting, so the step
+            # still follows its first message at once.
+            batch = [msg]
+            while True:
+                try:
+                    batch.append(mailbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self._take(batch)
 
     def _drain(self) -> None:
         """The run ended: what is still held (a task actor's end posted before
@@ -182,28 +192,46 @@ class _Run:
         except ActorError:
             pass  # stopping: nothing to start any more
 
-    def _handle(self, msg: object) -> None:
+    def _take(self, batch: list[object]) -> None:
+        """Feed ``batch`` to the machine, in order, and apply what it answers
+        in one step; the calls among them are answered once it is kept."""
         now = self.services.clock()
+        actions: list[Action] = []
+        calls: list[Request[object]] = []
+        for msg in batch:
+            if isinstance(msg, Request):
+                if self._control(msg, now, actions):
+                    calls.append(msg)
+            else:
+                self._handle(msg, now, actions)
+        try:
+            self._step(actions)
+        except BaseException as exc:
+            for call in calls:
+                call.fail(exc)
+            raise
+        for call in calls:
+            call.reply(None)
+
+    def _handle(self, msg: object, now: float, actions: list[Action]) -> None:
+        """What the machine answers to one report, added to ``actions``."""
         machine = self.machine
-        if isinstance(msg, Request):
-            self._control(msg, now)
-            return
         try:
             match msg:
                 case Granted():
-                    self._step([])
+                    pass  # the step takes the grants
                 case AttemptSucceeded(task_id=t, attempt=n, output=output, artifacts=artifacts):
                     self._done(t, n)
                     self.artifacts[(t, n)] = artifacts
-                    self._step(machine.succeeded(t, n, output, now))
+                    actions += machine.succeeded(t, n, output, now)
                 case AttemptFailed(task_id=t, attempt=n, reason=reason):
                     self._done(t, n)
-                    self._step(machine.failed(t, n, reason, now))
+                    actions += machine.failed(t, n, reason, now)
                 case AttemptBlocked(task_id=t, attempt=n, reason=reason, output_preview=preview):
                     self.previews[(t, n)] = preview
-                    self._step(machine.blocked(t, n, reason, now))
+                    actions += machine.blocked(t, n, reason, now)
                 case AttemptRecovered(task_id=t, attempt=n):
-                    self._step(machine.unblocked(t, n, now))
+                    actions += machine.unblocked(t, n, now)
                 case Down(path=path) if self._warm_ended(path.rpartition("/")[2]):
                     pass
                 case Down(path=path, reason=reason) if reason not in ("normal", "shutdown", "noproc"):
@@ -212,34 +240,35 @@ class _Run:
                     found = self.by_child.get(name)
                     if found is not None and self.live.get(found[0], (0, ""))[0] == found[1]:
                         self._done(*found)
-                        self._step(machine.failed(found[0], found[1], f"the task's actor crashed ({reason})", now))
+                        actions += machine.failed(found[0], found[1], f"the task's actor crashed ({reason})", now)
                 case _:
                     pass
         except (sch.UnknownAttempt, sch.UnknownTask) as exc:
             self.log.info("dag.run.late_report", error=str(exc))
 
-    def _control(self, request: Request[object], now: float) -> None:
+    def _control(self, request: Request[object], now: float, actions: list[Action]) -> bool:
+        """A call's move added to ``actions``; False if it was refused (and answered)."""
+        if self.machine.status.final:
+            # Ended by an earlier message of the same batch: as a call that
+            # comes after the end (see _drain).
+            request.fail(TerminalState(f"run {self.run_id}", self.machine.status, "moved"))
+            return False
         try:
             match request.msg:
                 case PauseRun():
-                    actions = self.machine.pause(now)
+                    actions += self.machine.pause(now)
                 case ResumeRun():
-                    actions = self.machine.resume(now)
+                    actions += self.machine.resume(now)
                 case CancelRun(reason=reason):
-                    actions = self.machine.cancel(now, reason)
+                    actions += self.machine.cancel(now, reason)
                 case other:
                     request.fail(TypeError(f"a run actor does not take {other!r}"))
-                    return
+                    return False
         except sch.IllegalMove as exc:
             # The API speaks the store's errors (409).
             request.fail(IllegalMove(f"run {self.run_id}", exc.current, exc.wanted))
-            return
-        try:
-            self._step(actions)
-        except BaseException as exc:
-            request.fail(exc)
-            raise
-        request.reply(None)
+            return False
+        return True
 
     def _warm_ended(self, name: str) -> bool:
         """A warm actor ended before its attempt started: it is forgotten."""

@@ -10,6 +10,7 @@ a grant or an event can never be half-given.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ from ..scheduler import Scheduler
 
 __all__ = ["ConfirmAsk", "DagServices", "Gate", "SlotBoard", "Watchers", "run_key", "WATCH_BUFFER"]
 
-#: Events a watcher may fall behind by before it is dropped (it reconnects
-#: and gets a fresh snapshot; a run never waits for it).
+#: Steps of a run (each a batch of events) a watcher may fall behind by
+#: before it is dropped (it reconnects and gets a fresh snapshot; a run never
+#: waits for it).
 WATCH_BUFFER = 256
 
 
@@ -124,34 +126,40 @@ class _Entry:
 class Watchers:
     """Local watchers of runs (the API's server-sent events).
 
-    Each watcher has a bounded channel; :meth:`publish` never waits: a watcher
-    whose channel is full is dropped (its stream ends; it reconnects and gets
-    a fresh snapshot), so a slow reader can never slow a run.
+    A run actor publishes the events of one step together, and each watcher
+    gets them as one item of a bounded channel (read back one event at a
+    time): the bound counts steps, not events, so a step of many events (a
+    fan-out, a cancel of a thousand tasks, several reports folded into one
+    step) never drops a watcher that keeps up with the run's steps.
+    :meth:`publish` never waits: a watcher whose channel is full is dropped
+    (its stream ends; it reconnects and gets a fresh snapshot), so a slow
+    reader can never slow a run.
     """
 
     def __init__(self, buffer: int = WATCH_BUFFER) -> None:
         self.buffer = buffer
-        self._by_run: dict[str, set[trio.MemorySendChannel[LogicalEvent]]] = {}
+        self._by_run: dict[str, set[trio.MemorySendChannel[tuple[LogicalEvent, ...]]]] = {}
 
     @asynccontextmanager
-    async def watch(self, run_id: str) -> AsyncIterator[trio.MemoryReceiveChannel[LogicalEvent]]:
-        send, receive = trio.open_memory_channel[LogicalEvent](self.buffer)
+    async def watch(self, run_id: str) -> AsyncIterator[AsyncIterator[LogicalEvent]]:
+        send, receive = trio.open_memory_channel[tuple[LogicalEvent, ...]](self.buffer)
         self._by_run.setdefault(run_id, set()).add(send)
         try:
             async with receive:
-                yield receive
+                yield _Feed(receive)
         finally:
             self._drop(run_id, send)
 
     def publish(self, run_id: str, events: list[LogicalEvent]) -> None:
-        for send in list(self._by_run.get(run_id, ())):
+        watchers = self._by_run.get(run_id)
+        if not watchers or not events:
+            return
+        step = tuple(events)
+        for send in list(watchers):
             try:
-                for event in events:
-                    # Never waits: a full channel drops the watcher instead.
-                    send.send_nowait(event)
-            except trio.WouldBlock:
-                self._drop(run_id, send)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # Never waits: a full channel drops the watcher instead.
+                send.send_nowait(step)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 self._drop(run_id, send)
 
     def end(self, run_id: str) -> None:
@@ -162,13 +170,37 @@ class Watchers:
     def count(self, run_id: str) -> int:
         return len(self._by_run.get(run_id, ()))
 
-    def _drop(self, run_id: str, send: trio.MemorySendChannel[LogicalEvent]) -> None:
+    def _drop(self, run_id: str, send: trio.MemorySendChannel[tuple[LogicalEvent, ...]]) -> None:
         send.close()
         watchers = self._by_run.get(run_id)
         if watchers is not None:
             watchers.discard(send)
             if not watchers:
                 del self._by_run[run_id]
+
+
+class _Feed:
+    """A watcher's events one at a time, from the steps its channel holds."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[tuple[LogicalEvent, ...]]) -> None:
+        self._receive = receive
+        self._held: deque[LogicalEvent] = deque()
+
+    def __aiter__(self) -> _Feed:
+        return self
+
+    async def __anext__(self) -> LogicalEvent:
+        if self._held:
+            # The rest of a step already taken: no wait, but a cancelled
+            # reader still stops here.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return self._held.popleft()
+        try:
+            step = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        self._held.extend(step[1:])
+        return step[0]
 
 
 def _nothing() -> None:
