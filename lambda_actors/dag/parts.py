@@ -26,6 +26,8 @@ Matrix: the store and the API's event stream are the whole of it.
 from __future__ import annotations
 
 import sqlite3
+
+import trio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +68,10 @@ class DagParts:
     services: DagServices
     control: NodeDagControl
     bot: BotServices | None = None
-    #: The cluster driver's brain once it runs (what /metrics reads).
+    #: The cluster driver's brain once it has caught up (what /metrics reads; one per incarnation).
     brains: list[ClusterBrain] = field(default_factory=list)
+    #: Set when the cluster driver has first caught up with the cluster room.
+    cluster_ready: trio.Event = field(default_factory=trio.Event)
 
     @classmethod
     def build(cls, bot: BotServices, node: NodeConfig) -> DagParts:
@@ -136,7 +140,11 @@ class DagParts:
         """``node/dag-cluster`` on ``client`` (the node's own Matrix account), in modes matrix and federation."""
         if client is None or not self.services.node.dag.clustered:
             return []
-        return [cluster_child(client, self.services, self.services.node, brains=self.brains, grace_s=grace_s)]
+        return [cluster_child(client, self.services, self.services.node, on_ready=self._cluster_ready, grace_s=grace_s)]
+
+    def _cluster_ready(self, brain: ClusterBrain) -> None:
+        self.brains.append(brain)
+        self.cluster_ready.set()
 
     def routes(self) -> list[Route]:
         return dag_routes(self.control, self.services.store)

@@ -201,8 +201,11 @@ class ClusterBrain:
         self.retry_backoff_s = retry_backoff_s
         self.worker = Worker(node_id, accept_remote_tasks=accept_remote_tasks, slots=slots)
         self.observer = Observer(me=node_id, grace_s=grace_s, heartbeat_interval_s=heartbeat_interval_s)
-        self.accounts: dict[str, str] = {node_id: account}
-        self._nodes_of: dict[str, str] = {account: node_id}
+        self.account = account
+        #: node id -> its account, learnt from the heartbeat room only (this
+        #: node's own too: every node judges every event by the same rule).
+        self.accounts: dict[str, str] = {}
+        self._nodes_of: dict[str, str] = {}
         self.runs: dict[str, _Run] = {}
         self.ended: dict[str, str] = {}  #: run id -> how it ended (its coordinator's word)
         self.replaying = True
@@ -215,6 +218,12 @@ class ClusterBrain:
 
     def knows(self, node_id: str) -> bool:
         return node_id in self.accounts
+
+    @property
+    def announced(self) -> bool:
+        """This node's own account is bound to its id in the heartbeat room:
+        every other node can check its posts, so it may post."""
+        return self.accounts.get(self.me) == self.account
 
     def node_of(self, sender: str) -> str | None:
         return self._nodes_of.get(sender)

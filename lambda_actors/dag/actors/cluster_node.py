@@ -49,7 +49,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ from ...runtime.request import Request
 from ...runtime.spec import ChildSpec
 from .. import status as st
 from ..heartbeat import HEARTBEAT, NODE_STATUS
-from ..scheduler import RunStatusChanged, TaskStatus, TaskStatusChanged
+from ..scheduler import RunStatus, RunStatusChanged, TaskStatus, TaskStatusChanged
 from ..spec import DagSpec
 from ..store import DagStoreError, IllegalMove, NotFound
 from .cluster_brain import BrainAction, ClusterBrain, Post, Record, RoomEvent, StartTask, StopTask
@@ -166,18 +166,19 @@ async def cluster_node_actor(
     heartbeat_room: str,
     cluster_room: str,
     grace_s: float = 10.0,
-    brain_sink: list[ClusterBrain] | None = None,
+    on_ready: Callable[[ClusterBrain], None] | None = None,
 ) -> None:
-    """Drive this node's part of the cluster until stopped. ``brain_sink``
-    receives the brain once made (metrics read its counts)."""
+    """Drive this node's part of the cluster until stopped. ``on_ready`` is
+    given the brain once caught up (metrics read its counts)."""
+    services.registry = ctx.registry  # the API's calls find this actor through it
     log = ctx.log.bind(node_id=node.node_id)
     driver = _Driver(ctx, client, services, node, log, grace_s)
     driver.stop_orphans()
     started = await driver.start(heartbeat_room, cluster_room)
     if not started:
         return
-    if brain_sink is not None:
-        brain_sink.append(driver.brain)
+    if on_ready is not None:
+        on_ready(driver.brain)
     await driver.serve()
 
 
@@ -253,6 +254,20 @@ class _Driver:
 
     async def _first_reads(self) -> None:
         await self._refresh_accounts(force=True)
+        pause = 0.05
+        while not self.brain.announced:
+            # Nothing is posted before this node's own cis.node.status is in
+            # the heartbeat room (its heartbeat actor writes it at start):
+            # other nodes judge our posts by it, and must find it.
+            bound = self.brain.accounts.get(self.node.node_id)
+            if bound is not None and bound != self.client.user_id:
+                self.log.error(
+                    "dag.cluster.node_id_taken", account=bound,
+                    fix="another account writes this node id's status; give this node another node_id in node.toml",
+                )
+            await trio.sleep(pause)  # waiting on another actor's write (no event to wait on across actors)
+            pause = min(2.0, pause * 2)
+            await self._refresh_accounts(force=True)
         self.filter_id = await self.client.create_filter(
             {
                 "presence": {"types": []},
@@ -417,8 +432,6 @@ class _Driver:
 
     async def _refresh_accounts(self, *, force: bool = False) -> None:
         now = trio.current_time()
-        if not force and now - self.refreshed_at < 2.0:
-            return
         self.refreshed_at = now
         try:
             state = await self.client.room_state(self.heartbeat_room)
@@ -536,6 +549,9 @@ class _Driver:
                 store.publish(record.spec, f"cluster:{record.origin}", wall)
                 store.create_run(record.spec, wall, run_id=run_id)
             if isinstance(change, RunStatusChanged):
+                if store.run(run_id).status is RunStatus.CREATED and change.status is not RunStatus.RUNNING:
+                    # Taken over: this node's scheduler never started the run, it carried it on.
+                    store.set_run_status(run_id, RunStatus.RUNNING, wall)
                 store.set_run_status(run_id, change.status, wall)
             elif isinstance(change, TaskStatusChanged):
                 self._record_task(run_id, change, wall)

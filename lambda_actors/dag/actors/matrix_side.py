@@ -16,6 +16,7 @@ store and :func:`poke_broadcaster`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...bot.actors.services import BotServices
@@ -73,8 +74,8 @@ def matrix_children(bot: BotServices, dag_store: DagStore, node_config: NodeConf
 
 
 def cluster_child(
-    client: MatrixClient, services: DagServices, node_config: NodeConfig, *, brains: list[ClusterBrain] | None = None,
-    grace_s: float = 10.0,
+    client: MatrixClient, services: DagServices, node_config: NodeConfig, *,
+    on_ready: Callable[[ClusterBrain], None] | None = None, grace_s: float = 10.0,
 ) -> ChildSpec:
     """``node/dag-cluster`` (modes ``matrix`` and ``federation``), on the node's own Matrix account."""
     server = client.server_name
@@ -83,7 +84,7 @@ def cluster_child(
         await cluster_node_actor(
             ctx, client, services, node_config,
             heartbeat_room=node_config.node_heartbeat.room_for(server),
-            cluster_room=node_config.dag.cluster.room_for(server), grace_s=grace_s, brain_sink=brains,
+            cluster_room=node_config.dag.cluster.room_for(server), grace_s=grace_s, on_ready=on_ready,
         )
 
     return ChildSpec(CLUSTER_PATH.rsplit("/", 1)[1], driver, mailbox_capacity=CLUSTER_MAILBOX)
