@@ -177,8 +177,6 @@ class _Run:
     scheduler: Scheduler | None = None
     took_over: set[int] = field(default_factory=set)
     wake_at: float | None = None
-    #: counted into ClusterCounts when the run ends (its machines are dropped then)
-    counted_reassigned: int = 0
 
 
 class ClusterBrain:
@@ -354,9 +352,7 @@ class ClusterBrain:
             self.worker.replay(run_id, event)
         else:
             actions += self._worker(self.worker.observe(run_id, event))
-        before = run.cluster.reassigned
         actions += self._cluster(run, run.cluster.observe(event))
-        run.counted_reassigned += run.cluster.reassigned - before
         return actions + self._lead(run)
 
     def _spec(self, event: RoomEvent) -> list[BrainAction]:
@@ -394,7 +390,8 @@ class ClusterBrain:
         run_id = run.info.run_id
         self.ended[run_id] = how
         del self.runs[run_id]
-        self.counts.reassigned += run.counted_reassigned
+        # Counted into the totals: the run's machines are dropped now.
+        self.counts.reassigned += run.cluster.reassigned
         self.counts.stale_results_ignored += run.cluster.stale_results_ignored
         return self._worker(self.worker.run_ended(run_id))
 
@@ -575,11 +572,18 @@ class ClusterBrain:
                 else:
                     outputs = {t: r.output or "" for t, r in run.cluster.ledger.tasks.items() if r.phase == "completed"}
                     task_input = st.TaskInput(prompt=_cut(render_prompt(task, outputs), st.INPUT_INLINE_LIMIT - 2048))
-                event = st.task_assigned(
-                    run_id, a.task_id, assigned_to=a.assigned_to, assigned_by=self.me, agent_type=task.agent,
-                    upstream_tasks=task.deps, epoch=a.epoch, attempt=a.attempt, task_input=task_input,
-                    input_url="", at=self._at(),
-                )
+                limit = st.INPUT_INLINE_LIMIT - 2048
+                while True:
+                    event = st.task_assigned(
+                        run_id, a.task_id, assigned_to=a.assigned_to, assigned_by=self.me, agent_type=task.agent,
+                        upstream_tasks=task.deps, epoch=a.epoch, attempt=a.attempt, task_input=task_input,
+                        input_url="", at=self._at(),
+                    )
+                    if "input_url" not in event.content or task_input.prompt is None or limit < 1024:
+                        break
+                    # JSON escapes made it longer than its bytes: cut harder (input_url is not served).
+                    limit //= 2
+                    task_input = st.TaskInput(prompt=_cut(task_input.prompt, limit))
                 out.append(Post(event.type, event.content))
             elif isinstance(a, Revoke):
                 event = st.task_revoked(run_id, a.task_id, self.me, a.epoch, a.reason, at=self._at())
@@ -648,7 +652,7 @@ class ClusterBrain:
     def current_stats(self) -> ClusterCounts:
         """The counts, with what the runs still going add."""
         return ClusterCounts(
-            reassigned=self.counts.reassigned + sum(r.counted_reassigned for r in self.runs.values()),
+            reassigned=self.counts.reassigned + sum(r.cluster.reassigned for r in self.runs.values()),
             stale_results_ignored=self.counts.stale_results_ignored
             + sum(r.cluster.stale_results_ignored for r in self.runs.values()),
             claims_lost=self.worker.claims_lost,

@@ -1,0 +1,294 @@
+"""The cluster driver's pure brain (dag/actors/cluster_brain.py): several brains
+over one simulated cluster room and heartbeat room, each event with the
+Matrix account that sent it. What the brain adds to the machines of
+test_dag_cluster_world.py: routing by run id, the identity rule, the spec
+event, replay then catch-up, what is posted and recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lambda_actors.dag import status as st
+from lambda_actors.dag.actors.cluster_brain import (
+    CUT_MARKER,
+    ClusterBrain,
+    ClusterRefused,
+    Post,
+    Record,
+    RoomEvent,
+    StartTask,
+    StopTask,
+    _cut,
+)
+from lambda_actors.dag.heartbeat import NODE_STATUS
+from lambda_actors.dag.scheduler import RunStatusChanged, TaskStatusChanged
+from lambda_actors.dag.spec import DagSpec, parse_dag
+
+WALL = 1_800_000_000.0
+
+
+def spec(n: int = 2, chain: bool = True, prompt: str = "p") -> DagSpec:
+    tasks = [
+        {"id": f"t{i}", "deps": [f"t{i - 1}"] if chain and i else [], "agent": "agent-0", "prompt": prompt}
+        for i in range(n)
+    ]
+    return parse_dag({"dag_id": "d", "tasks": tasks})
+
+
+@dataclass
+class Net:
+    """The rooms: every post appended with its sender; each brain reads at its own pace."""
+
+    room: list[RoomEvent] = field(default_factory=list)
+    brains: dict[str, ClusterBrain] = field(default_factory=dict)
+    cursors: dict[str, int] = field(default_factory=dict)
+    copies: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
+    records: dict[str, list[Record]] = field(default_factory=dict)
+    started: list[StartTask] = field(default_factory=list)
+    stopped: list[StopTask] = field(default_factory=list)
+    now: float = 0.0
+    seq: int = 0
+    #: The heartbeat room's state: each node's last status event.
+    state: dict[str, RoomEvent] = field(default_factory=dict)
+
+    def add(self, node_id: str, *, accept: bool = True, slots: int = 2, announce: bool = True) -> ClusterBrain:
+        brain = ClusterBrain(node_id, f"@{node_id}:hs", accept_remote_tasks=accept, slots=slots)
+        self.brains[node_id] = brain
+        self.cursors[node_id] = 0
+        self.copies[node_id] = {}
+        self.records[node_id] = []
+        for event in self.state.values():
+            # A (re)started node reads the heartbeat room's state first.
+            self.perform(node_id, brain.heartbeat_event(event, self.now))
+        if announce:
+            self.status(node_id, "online")
+        return brain
+
+    def status(self, node_id: str, status: str, sender: str | None = None) -> None:
+        event = self._event(sender or f"@{node_id}:hs", NODE_STATUS, {"node_id": node_id, "status": status}, node_id)
+        if sender is None:
+            self.state[node_id] = event
+        for name, brain in self.brains.items():
+            self.perform(name, brain.heartbeat_event(event, self.now))
+
+    def catch_up(self, node_id: str) -> None:
+        """A (re)started brain: replays the room, then acts."""
+        brain = self.brains[node_id]
+        for event in self.room:
+            self.perform(node_id, brain.replay(event, self.now, WALL))
+        self.cursors[node_id] = len(self.room)
+        self.perform(node_id, brain.caught_up(self.now))
+
+    def _event(self, sender: str, event_type: str, content: Any, state_key: str | None = None) -> RoomEvent:
+        self.seq += 1
+        return RoomEvent(f"$e{self.seq}", sender, event_type, dict(content), state_key)
+
+    def perform(self, node_id: str, actions: list[Any]) -> None:
+        brain = self.brains[node_id]
+        for a in actions:
+            if isinstance(a, Post):
+                self.room.append(self._event(brain.account, a.event_type, a.content, a.state_key))
+            elif isinstance(a, StartTask):
+                self.started.append(a)
+                self.copies[node_id][(a.run_id, a.task_id)] = a.epoch
+            elif isinstance(a, StopTask):
+                self.stopped.append(a)
+                self.copies[node_id].pop((a.run_id, a.task_id), None)
+            elif isinstance(a, Record):
+                self.records[node_id].append(a)
+
+    def settle(self, rounds: int = 100) -> None:
+        for _ in range(rounds):
+            moved = False
+            for node_id, brain in self.brains.items():
+                while self.cursors[node_id] < len(self.room):
+                    event = self.room[self.cursors[node_id]]
+                    self.cursors[node_id] += 1
+                    self.perform(node_id, brain.cluster_event(event, self.now, WALL))
+                    moved = True
+            if not moved:
+                return
+
+    def finish_all(self, outcome: str = "completed") -> None:
+        for _ in range(20):
+            self.settle()
+            done = False
+            for node_id, copies in self.copies.items():
+                for (run_id, task_id), epoch in list(copies.items()):
+                    del copies[(run_id, task_id)]
+                    self.perform(node_id, self.brains[node_id].finished(run_id, task_id, epoch, outcome, f"out-{task_id}"))
+                    done = True
+            if not done:
+                self.settle()
+                return
+
+    def of(self, event_type: str) -> list[RoomEvent]:
+        return [e for e in self.room if e.type == event_type]
+
+
+def confirm(net: Net, node_id: str, the_spec: DagSpec, run_id: str = "run-1", mode: str = "matrix", workers: tuple[str, ...] = ()) -> str:
+    net.perform(node_id, net.brains[node_id].confirm(run_id, the_spec, mode=mode, workers=workers, wall=WALL))
+    return run_id
+
+
+def net_of(*nodes: str, accept: dict[str, bool] | None = None) -> Net:
+    net = Net()
+    for node_id in nodes:
+        net.add(node_id, accept=(accept or {}).get(node_id, True), announce=False)
+    for node_id in nodes:
+        net.status(node_id, "online")
+    for node_id in nodes:
+        net.catch_up(node_id)
+    return net
+
+
+def test_a_run_offered_in_mode_matrix_is_claimed_run_and_completed_once() -> None:
+    net = net_of("a", "b", accept={"a": False})
+    confirm(net, "a", spec(2))
+    net.finish_all()
+    assert [s.task_id for s in net.started] == ["t0", "t1"] and {tuple(s.run_id for s in net.started)} == {("run-1", "run-1")}
+    assert [e.content["claimed_by"] for e in net.of(st.TASK_CLAIMED)] == ["b", "b"]
+    assert [e.content["status"] for e in net.of(st.TASK_STATUS)] == ["completed", "completed"]
+    assert [e.sender for e in net.of(st.RUN_COMPLETED)] == ["@a:hs"]
+    # Only the leader records the run; its final record says completed.
+    assert net.records["b"] == []
+    finals = [r.change for r in net.records["a"] if isinstance(r.change, RunStatusChanged)]
+    assert [str(c.status) for c in finals] == ["running", "completed"]
+    # The second prompt was rendered with the first's output.
+    assert "out-t0" not in net.of(st.TASK_ASSIGNED)[1].content["prompt"]  # the spec's prompt names no output
+    assert "run-1" in net.brains["a"].ended and "run-1" in net.brains["b"].ended
+
+
+def test_a_claim_sent_by_another_account_than_the_node_it_names_does_not_count() -> None:
+    net = net_of("a", "b", "c", accept={"a": False})
+    net.brains["c"].worker.accept_remote_tasks = False
+    confirm(net, "a", spec(1))
+    # Before anyone reads the offer, b's account claims it in c's name
+    # (were it counted, c would hold the task and b's own claim would lose).
+    net.room.append(
+        RoomEvent("$forged", "@b:hs", st.TASK_CLAIMED, {"run_id": "run-1", "task_id": "t0", "claimed_by": "c", "epoch": 1})
+    )
+    net.settle()
+    assert net.copies["c"] == {} and net.copies["b"] == {("run-1", "t0"): 1}
+    assert any(note[0] == "dag.cluster.not_its_node" for note in net.brains["a"].notes)
+    net.finish_all()
+    assert [(e.content["claimed_by"], e.sender) for e in net.of(st.TASK_CLAIMED)] == [("c", "@b:hs"), ("b", "@b:hs")]
+    assert [e.content["status"] for e in net.of(st.TASK_STATUS)] == ["completed"]
+
+
+def test_a_second_account_writing_a_nodes_status_is_an_impostor() -> None:
+    net = net_of("a", "b")
+    net.status("b", "stopped", sender="@mallory:hs")
+    assert net.brains["a"].counts.impostors == 1
+    assert "b" in net.brains["a"].observer.live()  # the impostor's `stopped` said nothing
+
+
+def test_federation_assigns_by_name_and_needs_workers() -> None:
+    net = net_of("a", "b", "c")
+    with pytest.raises(ClusterRefused, match="--workers node-a,node-b"):
+        confirm(net, "a", spec(1), mode="federation")
+    with pytest.raises(ClusterRefused, match="is for mode federation"):
+        confirm(net, "a", spec(1), mode="matrix", workers=("b",))
+    with pytest.raises(ClusterRefused, match="not a node id"):
+        confirm(net, "a", spec(1), mode="federation", workers=("b c",))
+    confirm(net, "a", spec(3, chain=False), mode="federation", workers=("c",))
+    net.finish_all()
+    assert {e.content["assigned_to"] for e in net.of(st.TASK_ASSIGNED)} == {"c"}
+    assert {(s.task_id, s.epoch) for s in net.started} == {("t0", 1), ("t1", 1), ("t2", 1)}
+    assert [e.sender for e in net.of(st.RUN_COMPLETED)] == ["@a:hs"]
+
+
+def test_a_spec_too_large_for_one_event_is_refused_at_confirm() -> None:
+    net = net_of("a")
+    with pytest.raises(ClusterRefused, match="60000 a Matrix event may hold"):
+        confirm(net, "a", spec(8, prompt="x" * 9000))
+    assert net.room == [] or all(e.type != st.RUN_SPEC for e in net.room)
+
+
+def test_the_coordinator_stopping_the_lowest_live_node_takes_over_and_adopts_its_task() -> None:
+    net = net_of("a", "b", "c", accept={"a": False, "b": False})
+    confirm(net, "a", spec(2))
+    net.settle()
+    assert net.copies["c"] == {("run-1", "t0"): 1}
+    net.status("a", "stopped")
+    net.settle()
+    leaders = [(e.content["node_id"], e.content["epoch"], e.sender) for e in net.of(st.RUN_COORDINATOR)]
+    assert leaders == [("a", 1, "@a:hs"), ("b", 2, "@b:hs")]
+    assert net.brains["b"].leads("run-1") and not net.brains["c"].leads("run-1")
+    assert net.copies["c"] == {("run-1", "t0"): 1}, "the task of a live node stays where it is"
+    net.finish_all()
+    assert [e.sender for e in net.of(st.RUN_COMPLETED)] == ["@b:hs"]
+    assert [(s.task_id, s.epoch) for s in net.started] == [("t0", 1), ("t1", 1)]
+    # The new leader's store learns the run from its own records.
+    assert any(isinstance(r.change, TaskStatusChanged) for r in net.records["b"])
+
+
+def test_a_worker_declared_dead_has_its_task_reassigned_with_a_new_epoch_and_stops_it_when_back() -> None:
+    net = net_of("a", "b", "c", accept={"a": False, "c": False})
+    confirm(net, "a", spec(1))
+    net.settle()
+    assert net.copies["b"] == {("run-1", "t0"): 1}
+    net.brains["c"].worker.accept_remote_tasks = True
+    net.status("b", "offline")  # its delayed offline fired: dead at once
+    # b is cut off: it reads nothing for now.
+    cursor_b = net.cursors["b"]
+    net.cursors["b"] = 10**9
+    net.settle()
+    assert net.copies["c"] == {("run-1", "t0"): 2}
+    net.cursors["b"] = cursor_b
+    net.settle()  # b reads the reassignment it missed: its stale copy stops
+    assert net.copies["b"] == {} and [(s.task_id, s.epoch) for s in net.stopped] == [("t0", 1)]
+    net.finish_all()
+    assert [e.content["status"] for e in net.of(st.TASK_STATUS)] == ["completed"]
+    assert "run-1" in net.brains["a"].ended and net.brains["a"].counts.reassigned == 1  # kept past the run's end
+    assert net.brains["a"].current_stats().reassigned == 1
+
+
+def test_a_restarted_node_replays_the_room_and_runs_the_task_it_held_again() -> None:
+    net = net_of("a", "b", accept={"a": False})
+    confirm(net, "a", spec(1))
+    net.settle()
+    assert net.copies["b"] == {("run-1", "t0"): 1}
+    # b restarts (not declared dead): its copy died with it.
+    net.copies["b"] = {}
+    net.add("b", announce=False)
+    net.catch_up("b")
+    assert net.copies["b"] == {("run-1", "t0"): 1}
+    assert len(net.of(st.TASK_CLAIMED)) == 1  # nothing claimed twice
+    net.finish_all()
+    assert [e.sender for e in net.of(st.RUN_COMPLETED)] == ["@a:hs"]
+
+
+def test_a_restarted_coordinator_resumes_leading_from_the_room() -> None:
+    net = net_of("a", "b", accept={"a": False})
+    confirm(net, "a", spec(2))
+    net.settle()
+    net.add("a", accept=False, announce=False)
+    net.catch_up("a")
+    assert net.brains["a"].leads("run-1")
+    net.finish_all()
+    assert len(net.of(st.RUN_SPEC)) == 1
+    assert [e.content["status"] for e in net.of(st.TASK_STATUS)] == ["completed", "completed"]
+    assert [e.sender for e in net.of(st.RUN_COMPLETED)] == ["@a:hs"]
+
+
+def test_cancel_is_the_leaders_and_revokes_what_runs() -> None:
+    net = net_of("a", "b", accept={"a": False})
+    confirm(net, "a", spec(2))
+    net.settle()
+    with pytest.raises(ClusterRefused, match="node a leads it"):
+        net.perform("b", net.brains["b"].control("run-1", "cancel", net.now))
+    net.perform("a", net.brains["a"].control("run-1", "cancel", net.now))
+    net.settle()
+    assert [e.content["task_id"] for e in net.of(st.TASK_REVOKED)] == ["t0"]
+    assert net.copies["b"] == {}
+    assert [e.sender for e in net.of(st.RUN_CANCELLED)] == ["@a:hs"]
+
+
+def test_what_is_too_long_for_its_event_is_cut_with_a_marker() -> None:
+    assert _cut("short", 100) == "short"
+    cut = _cut("é" * 1000, 500)
+    assert len(cut.encode()) <= 500 and cut.endswith(CUT_MARKER.format(n=2000 - 300, limit=500))
