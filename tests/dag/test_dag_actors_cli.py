@@ -61,3 +61,11 @@ def test_follow_keeps_each_tasks_latest_status_for_the_live_table() -> None:
         table.close()
     assert table.status == "completed" and table.progress == "2/2 completed"
     assert table.tasks == {"a": ("completed", "1", ""), "b": ("pending", "0", "waits for its owner: delete_file")}
+
+
+def test_workers_named_twice_are_refused_before_the_node_is_asked(tmp_path: Path) -> None:
+    dag = tmp_path / "d.toml"
+    dag.write_text('dag_id = "d"\n[[tasks]]\nid = "t"\nagent = "agent-0"\nprompt = "p"\n')
+    result = _dag("run", str(dag), "--workers", "node-b,node-b", "--api", f"http://127.0.0.1:{_closed_port()}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "--workers: 'node-b,node-b' names a node twice; name each once"

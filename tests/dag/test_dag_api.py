@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import httpx
 import pytest
@@ -67,8 +67,8 @@ class FakeControl:
         self.calls.append(("publish", client))
         return self.store.publish(parse_dag(document, known_agents={"agent-0"}), client, self.tick())
 
-    async def confirm(self, dag_id: str, version: str | None, client: str) -> str:
-        self.calls.append(("confirm", dag_id, str(version), client))
+    async def confirm(self, dag_id: str, version: str | None, client: str, workers: Sequence[str] = ()) -> str:
+        self.calls.append(("confirm", dag_id, str(version), client, *workers))
         stored = self.store.spec(dag_id, version)
         return self.store.create_run(stored.spec, self.tick()).run_id
 
@@ -172,6 +172,17 @@ async def test_publish_refuses_other_bodies_with_the_fix(http):
     assert response.status_code == 415 and "application/toml" in response.json()["message"]
     response = await http.post("/api/v1/dag/publish", content=b"\xff\xfe", headers=TOML)
     assert response.status_code == 400 and "UTF-8" in response.json()["message"]
+
+
+async def test_confirm_passes_the_workers_of_a_federation_run_and_refuses_malformed_ones(http, control, store):
+    await http.post("/api/v1/dag/publish", content=DIAMOND, headers={"Content-Type": "application/toml"})
+    answer = await http.post("/api/v1/dag/diamond/confirm", json={"workers": ["node-b", "node-c"]})
+    assert answer.status_code == 201
+    assert control.calls[-1] == ("confirm", "diamond", "None", "gateway", "node-b", "node-c")
+    for bad in ("node-b", [1], [""]):
+        refused = await http.post("/api/v1/dag/diamond/confirm", json={"workers": bad})
+        assert refused.status_code == 400 and refused.json()["field"] == "workers"
+    assert len([c for c in control.calls if c[0] == "confirm"]) == 1
 
 
 async def test_confirm_starts_a_run_of_the_latest_or_the_named_version(http, control, store):
