@@ -89,6 +89,13 @@ class ClusterOptions:
     #: names its own, so it never meets another's runs.
     cluster_room: str = ""
     heartbeat_room: str = ""
+    #: A mode per node (node ``i`` runs ``modes[i]``), for a cluster where both
+    #: modes meet; the nodes past its end run ``mode``. A run's mode is that of
+    #: the node it is confirmed on.
+    modes: tuple[Mode, ...] = ()
+
+    def mode_of(self, index: int) -> Mode:
+        return self.modes[index] if index < len(self.modes) else self.mode
 
     def problems(self) -> list[str]:
         found = []
@@ -400,7 +407,7 @@ class ClusterStack:
                 await self.stop_node(index)
 
 
-def node_toml(node_id: str, token_sha256: str, options: ClusterOptions) -> str:
+def node_toml(node_id: str, token_sha256: str, options: ClusterOptions, mode: Mode) -> str:
     lines = [
         f'node_id = "{node_id}"',
         "[[api.clients]]",
@@ -408,7 +415,7 @@ def node_toml(node_id: str, token_sha256: str, options: ClusterOptions) -> str:
         f'token_sha256 = "{token_sha256}"',
         'scopes = ["dag"]',
         "[dag]",
-        f'execution_mode = "{options.mode}"',
+        f'execution_mode = "{mode}"',
         "accept_remote_tasks = true",
         "[dag.local]",
         f"max_workers = {options.max_workers}",
@@ -473,7 +480,7 @@ async def open_cluster(
                 account = await trio.to_thread.run_sync(register, node_id)
                 directory = workdir / node_id
                 (directory / "data").mkdir(parents=True, exist_ok=True)
-                (directory / "node.toml").write_text(node_toml(node_id, digest, options))
+                (directory / "node.toml").write_text(node_toml(node_id, digest, options, options.mode_of(index)))
                 nodes.append(ClusterNode(index, node_id, account, directory, port))
             observer = await trio.to_thread.run_sync(register, "observer")
             cluster_room = options.cluster_room or f"#dag-cluster-default:{server.server_name}"

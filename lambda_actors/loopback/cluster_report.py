@@ -31,7 +31,8 @@ The figures:
 - ``false_takeovers``: reassignments (a higher epoch of a task a node
   held, with no failure or revocation between: only a takeover moves a
   task so) away from a node the harness had not killed or paused within
-  ``kill_window_s`` before; ``reassignments`` counts them all.
+  ``kill_window_s`` before, and likewise runs taken over from such a
+  coordinator; ``reassignments`` and ``coordinator_takeovers`` count them all.
 - ``runs_completed``, ``node_kills``, ``homeserver_restarts``,
   ``claims_lost`` (claims that lost a race in the timeline) and
   ``attempts_per_task``: how many times each task was started (distinct
@@ -151,6 +152,8 @@ class ClusterReport:
     stale_results_ignored: int = 0
     false_takeovers: int = 0
     reassignments: int = 0
+    #: Runs taken over by another node (``cis.dag.run.coordinator`` of a higher epoch).
+    coordinator_takeovers: int = 0
     claims_lost: int = 0
     node_kills: int = 0
     node_pauses: int = 0
@@ -208,7 +211,8 @@ class ClusterReport:
             ("takeover p50 / p99 / max", f"{seconds(self.takeover_p50_s)} / {seconds(self.takeover_p99_s)} / "
                                          f"{seconds(self.takeover_max_s)} ({self.takeover_samples} takeovers)"),
             ("resumed by their restarted node", str(self.resumed_after_restart)),
-            ("false takeovers", f"{self.false_takeovers} (of {self.reassignments} reassignments)"),
+            ("false takeovers", f"{self.false_takeovers} (of {self.reassignments} reassignments "
+                                f"and {self.coordinator_takeovers} runs taken over)"),
             ("stale results ignored", str(self.stale_results_ignored)),
             ("claims lost in a race", str(self.claims_lost)),
             ("node kills / pauses", f"{self.node_kills} / {self.node_pauses}"),
@@ -315,7 +319,16 @@ def cluster_report(
         if isinstance(parsed, Coordinator):
             run_id = event.state_key or event.content.get("run_id")
             if isinstance(run_id, str) and run_id:
-                run_of(run_id).ledger.observe(parsed)
+                ledger = run_of(run_id).ledger
+                leader = ledger.coordinator
+                if isinstance(ledger.observe(parsed), Accepted) and leader and leader != parsed.node_id:
+                    report.coordinator_takeovers += 1
+                    if not killed_recently(leader, event.ts_ms):
+                        report.false_takeovers += 1
+                        report.false_takeover_traces.append(
+                            f"{run_id}: {parsed.node_id} took the run over (epoch {parsed.epoch}) from {leader} "
+                            f"at {event.ts_ms}, which the harness had not killed or paused in the {kill_window_s:g} s before"
+                        )
             continue
         state = run_of(parsed.run_id)
         before = state.ledger.tasks.get(parsed.task_id)

@@ -199,7 +199,18 @@ def test_after_the_coordinator_dies_only_the_new_one_counts():
     room.end(23_000, by="node-b")
     report = cluster_report(room.events, [kill(5_000, "node-a")], accounts=ACCOUNTS)
     assert (report.runs_completed, report.tasks_lost, report.tasks_completed_twice) == (1, 0, 0)
+    assert (report.coordinator_takeovers, report.false_takeovers) == (1, 0)
     assert report.ok
+
+
+def test_a_run_taken_over_from_a_coordinator_nobody_killed_is_a_false_takeover():
+    room = Room()
+    room.start(0)
+    room.coordinator(15_000, "node-b", 2)
+    report = cluster_report(room.events, [HarnessEvent("homeserver_down", 8_000), HarnessEvent("homeserver_up", 12_000)],
+                            accounts=ACCOUNTS)
+    assert (report.coordinator_takeovers, report.false_takeovers) == (1, 1)
+    assert "node-b took the run over (epoch 2) from node-a" in report.false_takeover_traces[0]
 
 
 def test_events_naming_another_node_than_their_sender_are_ignored():
