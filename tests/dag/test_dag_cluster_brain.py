@@ -292,3 +292,19 @@ def test_what_is_too_long_for_its_event_is_cut_with_a_marker() -> None:
     assert _cut("short", 100) == "short"
     cut = _cut("é" * 1000, 500)
     assert len(cut.encode()) <= 500 and cut.endswith(CUT_MARKER.format(n=2000 - 300, limit=500))
+
+
+def test_the_cluster_counts_are_on_metrics_only_where_a_driver_runs() -> None:
+    from prometheus_client.exposition import generate_latest
+
+    from lambda_actors.node.metrics import BotCounters
+
+    counts: dict[str, int] | None = None
+    counters = BotCounters()
+    counters.watch_cluster(lambda: counts)
+    assert b"lambda_dag_cluster" not in generate_latest(counters.registry)
+    counts = {"reassigned": 2, "stale_results_ignored": 1, "claims_lost": 3}
+    text = generate_latest(counters.registry).decode()
+    assert "lambda_dag_cluster_reassigned_total 2.0" in text
+    assert "lambda_dag_cluster_stale_results_ignored_total 1.0" in text
+    assert "lambda_dag_cluster_claims_lost_total 3.0" in text

@@ -34,7 +34,7 @@ from ..spec import parse_dag
 from ..status import LogicalEvent, run_created
 from ..store import RUN_TERMINAL, IllegalMove, StoredSpec, TerminalState, new_run_id
 from .cluster_brain import ClusterRefused
-from .cluster_node import CLUSTER_PATH, Confirm, Control
+from .cluster_node import CLUSTER_PATH, CatchingUp, Confirm, Control
 from .messages import CancelRun, PauseRun, ResumeRun, StartRun
 from .run import COORDINATOR
 from .services import DagServices, run_key
@@ -97,6 +97,8 @@ class NodeDagControl:
             await self._registry().lookup(CLUSTER_PATH).call(Confirm(run_id, spec, mode, workers), timeout=CALL_TIMEOUT_S)
         except ClusterRefused as exc:
             raise ApiError(400, str(exc), field="workers" if "workers" in str(exc) else None) from None
+        except CatchingUp as exc:
+            raise ApiError(503, str(exc)) from None
         return run_id
 
     async def cancel(self, run_id: str) -> None:
