@@ -1607,7 +1607,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0: nothing lost, duplicated or wrong; 1: the run found problems (or failed); 2: cannot start; 130: Ctrl-C."""
-    if args.nodes is not None:
+    if args.nodes is not None or args.quick:
         from .cluster_chaos import run as run_cluster  # several nodes: docs/chaos.md "Several nodes"
 
         return run_cluster(args)

@@ -265,7 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds the homeserver stays down at a restart (default: %(default)s)")
     add("--max-workers", type=int, default=d.max_workers, help="[dag.local] max_workers of every node (default: %(default)s)")
     add("--drain", type=float, default=d.drain, help="longest wait for the last runs' ends, s (default: %(default)s)")
-    add("--quick", action="store_true", help=f"a small run: {QUICK.runs} runs, {QUICK.node_kills} kills, one homeserver restart")
+    add("--quick", action="store_true", help=f"a small run of several nodes (--nodes {QUICK.nodes} unless given): {QUICK.runs} runs, "
+             f"{QUICK.node_kills} kills, one homeserver restart")
 
 
 def options_from(args: argparse.Namespace) -> ClusterChaosOptions:

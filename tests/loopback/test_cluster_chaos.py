@@ -1,0 +1,61 @@
+"""``chaos --nodes N`` without a homeserver: its options, its exit status for bad ones, its DAG files.
+
+The run itself needs Synapse and takes minutes (``lambda-actors chaos --nodes 3``);
+its figures are folded by ``cluster_report`` (``test_cluster_report.py``) and
+its harness is exercised by ``tests/e2e/test_e2e_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from lambda_actors.cli import main
+from lambda_actors.dag.spec import parse_dag
+from lambda_actors.loopback import chaos
+from lambda_actors.loopback.cluster_chaos import QUICK, ClusterChaosOptions, dag_file, options_from
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    chaos.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_without_nodes_the_bot_run_keeps_its_options():
+    args = parse("--seed", "4")
+    assert args.nodes is None and args.seed == 4
+
+
+def test_quick_is_the_small_run_and_options_given_win_over_it():
+    assert options_from(parse("--nodes", "3", "--quick")) == QUICK
+    assert options_from(parse("--quick")) == QUICK  # --quick alone is the several-node run
+    chosen = options_from(parse("--nodes", "4", "--quick", "--node-kills", "5", "--mode", "federation", "--seed", "9"))
+    assert (chosen.nodes, chosen.node_kills, chosen.mode, chosen.seed, chosen.runs) == (4, 5, "federation", 9, QUICK.runs)
+    assert options_from(parse("--nodes", "3")) == ClusterChaosOptions()
+
+
+def test_the_documented_run_meets_the_issues_size():
+    default = ClusterChaosOptions()
+    assert default.nodes == 3 and default.node_kills >= 20 and default.homeserver_restarts == 1
+    assert default.problems() == []
+
+
+def test_bad_options_exit_2_with_every_problem_on_one_line(capsys):
+    status = main(["chaos", "--nodes", "1", "--runs", "0", "--down-min", "9", "--down-max", "3"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "--nodes must be at least 2" in err and "--runs and --fan-out must be at least 1" in err
+    assert "--down-min must be positive and at most --down-max" in err
+    assert "Traceback" not in err
+
+
+def test_a_runs_dag_file_is_a_valid_fan_out_and_fan_in():
+    text, ids = dag_file(7, random.Random(1), 3, agents=4)
+    spec = parse_dag(text)
+    assert spec.dag_id == "chaos-7"
+    assert [t.id for t in spec.tasks] == ids == ["root", "part-0", "part-1", "part-2", "join"]
+    by_id = {t.id: t for t in spec.tasks}
+    assert all(tuple(by_id[f"part-{i}"].deps) == ("root",) for i in range(3))
+    assert set(by_id["join"].deps) == {"part-0", "part-1", "part-2"}
+    assert "{{ root.output }}" in (by_id["part-0"].prompt or "")
