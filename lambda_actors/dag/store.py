@@ -44,7 +44,7 @@ import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 from .scheduler import RunStatus, TaskFacts, TaskStatus
 from .spec import DagSpec, DagSpecError, parse_dag
@@ -315,6 +315,19 @@ _RUN_COLUMNS = (
 _TASK_COLUMNS = "run_id, task_id, status, attempts, started_at, finished_at, reason"
 _ATTEMPT_COLUMNS = "run_id, task_id, attempt, status, started_at, finished_at, reason, session_id"
 
+#: The moves that change the task's open attempt (it must have one).
+_NEEDS_ATTEMPT = frozenset({TaskStatus.COMPLETED, TaskStatus.BLOCKED, TaskStatus.PENDING, TaskStatus.RUNNING})
+#: task status -> the statuses it may be reached from, as an SQL list (of
+#: the enum's constant values: no input of anyone's).
+_MOVES_TO_SQL: dict[TaskStatus, str] = {
+    wanted: "(" + ", ".join(f"'{source}'" for source in TASK_MOVES if wanted in TASK_MOVES[source]) + ")"
+    for wanted in TaskStatus
+    if any(wanted in moves for moves in TASK_MOVES.values())
+}
+
+#: Specs a store keeps parsed (see ``DagStore._specs``).
+_SPECS_KEPT = 16
+
 #: ``(type, content)`` of a status event to append with a transition.
 Event = tuple[str, Mapping[str, Any]]
 
@@ -364,6 +377,12 @@ class DagStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._depth = 0  #: open writes: 0 outside any, >1 inside a batch
+        #: Specs read back lately, by their stored text: a spec is immutable
+        #: under its version (the content's hash), and reading a large one
+        #: back (parse and check) costs milliseconds that a run's confirm and
+        #: its run actor would otherwise pay in turn. Keyed by the text, so a
+        #: row changed under the store is read afresh.
+        self._specs: dict[str, DagSpec] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -390,6 +409,7 @@ class DagStore:
         again writes nothing new but makes it the latest again (``published_at``
         and ``client`` are the last publish's)."""
         text = json.dumps(spec.to_mapping(), sort_keys=True, separators=(",", ":"))
+        self._remember(text, spec)
         with _Transaction(self) as db:
             db.execute(
                 "INSERT INTO dag_specs (dag_id, version, spec, published_at, client) VALUES (?, ?, ?, ?, ?)"
@@ -415,15 +435,24 @@ class DagStore:
         if row is None:
             raise NotFound(f"no DAG {dag_id!r}" + (f" of version {version}" if version else "") + " was published")
         dag, ver, text, published_at, client = row
-        # Checked when published; commands are allowed here because the node's
-        # setting was applied then (a stored spec is read back as it was kept).
-        try:
-            spec = parse_dag(json.loads(text), allow_commands=True, source=f"stored DAG {dag} {ver[:12]}")
-        except DagSpecError as exc:
-            raise DagStoreError(
-                f"{exc.lines()[0]}: a spec kept by an older release no longer reads; publish the DAG again"
-            ) from None
+        spec = self._specs.get(text)
+        if spec is None:
+            # Checked when published; commands are allowed here because the node's
+            # setting was applied then (a stored spec is read back as it was kept).
+            try:
+                spec = parse_dag(json.loads(text), allow_commands=True, source=f"stored DAG {dag} {ver[:12]}")
+            except DagSpecError as exc:
+                raise DagStoreError(
+                    f"{exc.lines()[0]}: a spec kept by an older release no longer reads; publish the DAG again"
+                ) from None
+        self._remember(text, spec)
         return StoredSpec(dag, ver, spec, published_at, client)
+
+    def _remember(self, text: str, spec: DagSpec) -> None:
+        self._specs.pop(text, None)
+        self._specs[text] = spec
+        while len(self._specs) > _SPECS_KEPT:
+            del self._specs[next(iter(self._specs))]  # the least lately used
 
     # -- runs -----------------------------------------------------------------------
 
@@ -595,11 +624,14 @@ class DagStore:
         with _Transaction(self) as db:
             task = _task(self._task_row(db, run_id, task_id))
             self._check_move(task, TaskStatus.RUNNING)
-            db.execute(
-                "UPDATE dag_attempts SET status = ?, finished_at = ?, reason = ?"
-                " WHERE run_id = ? AND task_id = ? AND status IN ('running', 'blocked')",
-                (str(AttemptStatus.INTERRUPTED), now, "the node stopped during this attempt", run_id, task_id),
-            )
+            if task.status is not TaskStatus.PENDING:
+                # A pending task has no open attempt (every move to pending
+                # closes it): only a running or blocked one has one to close.
+                db.execute(
+                    "UPDATE dag_attempts SET status = ?, finished_at = ?, reason = ?"
+                    " WHERE run_id = ? AND task_id = ? AND status IN ('running', 'blocked')",
+                    (str(AttemptStatus.INTERRUPTED), now, "the node stopped during this attempt", run_id, task_id),
+                )
             number = task.attempts + 1
             db.execute(
                 f"INSERT INTO dag_attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, 'running', ?, NULL, NULL, ?)",
@@ -678,12 +710,47 @@ class DagStore:
         output: str | None = None,
         artifacts: Sequence[str] = (),
     ) -> None:
+        # The moves of every task of every run go through here (twice a task
+        # at least), so the common case is written in few statements: each
+        # write is conditional on what it is checked against, and only a
+        # refused one reads the row to say why (the transaction, or the
+        # batch's savepoint, undoes what was written before the refusal).
         with _Transaction(self) as db:
-            task = _task(self._task_row(db, run_id, task_id))
-            self._check_move(task, wanted)
-            self._write_move(
-                db, task, wanted, attempt_status, reason, output, now, events, artifacts=artifacts
-            )
+            # The open attempt, if any, is the task's latest: start_attempt
+            # closes any other before it numbers a new one.
+            live = db.execute(
+                "UPDATE dag_attempts SET status = ?, finished_at = ?, reason = COALESCE(?, reason)"
+                " WHERE run_id = ? AND task_id = ? AND status IN ('running', 'blocked')",
+                (str(attempt_status), now if attempt_status in ATTEMPT_TERMINAL else None, reason, run_id, task_id),
+            ).rowcount
+            # These close or change the attempt that is running; a task without
+            # one cannot make them (cancelled, skipped, failed can: a pending task
+            # may end without ever starting).
+            if not live and wanted in _NEEDS_ATTEMPT:
+                self._refuse(db, run_id, task_id, wanted)
+            final = wanted in TASK_TERMINAL
+            moved = db.execute(
+                f"UPDATE dag_tasks SET status = ?, finished_at = ?, reason = ?"
+                f" WHERE run_id = ? AND task_id = ? AND status IN {_MOVES_TO_SQL[wanted]}",
+                (str(wanted), now if final else None, reason, run_id, task_id),
+            ).rowcount
+            if not moved:
+                self._refuse(db, run_id, task_id, wanted)
+            if output is not None:
+                db.execute(
+                    "INSERT INTO dag_outputs (run_id, task_id, attempt, text, size, artifacts)"
+                    " SELECT run_id, task_id, attempts, ?, ?, ? FROM dag_tasks WHERE run_id = ? AND task_id = ?",
+                    (output, len(output.encode("utf-8", "surrogatepass")), json.dumps(list(artifacts)),
+                     run_id, task_id),
+                )
+            _append(db, run_id, events, now)
+
+    def _refuse(self, db: sqlite3.Connection, run_id: str, task_id: str, wanted: TaskStatus) -> NoReturn:
+        """Why the task cannot make the move: :class:`NotFound`,
+        :class:`TerminalState` or :class:`IllegalMove` (always raises)."""
+        task = _task(self._task_row(db, run_id, task_id))
+        self._check_move(task, wanted)
+        raise IllegalMove(f"task {run_id}/{task_id}", f"{task.status} with no open attempt", wanted)
 
     def _write_move(
         self,

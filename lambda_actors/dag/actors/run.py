@@ -296,23 +296,27 @@ class _Run:
 
     def _step(self, actions: list[Action]) -> None:
         """Apply ``actions`` with the starts the freed or granted slots allow,
-        in one batch, until nothing is left."""
-        services = self.services
-        while True:
-            # Before the write: the starts this step allows go in the same commit.
-            services.board.allocate(self.run_id)
-            for task_id in services.board.take(self.run_id):
-                # A grant may be stale (the run paused or ended since): skipped.
-                if self.machine.status is RunStatus.RUNNING and any(
-                    r.task_id == task_id for r in self.machine.ready()
-                ):
-                    actions += self.machine.launch(task_id, services.clock())
-            if not actions:
-                return
+        in one batch.
+
+        One allocation is enough: it sees the machine after every event of
+        the step, and the launches it leads to are the machine's last change
+        before the write (applying the actions changes the store, not the
+        machine), so a second one would find nothing more to grant."""
+        services, machine = self.services, self.machine
+        # Before the write: the starts this step allows go in the same commit.
+        services.board.allocate(self.run_id)
+        granted = services.board.take(self.run_id)
+        if granted and machine.status is RunStatus.RUNNING:
+            # A grant may be stale (the run paused since, or the task is no
+            # longer ready): skipped. A launch takes only its own task out of
+            # the ready set, so the set is read once.
+            ready = {r.task_id for r in machine.ready()}
+            now = services.clock()
+            for task_id in granted:
+                if task_id in ready:
+                    actions += machine.launch(task_id, now)
+        if actions:
             self._apply(actions)
-            actions = []
-            if self.finished:
-                return
 
     def _apply(self, actions: list[Action]) -> None:
         services, store = self.services, self.store
