@@ -36,7 +36,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -47,7 +47,8 @@ import trio
 from ..bot.logs import SecretMask, configure_logging
 from ..runtime.groups import leaves
 from .cluster import ClusterError, ClusterOptions, ClusterStack, Mode, open_cluster
-from .cluster_report import KILL_WINDOW_S, RUN_ENDS, ClusterReport
+from ..dag.status import FINAL_TASK_STATUSES
+from .cluster_report import KILL_WINDOW_S, RUN_ENDS, ClusterReport, TimelineEvent
 from .homeserver import Homeserver
 
 __all__ = ["ClusterChaosOptions", "add_arguments", "dag_file", "run", "run_cluster_chaos"]
@@ -182,15 +183,8 @@ class ClusterChaos:
         await trio.sleep(QUIET_AFTER_S)
 
     def target(self) -> int:
-        """A live node, preferably one holding tasks right now (claims without results)."""
-        held: Counter[str] = Counter()
-        names = self.stack.accounts
-        for event in self.stack.timeline.events:
-            node = names.get(event.sender)
-            if event.type == "cis.dag.task.claimed" and node is not None:
-                held[node] += 1
-            elif event.type == "cis.dag.task.result" and node is not None:
-                held[node] -= 1
+        """A live node, preferably one holding tasks right now."""
+        held = holding(self.stack.timeline.events)
         live = [n for n in self.stack.nodes if n.alive]
         busy = [n for n in live if held[n.node_id] > 0]
         return self.rng.choice(busy or live).index
@@ -202,6 +196,23 @@ class ClusterChaos:
         with trio.move_on_after(self.options.drain):
             for run_id in waiting:
                 await self.stack.wait_run_end(run_id, within=self.options.drain + 1)
+
+
+def holding(events: Iterable[TimelineEvent]) -> Counter[str]:
+    """Tasks each node holds: the first claim of a task's newest epoch, until a result or a final status.
+    (A rough fold, for choosing whom to kill; the report folds with the ledger.)"""
+    winner: dict[tuple[object, object], tuple[int, str]] = {}
+    for event in events:
+        key = (event.content.get("run_id"), event.content.get("task_id"))
+        epoch, node = event.content.get("epoch"), event.content.get("claimed_by")
+        if event.type == "cis.dag.task.claimed" and isinstance(epoch, int) and isinstance(node, str):
+            if key not in winner or winner[key][0] < epoch:
+                winner[key] = (epoch, node)
+        elif event.type == "cis.dag.task.result" or (
+            event.type == "cis.dag.task.status" and event.content.get("status") in FINAL_TASK_STATUSES
+        ):
+            winner.pop(key, None)
+    return Counter(node for _, node in winner.values())
 
 
 async def run_cluster_chaos(

@@ -13,7 +13,8 @@ import random
 from lambda_actors.cli import main
 from lambda_actors.dag.spec import parse_dag
 from lambda_actors.loopback import chaos
-from lambda_actors.loopback.cluster_chaos import QUICK, ClusterChaosOptions, dag_file, options_from
+from lambda_actors.loopback.cluster_chaos import QUICK, ClusterChaosOptions, dag_file, holding, options_from
+from lambda_actors.loopback.cluster_report import TimelineEvent
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -59,3 +60,18 @@ def test_a_runs_dag_file_is_a_valid_fan_out_and_fan_in():
     assert all(tuple(by_id[f"part-{i}"].deps) == ("root",) for i in range(3))
     assert set(by_id["join"].deps) == {"part-0", "part-1", "part-2"}
     assert "{{ root.output }}" in (by_id["part-0"].prompt or "")
+
+
+def test_a_node_holds_the_tasks_whose_newest_claim_it_won_until_their_result():
+    def event(kind: str, **content: object) -> TimelineEvent:
+        return TimelineEvent(kind, {"run_id": "r", **content}, "@x:localhost", 0)
+
+    events = [
+        event("cis.dag.task.claimed", task_id="a", claimed_by="node-b", epoch=1),
+        event("cis.dag.task.claimed", task_id="a", claimed_by="node-c", epoch=1),  # lost the race
+        event("cis.dag.task.claimed", task_id="b", claimed_by="node-b", epoch=1),
+        event("cis.dag.task.claimed", task_id="b", claimed_by="node-a", epoch=2),  # taken over
+        event("cis.dag.task.claimed", task_id="c", claimed_by="node-c", epoch=1),
+        event("cis.dag.task.result", task_id="c", reported_by="node-c", epoch=1, outcome="completed"),
+    ]
+    assert holding(events) == {"node-b": 1, "node-a": 1}
