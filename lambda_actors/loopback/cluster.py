@@ -36,6 +36,7 @@ the room into :class:`~.cluster_report.ClusterReport`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -405,6 +406,19 @@ class ClusterStack:
         for index, node in enumerate(self.nodes):
             if node.alive:
                 await self.stop_node(index)
+        self.dump()
+
+    def dump(self) -> None:
+        """Write what was seen and done to the work directory: ``timeline.json``
+        (the cluster room as read), ``heartbeats.json``, ``harness.json``."""
+
+        def rows(events: Sequence[TimelineEvent]) -> list[dict[str, Any]]:
+            return [{"type": e.type, "content": dict(e.content), "sender": e.sender, "ts": e.ts_ms, "state_key": e.state_key}
+                    for e in events]
+
+        (self.workdir / "timeline.json").write_text(json.dumps(rows(self.timeline.events), indent=1))
+        (self.workdir / "heartbeats.json").write_text(json.dumps(rows(self.timeline.heartbeats), indent=1))
+        (self.workdir / "harness.json").write_text(json.dumps([vars(h) for h in self.log], indent=1))
 
 
 def node_toml(node_id: str, token_sha256: str, options: ClusterOptions, mode: Mode) -> str:

@@ -245,10 +245,6 @@ async def run_cluster_chaos(
         write(f"  {options.nodes} nodes up in {time.monotonic() - started:.0f} s")
         await chaos.play()
         report = stack.report()
-        (workdir / "timeline.json").write_text(json.dumps(
-            [{"type": e.type, "content": dict(e.content), "sender": e.sender, "ts": e.ts_ms, "state_key": e.state_key}
-             for e in stack.timeline.events], indent=1))
-        (workdir / "harness.json").write_text(json.dumps([vars(h) for h in stack.log], indent=1))
         write("  stopping the nodes")
     report.duration_s = round(time.monotonic() - started, 1)
     return report
