@@ -87,6 +87,7 @@ __all__ = [
     "Post",
     "Record",
     "RoomEvent",
+    "RunOver",
     "StartTask",
     "StopTask",
     "BrainAction",
@@ -156,7 +157,16 @@ class Record:
     origin: str
 
 
-BrainAction = Post | StartTask | StopTask | Record
+@dataclass(frozen=True)
+class RunOver:
+    """The run's end is in the room (``how``: completed, failed, cancelled): a
+    store that still holds it unfinished (a node that led it before) closes it."""
+
+    run_id: str
+    how: str
+
+
+BrainAction = Post | StartTask | StopTask | Record | RunOver
 
 
 @dataclass
@@ -393,7 +403,7 @@ class ClusterBrain:
         # Counted into the totals: the run's machines are dropped now.
         self.counts.reassigned += run.cluster.reassigned
         self.counts.stale_results_ignored += run.cluster.stale_results_ignored
-        return self._worker(self.worker.run_ended(run_id))
+        return [*self._worker(self.worker.run_ended(run_id)), RunOver(run_id, how)]
 
     # -- leading ------------------------------------------------------------------------------
 

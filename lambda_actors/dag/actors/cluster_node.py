@@ -70,7 +70,7 @@ from ..heartbeat import HEARTBEAT, NODE_STATUS
 from ..scheduler import RunStatus, RunStatusChanged, TaskStatus, TaskStatusChanged
 from ..spec import DagSpec
 from ..store import DagStoreError, IllegalMove, NotFound
-from .cluster_brain import BrainAction, ClusterBrain, Post, Record, RoomEvent, StartTask, StopTask
+from .cluster_brain import BrainAction, ClusterBrain, Post, Record, RoomEvent, RunOver, StartTask, StopTask
 from .heartbeats import HEARTBEAT_ROOM_POWER
 from .messages import AttemptFailed, AttemptSucceeded
 from .rooms import ensure_room_patiently
@@ -491,6 +491,8 @@ class _Driver:
                 self._stop_copy(action)
             elif isinstance(action, Record):
                 self._record(action)
+            elif isinstance(action, RunOver):
+                self._closed(action)
         for event, fields in self.brain.notes:
             self.log.info(event, **fields)
         self.brain.notes.clear()
@@ -562,6 +564,21 @@ class _Driver:
         self.watchers.publish(run_id, [record.event])
         if isinstance(change, RunStatusChanged) and change.status.final:
             self.watchers.end(run_id)
+
+    def _closed(self, over: RunOver) -> None:
+        """The run ended in the room: a record of it this node's store holds
+        unfinished (it led the run before another node took it over) ends too."""
+        try:
+            record = self.store.run(over.run_id)
+            if record.final:
+                return
+            wall = time.time()
+            if record.status is RunStatus.CREATED:
+                self.store.set_run_status(over.run_id, RunStatus.RUNNING, wall)
+            self.store.set_run_status(over.run_id, RunStatus(over.how), wall)
+        except (IllegalMove, NotFound, DagStoreError, ValueError):
+            return  # not this node's run, or already as it ended
+        self.watchers.end(over.run_id)
 
     def _record_task(self, run_id: str, change: TaskStatusChanged, wall: float) -> None:
         store, task_id = self.store, change.task_id
