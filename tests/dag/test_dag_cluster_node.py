@@ -38,7 +38,7 @@ from lambda_actors.node.config import (
     NodeHeartbeat,
 )
 from lambda_actors.runtime.spec import ChildSpec
-from lambda_actors.runtime.supervisor import open_supervisor
+from lambda_actors.runtime.supervisor import Supervisor, open_supervisor
 
 CHAIN = """
 dag_id = "chain"
@@ -67,6 +67,7 @@ class Node:
     store: DagStore
     parts: DagParts
     stack: AsyncExitStack
+    sup: Supervisor
 
     @property
     def brain(self) -> ClusterBrain:
@@ -155,8 +156,8 @@ class Cluster:
             await heartbeat_actor(ctx, client, store, rooms.heartbeat, node_id, interval_secs=5)
 
         children = [ChildSpec("dag-heartbeat", heartbeats, shutdown=10.0), *parts.cluster_children(client)]
-        await stack.enter_async_context(open_supervisor("node", children))
-        node = Node(node_id, client, store, parts, stack)
+        sup = await stack.enter_async_context(open_supervisor("node", children))
+        node = Node(node_id, client, store, parts, stack, sup)
         await self.ready(node)
         return node
 
@@ -282,3 +283,24 @@ async def test_a_coordinator_stopped_cleanly_is_taken_over_and_the_run_completes
             assert [e.content["task_id"] for e in of_run(events, st.TASK_CLAIMED, run_id)] == ["first", "second"]
             finals = [e.content["task_id"] for e in of_run(events, st.TASK_STATUS, run_id) if e.content["status"] == "completed"]
             assert sorted(finals) == ["first", "second"]
+
+
+async def test_a_driver_restarted_mid_task_replays_the_room_and_runs_its_task_again(cluster: Cluster) -> None:
+    with trio.fail_after(90):
+        async with cluster.node("a", "matrix", accept=False) as a, cluster.node("b", "matrix") as b:
+            cursor = await cluster.watch()
+            run_id = await a.run(CHAIN.format(slow="[[stall]]"))
+            chat = f"dag.{run_id}.first.1"
+            await cluster.agent.wait_until(lambda: len(cluster.agent.received_messages(chat)) == 1)  # b's copy runs
+            b.parts.cluster_ready = trio.Event()
+            b.sup.kill("dag-cluster", "the test restarts it")  # its copy goes with it (not declared dead)
+            await b.parts.cluster_ready.wait()
+            assert len(b.parts.brains) == 2 and b.brain.worker.running() == {(run_id, "first"): 1}
+            await cursor.wait_for(is_event(st.RUN_COMPLETED, run_id), within=60)
+            events = await cluster.room_events(a.client)
+            # Claimed once; run twice with the same epoch (the first copy died with its driver).
+            assert [e.content["task_id"] for e in of_run(events, st.TASK_CLAIMED, run_id)] == ["first", "second"]
+            results = [(e.content["task_id"], e.content["epoch"]) for e in of_run(events, st.TASK_RESULT, run_id)]
+            assert results == [("first", 1), ("second", 1)]
+            assert len(cluster.agent.received_messages(chat)) == 2
+            assert str((await a.finished(run_id)).status) == "completed"
