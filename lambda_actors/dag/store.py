@@ -17,6 +17,10 @@ the inbox's care:
   connection of its own, in WAL mode: every write is one short transaction
   on the Trio thread, so the bot's connection and this one never wait on
   each other for long (``busy_timeout`` covers the moment they meet).
+  ``synchronous=NORMAL``: in WAL mode a commit is a write to the WAL, not a
+  sync, and survives the process's crash (a kill mid-run loses nothing
+  committed); only the checkpoints sync, and the node runs those on a worker
+  thread (:meth:`DagStore.checkpoint`), not on the Trio thread.
 - **Schema versions.** ``PRAGMA user_version`` belongs to the bot's store
   (bot/store.py), which shares the file, so this store keeps its own version
   in ``dag_schema``. The approach is the bot's: the base layout, then each
@@ -44,7 +48,7 @@ import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 from .scheduler import RunStatus, TaskFacts, TaskStatus
 from .spec import DagSpec, DagSpecError, parse_dag
@@ -325,6 +329,10 @@ _MOVES_TO_SQL: dict[TaskStatus, str] = {
     if any(wanted in moves for moves in TASK_MOVES.values())
 }
 
+#: WAL pages after which the store's own connection checkpoints (see
+#: open_dag_store); SQLite's default is 1,000.
+_AUTOCHECKPOINT_PAGES = 10_000
+
 #: Specs a store keeps parsed (see ``DagStore._specs``).
 _SPECS_KEPT = 16
 
@@ -357,6 +365,12 @@ def open_dag_store(database: str | os.PathLike[str]) -> DagStore:
         db.execute("PRAGMA journal_mode=WAL")
         # As the bot's store: NORMAL in WAL mode survives a process crash.
         db.execute("PRAGMA synchronous=NORMAL")
+        # A checkpoint syncs the file (milliseconds on a real disk): on the
+        # committing connection it would hold up the Trio thread, and every
+        # run with it. The node's DAG actors checkpoint on a worker thread
+        # instead (DagStore.checkpoint); this connection does it itself only
+        # past this many pages, should nobody else (a store used alone).
+        db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA foreign_keys=ON")
         _migrate(db, str(database))
@@ -377,6 +391,13 @@ class DagStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._depth = 0  #: open writes: 0 outside any, >1 inside a batch
+        #: Called after each commit (the node's checkpointer listens).
+        self.on_commit: Callable[[], None] | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        #: The database file (None: in memory), read here, on the store's thread.
+        self._file: str | None = next(
+            (f for _, name, f in db.execute("PRAGMA database_list").fetchall() if name == "main" and f), None
+        )
         #: Specs read back lately, by their stored text: a spec is immutable
         #: under its version (the content's hash), and reading a large one
         #: back (parse and check) costs milliseconds that a run's confirm and
@@ -386,6 +407,24 @@ class DagStore:
 
     def close(self) -> None:
         self._db.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+
+    def checkpoint(self) -> bool:
+        """Copy what the WAL holds into the database file (a ``PASSIVE``
+        checkpoint: it never waits for, nor holds up, a writer), on a
+        connection of its own. Meant for a worker thread
+        (``trio.to_thread.run_sync``), one call at a time: the syncs it makes
+        then hold up nobody, and the store's connection seldom has to
+        checkpoint itself. False if there is nothing to do it on (an
+        in-memory database)."""
+        if self._checkpointer is None:
+            if self._file is None:
+                return False
+            self._checkpointer = sqlite3.connect(self._file, isolation_level=None, check_same_thread=False)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return True
 
     def batch(self) -> AbstractContextManager[None]:
         """Several writes as one transaction (one commit): what a run actor
@@ -910,6 +949,8 @@ class _Transaction:
         self._store._depth -= 1
         if self._store._depth == 0:
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if not exc_type and self._store.on_commit is not None:
+                self._store.on_commit()
             return
         if exc_type:
             self._db.execute("ROLLBACK TO dag_write")

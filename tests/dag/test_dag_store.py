@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -470,3 +471,57 @@ def test_a_stored_spec_that_no_longer_reads_says_to_publish_again(store, path):
     db.close()
     with pytest.raises(DagStoreError, match="publish the DAG again"):
         store.spec("diamond", spec.version)
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+
+def test_a_checkpoint_on_another_thread_puts_what_the_wal_held_in_the_file_itself(path, tmp_path):
+    store = open_dag_store(path)
+    run = store.create_run(published(store), 1.0).run_id
+    store.start_attempt(run, "a", 2.0)
+    store.finish(run, "a", "completed", 3.0, output="A")
+    # The commits are in the WAL, not yet in the file (the store's own
+    # connection checkpoints only past a large limit).
+    assert not _in_file_alone(path, tmp_path / "before.sqlite3", run)
+    worker = threading.Thread(target=store.checkpoint)  # as the node calls it: off the store's thread
+    worker.start()
+    worker.join()
+    assert _in_file_alone(path, tmp_path / "after.sqlite3", run)
+    store.close()
+
+
+def _in_file_alone(path: Path, copy: Path, run: str) -> bool:
+    """Whether the database file without its WAL holds the run's output."""
+    copy.write_bytes(path.read_bytes())
+    db = sqlite3.connect(copy)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "dag_outputs" not in tables:
+            return False
+        return db.execute("SELECT COUNT(*) FROM dag_outputs WHERE run_id = ?", (run,)).fetchone()[0] == 1
+    finally:
+        db.close()
+
+
+def test_an_in_memory_store_has_nothing_to_checkpoint():
+    store = open_dag_store(":memory:")
+    assert store.checkpoint() is False
+    store.close()
+
+
+def test_on_commit_is_called_once_per_commit_and_never_for_a_rollback(store):
+    spec = published(store)
+    commits: list[int] = []
+    store.on_commit = lambda: commits.append(1)
+    run = store.create_run(spec, 1.0).run_id
+    assert len(commits) == 1
+    with store.batch():
+        store.start_attempt(run, "a", 2.0)
+        store.finish(run, "a", "completed", 3.0, output="A")
+    assert len(commits) == 2
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            store.finish(run, "b", "cancelled", 4.0)
+            raise RuntimeError("the actor crashed mid-step")
+    assert len(commits) == 2

@@ -11,11 +11,19 @@ on start, and keeps the workers (SPEC 8 "Workers", "Durable").
   actor has returned, it is forgotten, and its worker is stopped if no run is
   left in it, unless the run asked for ``reuse_worker``.
 
-One actor does all three, so a worker is never stopped while a run is being
-started in it.
+- **Checkpoints**: after commits (at most every ``CHECKPOINT_EVERY_S``) the
+  store's WAL is copied into the database file on a worker thread, so the
+  file's syncs never hold up the Trio thread every run shares.
+
+One actor does the first three, so a worker is never stopped while a run is
+being started in it.
 """
 
 from __future__ import annotations
+
+import sqlite3
+
+import trio
 
 from ...runtime.context import ActorContext
 from ...runtime.errors import ActorError, ChildSpecError
@@ -24,7 +32,7 @@ from ...runtime.request import Request
 from ...runtime.spec import ChildSpec, SupervisorSpec
 from ...runtime.state import Status
 from ...runtime.supervisor import Supervisor
-from ..store import RUN_TERMINAL, NotFound
+from ..store import RUN_TERMINAL, DagStore, NotFound
 from .messages import RunEnded, StartRun
 from .run import run_actor
 from .services import DagServices
@@ -35,12 +43,47 @@ __all__ = ["COORDINATOR_MAILBOX", "RUN_MAILBOX", "coordinator_actor"]
 RUN_MAILBOX = 10_000
 #: One RunEnded per run and a few calls: sized so its senders never wait.
 COORDINATOR_MAILBOX = 100_000
+#: The least time between two checkpoints of the store (see _checkpoints).
+CHECKPOINT_EVERY_S = 0.5
 
 
 async def coordinator_actor(ctx: ActorContext, services: DagServices) -> None:
     services.registry = ctx.registry
     coordinator = _Coordinator(ctx, services)
     coordinator.resume()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_checkpoints, ctx, services.store)
+        await _serve(ctx, coordinator)
+        nursery.cancel_scope.cancel()
+
+
+async def _checkpoints(ctx: ActorContext, store: DagStore) -> None:
+    """The store's WAL copied into the database file on a worker thread, after
+    commits, at most every :data:`CHECKPOINT_EVERY_S`: the file's syncs never
+    hold up the Trio thread the runs share (see store.open_dag_store)."""
+    committed = trio.Event()
+    store.on_commit = committed.set
+    try:
+        while True:
+            await committed.wait()
+            # Renewed before the checkpoint: a commit made during it or the
+            # pause after it is seen by the next round.
+            committed = trio.Event()
+            store.on_commit = committed.set
+            try:
+                # Not abandoned when cancelled: a checkpoint is short, and the
+                # store is closed only after the tree (and this call) ended.
+                await trio.to_thread.run_sync(store.checkpoint)
+            except sqlite3.Error as exc:
+                # The store's connection still checkpoints itself past its limit.
+                ctx.log.warning("dag.checkpoint_failed", error=str(exc))
+            await trio.sleep(CHECKPOINT_EVERY_S)
+    finally:
+        if store.on_commit == committed.set:
+            store.on_commit = None
+
+
+async def _serve(ctx: ActorContext, coordinator: _Coordinator) -> None:
     async for msg in ctx.mailbox:
         match msg:
             case Request(msg=StartRun(run_id=run_id)):
