@@ -375,6 +375,12 @@ class ClusterStack:
         if not candidates:
             raise ClusterError("no live node to submit a run to")
         node = candidates[0]
+        try:
+            return await self._submit(node, spec, task_ids, workers)
+        except httpx.TransportError as exc:
+            raise ClusterError(f"{node.node_id} did not answer ({type(exc).__name__}: {exc})") from exc
+
+    async def _submit(self, node: ClusterNode, spec: str, task_ids: Sequence[str], workers: Sequence[str] | None) -> str:
         async with self.api(node) as client:
             published = await client.post("/publish", content=spec, headers={"Content-Type": "application/toml"})
             if published.status_code != 200:
