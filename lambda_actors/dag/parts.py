@@ -43,7 +43,7 @@ from .actors.control import NodeDagControl
 from .actors.coordinator import COORDINATOR_MAILBOX, coordinator_actor
 from .actors.gate import NodeGate
 from .actors.cluster_brain import ClusterBrain
-from .actors.matrix_side import cluster_child, matrix_children, poke_broadcaster
+from .actors.matrix_side import BROADCAST_PATH, cluster_child, matrix_children, poke_broadcaster
 from .actors.run import COORDINATOR
 from .actors.services import DagServices, Gate
 from .api import dag_routes
@@ -128,7 +128,10 @@ class DagParts:
     def children(self) -> list[ChildSpec | SupervisorSpec]:
         node = self.services.node
         if node.dag.clustered:
+            # The cluster room is the runs' record: no status room (nothing
+            # would be written to it), the heartbeats and the driver.
             matrix = matrix_children(self.bot, self.services.store, node) if self.bot is not None else []
+            matrix = [c for c in matrix if c.name != BROADCAST_PATH.rsplit("/", 1)[1]]
             return [*matrix, *self.cluster_children(self.bot.client if self.bot is not None else None)]
         dag = SupervisorSpec(
             "dag", children=[ChildSpec(COORDINATOR, self._coordinator, mailbox_capacity=COORDINATOR_MAILBOX)]
