@@ -382,6 +382,7 @@ class _Driver:
             for event in events:
                 if isinstance(event, OtherEvent) and self._new(event.event_id):
                     await self._known(event)
+                    self.log.debug("dag.cluster.read", type=event.event_type)
                     self._perform(self.brain.cluster_event(_room_event(event), trio.current_time(), time.time()))
 
     async def _gap(self, prev_batch: str) -> list[Any]:
@@ -616,25 +617,24 @@ async def _copy_actor(ctx: ActorContext, services: DagServices, job: Job, driver
                 pass
 
         nursery.start_soon(work)
-        report: _Report | None = None
         async for msg in ctx.mailbox:
             if isinstance(msg, AttemptSucceeded):
                 report = _Report(job.run_id, job.task.id, job.attempt, "completed", msg.output, None)
             elif isinstance(msg, AttemptFailed):
                 report = _Report(job.run_id, job.task.id, job.attempt, "failed", "", msg.reason)
             elif isinstance(msg, _CopyDone):
-                pass
+                break
             else:
                 continue  # blocked / recovered: the coordinator's clock runs on (see docs/dag.md)
+            try:
+                # Told before the agent's socket finishes closing (dependents
+                # need not wait for that). Awaited, but it holds up only this
+                # copy: the driver's mailbox is sized far beyond its copies.
+                await driver.send(report)
+            except ActorError:
+                pass  # the driver restarts: its successor reads the room and runs the task again
             break
         nursery.cancel_scope.cancel()
-    if report is not None:
-        try:
-            # Awaited, but it holds up only this copy: the driver's mailbox
-            # is sized far beyond the copies it has at once.
-            await driver.send(report)
-        except ActorError:
-            pass  # the driver restarts: its successor reads the room and runs the task again
 
 
 class _RemoteGate:
@@ -719,6 +719,7 @@ class _Sender:
                 continue
             else:
                 self.sent += 1
+                self.log.debug("dag.cluster.posted", type=post.event_type, waiting=len(self.queue) - 1)
             pause = 0.5
             self.queue.popleft()
 
