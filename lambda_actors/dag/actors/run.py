@@ -1,13 +1,19 @@
 """One actor per running run: it drives the run's :class:`..scheduler.Scheduler`.
 
 A thin executor. Each input (a task's result, a slot granted, a timer, a
-control call) is one step: the scheduler answers with actions, and the
-actions are applied in order, in ONE ``store.batch()`` (one commit), with
-the status events (SPEC 8.1, built by :mod:`..status`) appended to the
-store's outbox in the same transaction. Only after the commit are task
-actors started or killed, watchers fed and the broadcaster poked: nothing
-is announced that was not kept, and a final status is written before the
-attempt it ends is stopped.
+control call) goes to the scheduler, which answers with actions; every
+input already waiting in the mailbox when the actor wakes is folded into
+the same step. A step's actions are applied in order, in ONE
+``store.batch()`` (one commit), with the status events (SPEC 8.1, built by
+:mod:`..status`) appended to the store's outbox in the same transaction
+when the node broadcasts. Only after the commit are task actors started
+or killed, then (once the attempts just started have had their turn to
+send their prompts) the watchers fed, the broadcaster poked and sockets
+opened ahead: nothing is announced that was not kept, a final status is
+written before the attempt it ends is stopped, and what only tells or
+prepares is never on the path from a result to the next prompt. A node
+that does not broadcast builds the events only for its watchers, if it
+has any.
 
 The actor holds nothing the store does not: it starts (and restarts after a
 crash) from ``store.resume_facts`` (completed tasks stay completed; a task
@@ -18,8 +24,10 @@ that was running gets a new attempt, the cut one closed as
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import trio
@@ -75,6 +83,14 @@ _RUN_EVENT = {
 }
 
 
+#: What announces a move (built when called; see _Run._write).
+_Events = Callable[[], list[st.LogicalEvent]]
+#: A store write, given the events for the outbox.
+_Write = Callable[[list[st.LogicalEvent]], object]
+
+#: How many steps down a chain sockets are opened ahead (see _Run._warm_up).
+WARM_AHEAD = 2
+
 #: Numbers warm actors' names (unique in the process).
 _WARM_SEQ = itertools.count(1)
 
@@ -120,6 +136,8 @@ class _Run:
         self.warm: dict[str, tuple[int, str]] = {}
         #: Tasks started or completed since the last warm-up.
         self.to_warm: list[str] = []
+        #: Moves kept but not yet told to the watchers (see _apply).
+        self.untold: list[_Events] = []
         self.by_child: dict[str, tuple[str, int]] = {}
         self.artifacts: dict[tuple[str, int], tuple[str, ...]] = {}
         self.previews: dict[tuple[str, int], str] = {}
@@ -136,10 +154,12 @@ class _Run:
         self.interrupted.clear()
         mailbox = self.ctx.mailbox
         while not self.finished:
-            if self.to_warm:
+            if self.to_warm or self.untold:
                 # After the attempts just started have sent their prompts:
-                # opening sockets ahead is never in their way.
+                # telling the watchers and opening sockets ahead is never in
+                # their way.
                 await trio.lowlevel.checkpoint()
+                self._tell()
                 touched, self.to_warm = self.to_warm, []
                 self._warm_up(touched)
             deadline = math.inf if self.wake_at is None else self.wake_at
@@ -322,7 +342,7 @@ class _Run:
         services, store = self.services, self.store
         wall = services.wall()
         at = datetime.fromtimestamp(wall, UTC)
-        announced: list[st.LogicalEvent] = []
+        told: list[_Events] = []  #: what announces the moves, in order
         starts: list[StartAttempt] = []
         cancels: list[CancelAttempt] = []
         ended: RunFinished | None = None
@@ -332,15 +352,14 @@ class _Run:
             for action in actions:
                 match action:
                     case TaskStatusChanged(task_id=task_id, status=task_status):
-                        announced += self._write_task(action, wall, at)
+                        told.append(self._write_task(action, wall, at))
                         if task_status is TaskStatus.COMPLETED:
                             touched.append(task_id)
                         if task_status.final:
                             finals.append(task_id)
                     case RunStatusChanged(status=status, progress=progress):
-                        events = [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
-                        store.set_run_status(self.run_id, status, wall, events=self.services.outbox(events))
-                        announced += events
+                        run_events = functools.partial(self._run_events, status, progress, at)
+                        told.append(self._write(self._outboxed(store.set_run_status, self.run_id, status, wall), run_events))
                     case StartAttempt():
                         starts.append(action)
                     case CancelAttempt():
@@ -359,9 +378,11 @@ class _Run:
             touched.append(start.task_id)
         if ended is None:
             self.to_warm += touched
-        if announced:
-            services.watchers.publish(self.run_id, announced)
-            services.poke()
+        self.untold += told
+        if ended is not None or not starts:
+            self._tell()
+        # Else told after the attempts just started have sent their prompts
+        # (serve): building the events is not in their way.
         if ended is not None:
             for task_id in list(self.warm):
                 self._cool(task_id)
@@ -372,77 +393,136 @@ class _Run:
             self.log.info("dag.run.finished", status=str(ended.status))
             self._tell_coordinator()
 
-    def _write_task(self, change: TaskStatusChanged, wall: float, at: datetime) -> list[st.LogicalEvent]:
+    def _write_task(self, change: TaskStatusChanged, wall: float, at: datetime) -> _Events:
+        """Write the task's move; what announces it (built now if the node
+        broadcasts: the events go to the outbox in the same transaction)."""
         store, run_id, task_id = self.store, self.run_id, change.task_id
         task = self.tasks[task_id]
         session_id = session_id_for(run_id, task_id)
-        status_event = st.task_status(
-            run_id, task_id, str(change.status), agent_type=task.agent, session_id=session_id,
-            attempt=change.attempt, progress=_progress(change.progress), at=at,
-        )
-        events = [status_event]
+        extra: Callable[[], st.LogicalEvent] | None = None
+        reason = change.reason
         match change.status:
             case TaskStatus.RUNNING if task_id in self.blocked:
                 self.blocked.discard(task_id)
-                events.append(st.session_recovered(run_id, task_id, session_id, at=at))
-                store.recover(run_id, task_id, wall, events=self.services.outbox(events))
+                extra = functools.partial(st.session_recovered, run_id, task_id, session_id, at=at)
+                write: _Write = self._outboxed(store.recover, run_id, task_id, wall)
             case TaskStatus.RUNNING:
-                number = store.start_attempt(run_id, task_id, wall, session_id=session_id, events=self.services.outbox(events))
-                if number != change.attempt:
-                    raise RuntimeError(f"{run_id}/{task_id}: the store numbers this attempt {number}, the run {change.attempt}")
+                write = functools.partial(self._start_write, change, session_id, wall)
             case TaskStatus.BLOCKED:
                 self.blocked.add(task_id)
                 reason = change.reason or "waiting for the owner"
                 preview = self.previews.pop((task_id, change.attempt), "")
-                events.append(st.session_blocked(run_id, task_id, session_id, reason, preview, at=at))
-                store.block(run_id, task_id, wall, reason, events=self.services.outbox(events))
+                extra = functools.partial(st.session_blocked, run_id, task_id, session_id, reason, preview, at=at)
+                write = self._outboxed(store.block, run_id, task_id, wall, reason)
             case TaskStatus.PENDING if task_id in self.interrupted:
-                store.interrupt(run_id, task_id, wall, events=self.services.outbox(events))
+                write = self._outboxed(store.interrupt, run_id, task_id, wall)
             case TaskStatus.COMPLETED:
                 output = change.output or ""
                 if self.services.node.dag_broadcast.broadcast_output:
-                    events.append(st.task_output(run_id, task_id, output, at=at))
+                    extra = functools.partial(st.task_output, run_id, task_id, output, at=at)
                 artifacts = self.artifacts.pop((task_id, change.attempt), ())
-                store.finish(run_id, task_id, TaskStatus.COMPLETED, wall, output=output, artifacts=artifacts,
-                             events=self.services.outbox(events))
+                write = self._outboxed(
+                    store.finish, run_id, task_id, TaskStatus.COMPLETED, wall, output=output, artifacts=artifacts
+                )
             case _:
                 self.blocked.discard(task_id)
-                store.finish(run_id, task_id, change.status, wall, reason=change.reason, events=self.services.outbox(events))
-        return events
+                write = self._outboxed(store.finish, run_id, task_id, change.status, wall, reason=change.reason)
+
+        def events() -> list[st.LogicalEvent]:
+            built = [
+                st.task_status(
+                    run_id, task_id, str(change.status), agent_type=task.agent, session_id=session_id,
+                    attempt=change.attempt, progress=_progress(change.progress), at=at,
+                )
+            ]
+            if extra is not None:
+                built.append(extra())
+            return built
+
+        return self._write(write, events)
+
+    def _write(self, write: _Write, events: _Events) -> _Events:
+        """``write`` with the events for the outbox. Only a node that
+        broadcasts keeps them there, so only it builds them before the write;
+        otherwise they are built after the commit and the starts, and only
+        if someone watches (see _apply): off the path from a result to the
+        next prompt."""
+        if not self.services.broadcasting:
+            write([])
+            return events
+        built = events()
+        write(built)
+        return lambda: built
+
+    def _outboxed(self, method: Callable[..., object], *args: object, **kwargs: object) -> _Write:
+        """A store write taking the events for the outbox."""
+        return lambda events: method(*args, events=self.services.outbox(events), **kwargs)
+
+    def _start_write(
+        self, change: TaskStatusChanged, session_id: str, wall: float, events: list[st.LogicalEvent]
+    ) -> None:
+        run_id, task_id = self.run_id, change.task_id
+        number = self.store.start_attempt(run_id, task_id, wall, session_id=session_id, events=self.services.outbox(events))
+        if number != change.attempt:
+            raise RuntimeError(f"{run_id}/{task_id}: the store numbers this attempt {number}, the run {change.attempt}")
+
+    def _tell(self) -> None:
+        """The watchers (and the broadcaster) told of the moves kept so far, in order."""
+        if not self.untold:
+            return
+        told, self.untold = self.untold, []
+        services = self.services
+        if services.watchers.count(self.run_id):
+            services.watchers.publish(self.run_id, [event for events in told for event in events()])
+        if services.broadcasting:
+            services.poke()
+
+    def _run_events(self, status: RunStatus, progress: sch.Progress, at: datetime) -> list[st.LogicalEvent]:
+        return [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
 
     def _warm_up(self, touched: list[str]) -> None:
         """Open ahead the socket of each agent task that waits only on one
-        running task: when that one completes, the prompt goes out on a
-        socket already open (the connection is made while the upstream task
-        works, not after it). No USER_MESSAGE is sent before the attempt
-        starts; the chat is the attempt's own. At most ``warm_sockets``
-        (the node's slots) per run are open ahead."""
+        running task, or on one whose socket is itself open ahead (two steps
+        ahead at most, :data:`WARM_AHEAD`): when that one completes, the
+        prompt goes out on a socket already open (the connection is made
+        while the upstream task works, not after it; two ahead, so that a
+        short upstream task does not end before its dependent's socket is
+        up). No USER_MESSAGE is sent before the attempt starts; the chat is
+        the attempt's own. At most ``warm_sockets`` (the node's slots) per
+        run are open ahead."""
         machine, cap = self.machine, self.services.warm_sockets
         if cap <= 0 or machine.status is not RunStatus.RUNNING:
             return
-        for upstream in touched:
-            for task_id in self.dependents[upstream]:
-                if len(self.warm) >= cap:
-                    return
-                task = self.tasks[task_id]
-                if task.is_command or task_id in self.warm or task_id in self.live:
-                    continue
-                if machine.task_status(task_id) is not TaskStatus.PENDING:
-                    continue
-                waiting = [d for d in task.deps if machine.task_status(d) is not TaskStatus.COMPLETED]
-                if len(waiting) != 1 or machine.task_status(waiting[0]) is not TaskStatus.RUNNING:
-                    continue
-                attempt = machine.attempts(task_id) + 1
-                # Numbered: an earlier incarnation's warm actor for the same
-                # attempt may still be on its way out (kill is not immediate).
-                name = f"{task_child_name(self.run_id, task_id, attempt)}-warm{next(_WARM_SEQ)}"
-                job = Job(self.run_id, task, attempt, None, self.owner, self.ctx.address)
-                try:
-                    self._spawn(name, job)
-                except ActorError as exc:
-                    self.log.info("dag.run.no_warm_socket", task_id=task_id, error=str(exc))
-                    continue  # only an optimisation: the attempt opens its socket when it starts
-                self.warm[task_id] = (attempt, name)
+        frontier = touched
+        for _ in range(WARM_AHEAD):
+            warmed: list[str] = []
+            for upstream in frontier:
+                for task_id in self.dependents[upstream]:
+                    if len(self.warm) >= cap:
+                        return
+                    task = self.tasks[task_id]
+                    if task.is_command or task_id in self.warm or task_id in self.live:
+                        continue
+                    if machine.task_status(task_id) is not TaskStatus.PENDING:
+                        continue
+                    waiting = [d for d in task.deps if machine.task_status(d) is not TaskStatus.COMPLETED]
+                    if len(waiting) != 1 or not (
+                        machine.task_status(waiting[0]) is TaskStatus.RUNNING or waiting[0] in self.warm
+                    ):
+                        continue
+                    attempt = machine.attempts(task_id) + 1
+                    # Numbered: an earlier incarnation's warm actor for the same
+                    # attempt may still be on its way out (kill is not immediate).
+                    name = f"{task_child_name(self.run_id, task_id, attempt)}-warm{next(_WARM_SEQ)}"
+                    job = Job(self.run_id, task, attempt, None, self.owner, self.ctx.address)
+                    try:
+                        self._spawn(name, job)
+                    except ActorError as exc:
+                        self.log.info("dag.run.no_warm_socket", task_id=task_id, error=str(exc))
+                        continue  # only an optimisation: the attempt opens its socket when it starts
+                    self.warm[task_id] = (attempt, name)
+                    warmed.append(task_id)
+            frontier = warmed
 
     def _cool(self, task_id: str) -> None:
         """The task will not start (it ended, or the run did): its warm socket closes."""
