@@ -194,6 +194,8 @@ def test_federation_assigns_by_name_and_needs_workers() -> None:
         confirm(net, "a", spec(1), mode="matrix", workers=("b",))
     with pytest.raises(ClusterRefused, match="not a node id"):
         confirm(net, "a", spec(1), mode="federation", workers=("b c",))
+    with pytest.raises(ClusterRefused, match="no node 'x' has ever announced itself"):
+        confirm(net, "a", spec(1), mode="federation", workers=("c", "x"))
     confirm(net, "a", spec(3, chain=False), mode="federation", workers=("c",))
     net.finish_all()
     assert {e.content["assigned_to"] for e in net.of(st.TASK_ASSIGNED)} == {"c"}

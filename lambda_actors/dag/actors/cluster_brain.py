@@ -466,6 +466,14 @@ class ClusterBrain:
         bad = [w for w in workers if not _NODE_ID.fullmatch(w)]
         if bad:
             raise ClusterRefused(f"--workers: {bad[0]!r} is not a node id (letters, digits, '-', '_', '.')")
+        unknown = [w for w in workers if w not in self.accounts]
+        if unknown:
+            # A typo would park the run's tasks for ever; a node that is only
+            # down now is known, and its tasks wait for it.
+            raise ClusterRefused(
+                f"--workers: no node {unknown[0]!r} has ever announced itself in the heartbeat room;"
+                " check the name (each node's node_id in its node.toml)"
+            )
         at = datetime.fromtimestamp(wall, UTC)
         try:
             content = st.run_spec(

@@ -364,7 +364,12 @@ class _Driver:
             elif kind == "batch":
                 await self._batch(item[1])
             elif kind == "msg":
-                self._message(item[1], now, wall)
+                msg = item[1]
+                if isinstance(msg, Request) and isinstance(msg.msg, Confirm):
+                    if any(not self.brain.knows(w) for w in msg.msg.workers):
+                        # A worker that announced itself since our last sync is known once read.
+                        await self._refresh_accounts()
+                self._message(msg, now, wall)
             self._perform(self.brain.tick(trio.current_time(), time.time()))
 
     async def _batch(self, batch: SyncBatch) -> None:
