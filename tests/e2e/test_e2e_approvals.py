@@ -77,15 +77,14 @@ def _final_text(alice, prompt_event_id: str) -> str | None:
     return None
 
 
-@pytest.fixture
-async def receiver(nursery):
-    """A callback receiver that fails three times, then accepts."""
+async def _serve_receiver(nursery, failures: int):
+    """A callback receiver that fails ``failures`` times, then accepts."""
     received: list[tuple[dict, bytes]] = []
     accepted = trio.Event()
 
     async def callback(request: Request) -> Response:
         received.append((dict(request.headers), await request.body()))
-        if len(received) <= 3:
+        if len(received) <= failures:
             return Response(status_code=503)
         accepted.set()
         return Response(status_code=204)
@@ -94,7 +93,20 @@ async def receiver(nursery):
     config.bind = [f"127.0.0.1:{free_port()}"]
     config.accesslog = config.errorlog = None
     binds = await nursery.start(lambda task_status: serve(Starlette(routes=[Route("/cb", callback, methods=["POST"])]), config, task_status=task_status))
-    yield f"{binds[0]}/cb", received, accepted
+    return f"{binds[0]}/cb", received, accepted
+
+
+@pytest.fixture
+async def receiver(nursery):
+    """A callback receiver that fails three times (retried 1 s, 2 s, 4 s apart), then accepts."""
+    return await _serve_receiver(nursery, failures=3)
+
+
+@pytest.fixture
+async def receiver_failing_once(nursery):
+    """A callback receiver that fails once (one retry, 1 s later), then accepts: for a
+    test whose subject is not the retry schedule (``receiver`` tests that)."""
+    return await _serve_receiver(nursery, failures=1)
 
 
 async def test_the_approver_decides_by_reaction_reply_and_command_and_is_never_guessed_for(node, receiver):
@@ -195,9 +207,9 @@ async def test_idempotency_tokens_and_default_deny(node):
     assert alice.user_id not in metrics and chat1 not in metrics
 
 
-async def test_an_answer_given_while_the_node_is_down_counts_when_it_is_back(node, receiver):
+async def test_an_answer_given_while_the_node_is_down_counts_when_it_is_back(node, receiver_failing_once):
     node, alice, chat1 = node
-    callback_url, received, accepted = receiver
+    callback_url, received, accepted = receiver_failing_once
     created = await node.ask(approver=alice.user_id, agent_id="agent-0", action="Restart the cluster",
                              timeout_s=120, callback_url=callback_url)
     prompt = await alice.wait_until(lambda: _prompt(alice, created["id"]))
