@@ -111,6 +111,16 @@ class MatrixClient:
         # (see update_delayed_event); learnt on first use.
         self._delayed_action_in_body = False
 
+    def trying_once(self) -> MatrixClient:
+        """The same session (token, device, connection pool), each request tried
+        once on a transient failure (429s are still waited out): for a caller
+        that must notice the homeserver going away at once, such as a liveness
+        observer's own sync (``dag/actors/cluster_node.py``)."""
+        return MatrixClient(
+            self.homeserver_url, access_token=self._transport.access_token, user_id=self.user_id,
+            device_id=self.device_id, retry=replace(self._transport.retry, attempts=1), http=self._transport._http,
+        )
+
     def _count_rate_limited(self) -> None:
         self.rate_limited += 1
         if self._also_on_rate_limited is not None:

@@ -210,6 +210,7 @@ class _Driver:
         self.copies: dict[tuple[str, str, int], str] = {}  #: (run, task, epoch) -> child name
         self.by_path: dict[str, tuple[str, str, int]] = {}
         self.refreshed_at = -math.inf
+        self.away = False  #: the last sync failed
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -331,17 +332,23 @@ class _Driver:
         self.inputs_send.send_nowait(("stop",))
 
     async def _sync_loop(self) -> None:
-        pause = 0.5
+        # Each sync tried once: the liveness observer must learn at once that
+        # the homeserver went away (the client's own retries would hide a
+        # restart shorter than them, and the offline events it fires when it
+        # starts would then read as deaths). Tried again here, every 2 s at
+        # most, so its return is noticed soon.
+        client = self.client.trying_once()
+        pause = 0.25
         while True:
             try:
-                body = await self.client.sync(self.since, timeout_ms=SYNC_TIMEOUT_MS, filter_id=self.filter_id)
+                body = await client.sync(self.since, timeout_ms=SYNC_TIMEOUT_MS, filter_id=self.filter_id)
                 batch = parse_sync(body, self.client.user_id)
             except MatrixFailure as exc:
                 self.inputs_send.send_nowait(("sync_failed", str(exc)))
                 await trio.sleep(pause)
-                pause = min(10.0, pause * 2)
+                pause = min(2.0, pause * 2)
                 continue
-            pause = 0.5
+            pause = 0.25
             self.since = batch.next_batch
             self.inputs_send.send_nowait(("batch", batch))
 
@@ -359,9 +366,14 @@ class _Driver:
             if kind == "stop":
                 return
             if kind == "sync_failed":
-                self.log.info("dag.cluster.sync_failed", error=item[1])
+                if not self.away:
+                    self.log.info("dag.cluster.sync_failed", error=item[1])
+                self.away = True
                 self._perform(self.brain.sync_failed(now))
             elif kind == "batch":
+                if self.away:
+                    self.log.info("dag.cluster.sync_back")
+                self.away = False
                 await self._batch(item[1])
             elif kind == "msg":
                 msg = item[1]
