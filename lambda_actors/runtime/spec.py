@@ -37,7 +37,32 @@ def _check_name(kind: str, name: Any) -> None:
         )
 
 
+#: Checked policy values by what they were (values and their types: True is
+#: refused where 1 is taken): a spec built again and again with the same
+#: settings (one per task of a DAG run) is checked once.
+_CHECKED: dict[tuple[Any, ...], dict[str, Any]] = {}
+_CHECKED_MAX = 256
+#: The types of value a check is remembered for (compared with their type).
+_PLAIN = frozenset({type(None), str, int, float, bool, Restart, Overflow, Strategy, OnExhausted})
+
+
 def _explicit(spec: Any, names: Sequence[str]) -> dict[str, Any]:
+    values = tuple(getattr(spec, name) for name in names)
+    if not all(type(v) in _PLAIN for v in values):
+        # A Backoff equals one whose fields are equal values of other types
+        # (min=True and min=1): checked every time.
+        return _check_explicit(spec, names)
+    key = (tuple(names), values, tuple(type(v) for v in values))
+    checked = _CHECKED.get(key)
+    if checked is None:
+        checked = _check_explicit(spec, names)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[key] = checked
+    return dict(checked)  # the caller's own: SupervisorSpec adds to it
+
+
+def _check_explicit(spec: Any, names: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         value = getattr(spec, name)

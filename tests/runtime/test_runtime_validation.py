@@ -86,3 +86,18 @@ def test_a_file_level_problem_has_no_empty_key_path():
         la.parse_supervision_config("[n\n", "sup.toml")
     assert str(info.value).startswith("sup.toml: is not valid TOML")
     assert "[]" not in str(info.value)
+
+
+def test_a_value_checked_once_is_not_taken_for_an_equal_value_of_another_type():
+    # Specs with the same settings are checked once (a DAG run builds one per
+    # task); 1 second is a shutdown, True is not, though True == 1.
+    async def actor(ctx):
+        pass
+
+    assert la.ChildSpec("a", actor, shutdown=1).explicit_policy() == {"shutdown": 1}
+    assert la.ChildSpec("b", actor, shutdown=1).explicit_policy() == {"shutdown": 1}
+    with pytest.raises(la.ChildSpecError, match="shutdown"):
+        la.ChildSpec("c", actor, shutdown=True)
+    la.ChildSpec("d", actor, backoff=la.Backoff(min=1))
+    with pytest.raises(la.ChildSpecError, match="backoff.min"):
+        la.ChildSpec("e", actor, backoff=la.Backoff(min=True))
