@@ -63,6 +63,7 @@ __all__ = [
     "SpecTooLarge",
     "parse_run_spec",
     "run_spec",
+    "dag_toml",
     "TASK_ASSIGNED",
     "TASK_CLAIMED",
     "TASK_RESULT",
@@ -196,7 +197,7 @@ def _event(event_type: str, content: dict[str, Any]) -> LogicalEvent:
     size = canonical_size({"type": event_type, "content": content})
     # Every builder caps what it takes from outside, so this is a bug here,
     # not a property of a run.
-    if size + canonical_size({"events": []}) > MAX_CONTENT_BYTES:
+    if size + _EMPTY_BATCH > MAX_CONTENT_BYTES:
         raise ValueError(f"{event_type}: content of {size} bytes does not fit in one event")
     return LogicalEvent(event_type, content, size)
 
@@ -342,7 +343,13 @@ def check_integers(value: object, where: str = "content") -> None:
 def canonical_size(value: object) -> int:
     """Bytes of ``value`` as canonical JSON (sorted keys, no spaces, UTF-8),
     the form the homeserver measures an event in."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+    return len(_CANONICAL.encode(value).encode("utf-8"))
+
+
+#: json.dumps's encoder for canonical JSON, made once (every status event is measured).
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+#: What a batch adds around its events.
+_EMPTY_BATCH = canonical_size({"events": []})
 
 
 def _cap(text: str, limit: int) -> str:
@@ -596,8 +603,8 @@ TASK_REVOKED = "cis.dag.task.revoked"
 RUN_COORDINATOR = "cis.dag.run.coordinator"
 #: The run itself, posted once by the node that received the confirm, so any
 #: node can take it over: ``{run_id, dag_id, version, spec, owner, mode,
-#: workers, node_id, timestamp}``; ``spec`` is the DAG document as JSON (the
-#: publish API's JSON form), whose content version must be ``version``.
+#: workers, node_id, timestamp}``; ``spec`` is the DAG file's TOML text
+#: (:func:`dag_toml`), whose content version must be ``version``.
 RUN_SPEC = "cis.dag.run.spec"
 CLUSTER_EVENT_TYPES = frozenset({TASK_ASSIGNED, TASK_CLAIMED, TASK_RESULT, TASK_REVOKED, RUN_COORDINATOR})
 
@@ -772,6 +779,31 @@ class SpecTooLarge(ValueError):
     """A run's spec does not fit in one ``cis.dag.run.spec`` event."""
 
 
+def dag_toml(document: Mapping[str, Any]) -> str:
+    """A DAG document (``DagSpec.to_mapping()``) as the TOML text of a DAG file
+    that :func:`.spec.parse_dag` reads back to the same content (and version).
+    Values are strings, integers, booleans and lists of strings; None is left out."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in document.items() if key != "tasks" and value is not None]
+    for task in document.get("tasks", ()):
+        lines += ["", "[[tasks]]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in task.items() if value is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        # A TOML basic string: JSON's escapes are TOML's, but for DEL, which
+        # TOML wants escaped and JSON leaves alone.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"{type(value).__name__} has no place in a DAG file")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """``cis.dag.run.spec``: what a node needs to lead (or take over) a run."""
@@ -779,7 +811,7 @@ class RunSpec:
     run_id: str
     dag_id: str
     version: str
-    spec: Mapping[str, Any] = field(hash=False)
+    spec: str  #: the DAG file's TOML text
     owner: str | None
     mode: str  #: ``matrix`` or ``federation``
     workers: tuple[str, ...]
@@ -790,7 +822,7 @@ def run_spec(
     run_id: str,
     dag_id: str,
     version: str,
-    spec: Mapping[str, Any],
+    spec: str,
     *,
     owner: str | None,
     mode: str,
@@ -805,7 +837,7 @@ def run_spec(
         "run_id": run_id,
         "dag_id": dag_id,
         "version": version,
-        "spec": dict(spec),
+        "spec": spec,
         "owner": owner,
         "mode": mode,
         "workers": list(workers),
@@ -832,7 +864,7 @@ def parse_run_spec(content: object) -> RunSpec | None:
     owner, workers = content.get("owner"), content.get("workers", [])
     if run_id is None or dag_id is None or version is None or node_id is None:
         return None
-    if mode not in ("matrix", "federation") or not isinstance(spec, Mapping):
+    if mode not in ("matrix", "federation") or not isinstance(spec, str):
         return None
     if not (owner is None or isinstance(owner, str)):
         return None
