@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as hs
 
 from lambda_actors.dag import status as st
 from lambda_actors.dag.actors.cluster_brain import (
@@ -25,7 +27,8 @@ from lambda_actors.dag.actors.cluster_brain import (
 )
 from lambda_actors.dag.heartbeat import NODE_STATUS
 from lambda_actors.dag.scheduler import RunStatusChanged, TaskStatusChanged
-from lambda_actors.dag.spec import DagSpec, parse_dag
+from lambda_actors.dag.spec import DagSpec, DagSpecError, parse_dag
+from lambda_actors.dag.status import dag_toml, parse_run_spec
 
 WALL = 1_800_000_000.0
 
@@ -310,3 +313,35 @@ def test_the_cluster_counts_are_on_metrics_only_where_a_driver_runs() -> None:
     assert "lambda_dag_cluster_reassigned_total 2.0" in text
     assert "lambda_dag_cluster_stale_results_ignored_total 1.0" in text
     assert "lambda_dag_cluster_claims_lost_total 3.0" in text
+
+
+_TEXT = hs.text(hs.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prompts=hs.lists(_TEXT, min_size=1, max_size=4),
+    owner=hs.one_of(hs.none(), hs.just("@o:hs")),
+    command=hs.lists(_TEXT.filter(bool), min_size=1, max_size=3),
+    max_workers=hs.one_of(hs.none(), hs.integers(1, 64)),
+)
+def test_the_spec_event_carries_the_dag_as_toml_text_that_reads_back_as_the_same_version(
+    prompts: list[str], owner: str | None, command: list[str], max_workers: int | None
+) -> None:
+    tasks: list[dict[str, Any]] = [
+        {"id": f"t{i}", "agent": "agent-0", "prompt": p.replace("{{", "{ {"), "retries": i % 3, "timeout": 60 + i}
+        for i, p in enumerate(prompts)
+    ]
+    tasks.append({"id": "cmd", "command": command, "workdir": "/srv/x y", "deps": ["t0"]})
+    document: dict[str, Any] = {"dag_id": "rt", "owner": owner, "max_workers": max_workers, "priority": "high", "tasks": tasks}
+    try:
+        original = parse_dag({k: v for k, v in document.items() if v is not None}, allow_commands=True)
+    except DagSpecError:
+        assume(False)  # not a DAG (an empty prompt, a stray brace): nothing to carry
+        return
+    text = dag_toml(original.to_mapping())
+    assert parse_dag(text, allow_commands=True).version == original.version
+    net = net_of("a")
+    posted = net.brains["a"].confirm("run-1", original, mode="matrix", workers=(), wall=WALL)[0]
+    parsed = parse_run_spec(posted.content)
+    assert parsed is not None and parsed.spec == text and parsed.version == original.version

@@ -373,7 +373,7 @@ class ClusterBrain:
             self.notes.append(("dag.cluster.not_its_node", {"type": event.type, "named": info.node_id, "sender": event.sender}))
             return []
         try:
-            spec = parse_dag(dict(info.spec), allow_commands=True, source=f"run {info.run_id}")
+            spec = parse_dag(info.spec, allow_commands=True, source=f"run {info.run_id}")
         except DagSpecError as exc:
             self.notes.append(("dag.cluster.bad_spec", {"run_id": info.run_id, "error": exc.lines()[0]}))
             return []
@@ -475,9 +475,12 @@ class ClusterBrain:
                 " check the name (each node's node_id in its node.toml)"
             )
         at = datetime.fromtimestamp(wall, UTC)
+        text = st.dag_toml(spec.to_mapping())
+        if parse_dag(text, allow_commands=True, source="the run's spec").version != spec.version:
+            raise RuntimeError(f"the DAG {spec.dag_id} does not read back as itself from TOML")  # a bug of dag_toml
         try:
             content = st.run_spec(
-                run_id, spec.dag_id, spec.version, spec.to_mapping(), owner=spec.owner, mode=mode,
+                run_id, spec.dag_id, spec.version, text, owner=spec.owner, mode=mode,
                 workers=workers, node_id=self.me, at=at,
             )
         except st.SpecTooLarge as exc:
