@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -112,7 +113,7 @@ async def _agent(ctx: ActorContext, services: DagServices, job: Job) -> None:
                 await conn.send_user_message(prompt)
                 sent = True
                 log.info("dag.task.sent")
-                result = await _converse(ctx, services, job, conn, session_id, text, artifacts)
+                result = await _converse(ctx, services, job, conn, session_id, text, artifacts, log)
                 told = True
                 await _tell(job, result)
                 return
@@ -141,11 +142,11 @@ async def _wait_go(ctx: ActorContext) -> str | None:
 
 async def _converse(
     ctx: ActorContext, services: DagServices, job: Job, conn: AgentConnection, session_id: str,
-    text: list[str], artifacts: list[str],
+    text: list[str], artifacts: list[str], log: Any,
 ) -> object:
-    """The answer to the USER_MESSAGE sent: the attempt's result."""
+    """The answer to the USER_MESSAGE sent: the attempt's result (``log``
+    bound to the attempt already: a bind per task is not free)."""
     task, attempt = job.task, job.attempt
-    log = ctx.log.bind(session_id=session_id, attempt=attempt, chat_id=conn.chat_id, agent=task.agent)
     async for frame in conn:
         if isinstance(frame, Late):
             continue
