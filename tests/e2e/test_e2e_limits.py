@@ -5,6 +5,10 @@ from harness.chat import onboard
 
 from lambda_actors.bot.streaming import PART_BYTES
 
+#: Slow messages of the flooding user: her room answers one at a time (about
+#: 0.6 s each), so the last starts seconds after the other user asked.
+FLOOD = 10
+
 
 async def test_the_largest_message_matrix_allows_is_delivered_and_answered_in_parts(bot_stack):
     alice = await bot_stack.scripted_user("alice")
@@ -23,7 +27,7 @@ async def test_a_flooding_user_does_not_hold_up_another_user(bot_stack):
     carol = await bot_stack.scripted_user("carol")  # same agent as alice
     _, alice_chat = await onboard(bot_stack, alice)
     _, carol_chat = await onboard(bot_stack, carol)
-    flood = [await alice.say(alice_chat, f"flood {n} [[slow]]") for n in range(15)]
+    flood = [await alice.say(alice_chat, f"flood {n} [[slow]]") for n in range(FLOOD)]
     question = await carol.say(carol_chat, "my turn?")
     carol_answer_at = None
     async with trio.open_nursery() as nursery:
@@ -38,7 +42,7 @@ async def test_a_flooding_user_does_not_hold_up_another_user(bot_stack):
             await alice.answer(event_id, timeout=120)
     # Carol was answered while Alice's flood was still being worked through.
     assert carol_answer_at == 0
-    assert bot_stack.agents[0].received_messages()[-1] == "flood 14 [[slow]]"
+    assert bot_stack.agents[0].received_messages()[-1] == f"flood {FLOOD - 1} [[slow]]"
 
 
 async def test_only_the_rooms_owner_reaches_the_agent(bot_stack):
