@@ -3,14 +3,18 @@ Matrix (execution_mode local). Waits are on the runs' own event streams."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 import trio
 
 from dag_node import HeldGate, dag_node
+from lambda_actors.dag.actors.services import Watchers
 from lambda_actors.dag.actors.task import chat_id_for
 from lambda_actors.dag.scheduler import RunStatus
+from lambda_actors.dag.status import LogicalEvent
 from lambda_actors.dag.store import AttemptStatus, TerminalState
 
 pytestmark = pytest.mark.filterwarnings("ignore::trio.TrioDeprecationWarning")
@@ -261,3 +265,70 @@ async def test_a_crashed_run_actor_carries_on_from_the_store(tmp_path: Path) -> 
         assert [a.status for a in node.store.attempts(run_id, "a")] == [AttemptStatus.INTERRUPTED, AttemptStatus.COMPLETED]
         assert agent.received_messages(chat_id_for(run_id, "a", 2)) == ["hi"]
         await agent.wait_until(lambda: chat_id_for(run_id, "a", 1) not in agent.open_chats)
+
+
+async def test_sockets_open_two_steps_ahead_down_a_chain_and_nothing_is_sent_early(tmp_path: Path) -> None:
+    async with dag_node(tmp_path, slow_interval=0.2) as node:
+        agent = node.agents["agent-0"]
+        run_id = await node.start(
+            dag(task("a", "[[slow]]"), task("b", "b", deps=("a",)), task("c", "c", deps=("b",)), task("d", "d", deps=("c",)))
+        )
+        # While a works, b's and c's sockets are open (c waits on b, itself open ahead); not d's.
+        await agent.wait_for_connections(chat_id_for(run_id, "c", 1))
+        assert node.statuses(run_id) == {"a": "running", "b": "pending", "c": "pending", "d": "pending"}
+        assert chat_id_for(run_id, "d", 1) not in agent.connections
+        assert agent.received_messages(chat_id_for(run_id, "b", 1)) == []
+        assert agent.received_messages(chat_id_for(run_id, "c", 1)) == []
+        assert (await node.finished(run_id)).status is RunStatus.COMPLETED
+        for t in "bcd":
+            assert agent.received_messages(chat_id_for(run_id, t, 1)) == [t]
+            assert agent.connections[chat_id_for(run_id, t, 1)] == 1
+
+
+async def test_the_node_checkpoints_its_store_off_the_trio_thread(tmp_path: Path) -> None:
+    database = tmp_path / "bot.sqlite3"
+    async with dag_node(tmp_path, database=database) as node:
+        send, checkpoints = trio.open_memory_channel[None](100)
+        token = trio.lowlevel.current_trio_token()
+        checkpoint = node.store.checkpoint
+
+        def on_a_worker_thread() -> bool:
+            assert threading.current_thread() is not threading.main_thread()
+            done = checkpoint()
+            trio.from_thread.run_sync(send.send_nowait, None, trio_token=token)
+            return done
+
+        node.store.checkpoint = on_a_worker_thread  # type: ignore[method-assign]  # observed, still the real one
+        run_id = await node.start(dag(task("a"), task("b", deps=("a",))))
+        assert (await node.finished(run_id)).status is RunStatus.COMPLETED
+        # What the run wrote reaches the database file itself, not only its
+        # WAL, by the checkpoint that follows its last commit.
+        with trio.fail_after(10):
+            while _run_status_in_file_alone(database, tmp_path / "copy.sqlite3", run_id) != "completed":
+                await checkpoints.receive()
+
+
+def _run_status_in_file_alone(database: Path, copy: Path, run_id: str) -> str | None:
+    copy.write_bytes(database.read_bytes())
+    db = sqlite3.connect(copy)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'dag_runs'").fetchone():
+            return None
+        row = db.execute("SELECT status FROM dag_runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        db.close()
+
+
+async def test_a_watcher_gets_a_step_larger_than_its_buffer_whole_and_one_behind_by_more_steps_is_dropped() -> None:
+    watchers = Watchers(buffer=2)
+    events = [LogicalEvent("cis.dag.task.status", {"task_id": f"t{i}"}) for i in range(10)]
+    async with watchers.watch("r") as feed:
+        watchers.publish("r", events)  # one step of 10 events: more than the buffer, kept whole
+        watchers.publish("r", events[:1])
+        got = [await feed.__anext__() for _ in range(11)]
+        assert got == events + events[:1]
+        for _ in range(3):  # three steps unread: one more than it may fall behind by
+            watchers.publish("r", events[:1])
+        assert watchers.count("r") == 0
+        assert [e async for e in feed] == events[:1] * 2  # what it held, then its stream ends
