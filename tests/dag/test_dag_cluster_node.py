@@ -304,3 +304,29 @@ async def test_a_driver_restarted_mid_task_replays_the_room_and_runs_its_task_ag
             assert results == [("first", 1), ("second", 1)]
             assert len(cluster.agent.received_messages(chat)) == 2
             assert str((await a.finished(run_id)).status) == "completed"
+
+
+async def test_the_drivers_sync_client_tries_each_request_once() -> None:
+    # A homeserver that drops every connection: the twin fails on the first
+    # try (the liveness observer hears of it at once); the retries of the
+    # node's client would have hidden a short outage.
+    from lambda_actors.matrix.errors import HomeserverUnavailable
+
+    connections = 0
+
+    async def drop(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, drop, 0)
+        port = listeners[0].socket.getsockname()[1]
+        client = MatrixClient(f"http://127.0.0.1:{port}", access_token="t", user_id="@n:hs", device_id="D")
+        twin = client.trying_once()
+        assert (twin.user_id, twin.device_id) == ("@n:hs", "D")
+        with trio.fail_after(10), pytest.raises(HomeserverUnavailable):
+            await twin.sync(None, timeout_ms=0)
+        assert connections == 1
+        await client.aclose()
+        nursery.cancel_scope.cancel()
