@@ -391,6 +391,7 @@ class DagStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._depth = 0  #: open writes: 0 outside any, >1 inside a batch
+        self._savepoints = True  #: whether the writes of the open batch take savepoints
         #: Called after each commit (the node's checkpointer listens).
         self.on_commit: Callable[[], None] | None = None
         self._checkpointer: sqlite3.Connection | None = None
@@ -426,7 +427,7 @@ class DagStore:
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return True
 
-    def batch(self) -> AbstractContextManager[None]:
+    def batch(self, *, all_or_nothing: bool = False) -> AbstractContextManager[None]:
         """Several writes as one transaction (one commit): what a run actor
         applies for one step of its scheduler (a fan-out starting a hundred
         tasks, a cancel ending them all) is kept together, and costs one
@@ -434,9 +435,15 @@ class DagStore:
         alone (a savepoint) and the exception goes on; one that escapes the
         ``with`` undoes the whole batch.
 
+        ``all_or_nothing``: the caller lets every write's error escape the
+        ``with`` (a run actor's step is kept whole or not at all), so the
+        writes take no savepoint of their own (two statements fewer each).
+        A write's error caught inside such a batch would leave that write
+        half done: do not catch one there.
+
         Nothing may be awaited inside: the write lock is held until the end,
         and the bot's store, on the same file, waits for it."""
-        return _Batch(self)
+        return _Batch(self, savepoints=not all_or_nothing)
 
     def schema_version(self) -> int:
         return int(self._db.execute("SELECT version FROM dag_schema").fetchone()[0])
@@ -941,17 +948,25 @@ class _Transaction:
         self._db = store._db
 
     def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE" if self._store._depth == 0 else "SAVEPOINT dag_write")
-        self._store._depth += 1
+        store = self._store
+        if store._depth == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+        elif store._savepoints:
+            self._db.execute("SAVEPOINT dag_write")
+        store._depth += 1
         return self._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._store._depth -= 1
-        if self._store._depth == 0:
+        store = self._store
+        store._depth -= 1
+        if store._depth == 0:
+            store._savepoints = True
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-            if not exc_type and self._store.on_commit is not None:
-                self._store.on_commit()
+            if not exc_type and store.on_commit is not None:
+                store.on_commit()
             return
+        if not store._savepoints:
+            return  # an all-or-nothing batch: the error, if any, undoes it whole
         if exc_type:
             self._db.execute("ROLLBACK TO dag_write")
         self._db.execute("RELEASE dag_write")
@@ -972,11 +987,16 @@ class _Migration:
 
 
 class _Batch:
-    def __init__(self, store: DagStore) -> None:
+    def __init__(self, store: DagStore, *, savepoints: bool) -> None:
+        self._store = store
+        self._savepoints = savepoints
         self._transaction = _Transaction(store)
 
     def __enter__(self) -> None:
+        outer = self._store._depth == 0
         self._transaction.__enter__()
+        if outer:  # inside another batch, it is one more write of that one
+            self._store._savepoints = self._savepoints
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._transaction.__exit__(exc_type, exc, tb)

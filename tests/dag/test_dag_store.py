@@ -525,3 +525,22 @@ def test_on_commit_is_called_once_per_commit_and_never_for_a_rollback(store):
             store.finish(run, "b", "cancelled", 4.0)
             raise RuntimeError("the actor crashed mid-step")
     assert len(commits) == 2
+
+
+def test_an_all_or_nothing_batch_is_kept_whole_or_not_at_all(store):
+    run = store.create_run(published(store), 1.0).run_id
+    with store.batch(all_or_nothing=True):
+        store.start_attempt(run, "a", 2.0)
+        store.finish(run, "a", "completed", 3.0, output="A")
+    assert store.task(run, "a").status is TaskStatus.COMPLETED
+    with pytest.raises(TerminalState):
+        with store.batch(all_or_nothing=True):
+            store.finish(run, "b", "skipped", 4.0)
+            store.finish(run, "a", "failed", 4.0)  # refused: the error escapes, nothing of the batch stays
+    assert store.task(run, "b").status is TaskStatus.PENDING
+    # An ordinary batch after it still undoes a refused write alone.
+    with store.batch():
+        store.finish(run, "b", "skipped", 5.0)
+        with pytest.raises(TerminalState):
+            store.finish(run, "a", "failed", 5.0)
+    assert store.task(run, "b").status is TaskStatus.SKIPPED

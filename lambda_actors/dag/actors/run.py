@@ -348,7 +348,9 @@ class _Run:
         ended: RunFinished | None = None
         touched: list[str] = []  #: tasks started or completed: their dependents may warm up
         finals: list[str] = []
-        with store.batch():
+        # All or nothing: any write's error escapes the step (the actor
+        # restarts from the store), so the writes need no savepoints.
+        with store.batch(all_or_nothing=True):
             for action in actions:
                 match action:
                     case TaskStatusChanged(task_id=task_id, status=task_status):
