@@ -183,11 +183,14 @@ class ClusterChaos:
         await trio.sleep(QUIET_AFTER_S)
 
     def target(self) -> int:
-        """A live node, preferably one holding tasks right now."""
+        """A live node, preferably one holding tasks right now, and not the one killed last
+        (a task stuck on a node would otherwise make it the target again and again)."""
         held = holding(self.stack.timeline.events)
+        last = next((h.node_id for h in reversed(self.stack.log) if h.kind == "kill"), None)
         live = [n for n in self.stack.nodes if n.alive]
-        busy = [n for n in live if held[n.node_id] > 0]
-        return self.rng.choice(busy or live).index
+        others = [n for n in live if n.node_id != last] or live
+        busy = [n for n in others if held[n.node_id] > 0]
+        return self.rng.choice(busy or others).index
 
     async def drain(self) -> None:
         self.write(f"  draining: waiting up to {self.options.drain:.0f} s for every run's end")
