@@ -281,6 +281,8 @@ def cluster_report(
         while next_log < len(log) and log[next_log].at_ms <= event.ts_ms:
             _note_kill(log[next_log], folded, held)
             next_log += 1
+        if runs is not None and _run_id(event) not in runs:
+            continue  # another run's: none of its figures count
         node = node_of(event.sender)
         if event.type == RUN_SPEC:
             run_id = event.content.get("run_id")
@@ -428,6 +430,13 @@ def _note_kill(entry: HarnessEvent, folded: Mapping[str, _Run], held: list[_Held
 
 def _restarted_between(log: Sequence[HarnessEvent], node_id: str, low: int, high: int) -> bool:
     return any(h.kind in ("restart", "resume") and h.node_id == node_id and low <= h.at_ms <= high for h in log)
+
+
+def _run_id(event: TimelineEvent) -> object:
+    """The run an event of the cluster room is about (the coordinator's state key names it)."""
+    if event.type == RUN_COORDINATOR:
+        return event.state_key or event.content.get("run_id")
+    return event.content.get("run_id")
 
 
 def _named(event: ClusterEvent) -> str:

@@ -264,3 +264,22 @@ def test_the_json_holds_the_issue_figures_and_goals():
                 "false_takeovers", "runs_completed", "node_kills", "attempts_per_task", "goals", "ok"):
         assert key in data
     assert data["ok"] is True
+
+
+def test_with_runs_given_only_their_events_count():
+    other = Room("r2")
+    other.start(0)
+    other.assign(1_000, "a", 1)
+    other.claim(1_100, "a", 1, "node-b")
+    other.assign(20_000, "a", 2)  # a false takeover, of a run not asked about
+    other.coordinator(21_000, "node-c", 2)
+    room = Room()
+    room.start(0)
+    room.task_done(1_000, "a", 1, "node-b")
+    room.task_done(3_000, "b", 1, "node-c")
+    room.end(5_000)
+    timeline = sorted(room.events + other.events, key=lambda e: e.ts_ms)
+    report = cluster_report(timeline, runs={"r1": ["a", "b"]}, accounts=ACCOUNTS)
+    assert (report.runs, report.reassignments, report.coordinator_takeovers, report.false_takeovers) == (1, 0, 0, 0)
+    everything = cluster_report(timeline, accounts=ACCOUNTS)
+    assert (everything.runs, everything.reassignments, everything.false_takeovers) == (2, 1, 2)
