@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as hs
 
 from lambda_actors.dag import status as st
@@ -345,3 +345,124 @@ def test_the_spec_event_carries_the_dag_as_toml_text_that_reads_back_as_the_same
     posted = net.brains["a"].confirm("run-1", original, mode="matrix", workers=(), wall=WALL)[0]
     parsed = parse_run_spec(posted.content)
     assert parsed is not None and parsed.spec == text and parsed.version == original.version
+
+
+# -- the model: brains over one room, nodes killed, restarted, reading at their own pace ----------------
+
+
+def fold(net: Net, the_spec: DagSpec, run_id: str = "run-1") -> Any:
+    """The run's ledger as a fresh reader folds the room (the identity rule applied)."""
+    from lambda_actors.dag.cluster import Ledger, task_ended
+
+    first = next(e for e in net.room if e.type == st.RUN_SPEC)
+    ledger = Ledger(run_id, first.content["node_id"], task_ids=[t.id for t in the_spec.tasks])
+    for e in net.room:
+        node = e.sender.removeprefix("@").removesuffix(":hs")
+        if e.type == st.TASK_STATUS:
+            ended = task_ended(e.content, node)
+            if ended is not None:
+                ledger.observe(ended)
+        elif e.type in st.CLUSTER_EVENT_TYPES:
+            parsed = st.parse_cluster_event(e.type, e.content)
+            if parsed is not None and net.brains["a"].named_node(e) == node:
+                ledger.observe(parsed)
+    return ledger
+
+
+model_step = hs.one_of(
+    hs.tuples(hs.just("read"), hs.integers(0, 2), hs.integers(1, 30)),
+    hs.tuples(hs.just("read"), hs.integers(0, 2), hs.integers(1, 30)),
+    hs.tuples(hs.just("finish"), hs.integers(0, 2), hs.sampled_from(["completed", "completed", "failed"])),
+    hs.tuples(hs.just("finish"), hs.integers(0, 2), hs.sampled_from(["completed", "completed", "failed"])),
+    hs.tuples(hs.just("kill"), hs.integers(0, 2), hs.just(0)),
+    hs.tuples(hs.just("restart"), hs.integers(0, 2), hs.just(0)),
+    hs.tuples(hs.just("tick"), hs.just(0), hs.just(0)),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_tasks=hs.integers(1, 4),
+    chain=hs.booleans(),
+    mode=hs.sampled_from(["matrix", "federation"]),
+    retries=hs.integers(0, 1),
+    steps=hs.lists(model_step, min_size=10, max_size=80),
+)
+def test_model_brains_end_every_task_once_whatever_dies_and_restarts(
+    n_tasks: int, chain: bool, mode: str, retries: int, steps: list[tuple[str, int, Any]]
+) -> None:
+    ids = ("a", "b", "c")
+    tasks = [
+        {"id": f"t{i}", "deps": [f"t{i - 1}"] if chain and i else [], "agent": "agent-0", "prompt": "p",
+         "retries": retries, "timeout": 12}
+        for i in range(n_tasks)
+    ]
+    the_spec = parse_dag({"dag_id": "m", "tasks": tasks})
+    net = net_of(*ids)
+    confirm(net, "a", the_spec, mode=mode, workers=ids if mode == "federation" else ())
+    dead: set[str] = set()
+
+    def read(node_id: str, limit: int | None = None) -> None:
+        brain, n = net.brains[node_id], 0
+        while net.cursors[node_id] < len(net.room) and (limit is None or n < limit):
+            event = net.room[net.cursors[node_id]]
+            net.cursors[node_id] += 1
+            n += 1
+            net.perform(node_id, brain.cluster_event(event, net.now, WALL))
+
+    def restart(node_id: str) -> None:
+        net.copies[node_id] = {}
+        net.add(node_id, announce=False)
+        net.status(node_id, "online")
+        net.catch_up(node_id)
+        dead.discard(node_id)
+
+    for kind, index, arg in steps:
+        node_id = ids[index]
+        if kind == "read" and node_id not in dead:
+            read(node_id, arg)
+        elif kind == "finish" and node_id not in dead and net.copies[node_id]:
+            (run_id, task_id), epoch = sorted(net.copies[node_id].items())[0]
+            del net.copies[node_id][(run_id, task_id)]
+            net.perform(node_id, net.brains[node_id].finished(run_id, task_id, epoch, arg, f"out-{task_id}"))
+        elif kind == "kill" and node_id not in dead and len(dead) < 2:
+            dead.add(node_id)
+            net.copies[node_id] = {}
+            for other in ids:
+                if other not in dead:
+                    net.perform(other, net.brains[other].heartbeat_event(
+                        RoomEvent(f"$off{len(net.room)}", f"@{node_id}:hs", NODE_STATUS, {"status": "offline"}, node_id),
+                        net.now))
+        elif kind == "restart" and node_id in dead:
+            restart(node_id)
+        elif kind == "tick":
+            net.now += 5
+            for other in ids:
+                if other not in dead:
+                    net.perform(other, net.brains[other].tick(net.now, WALL))
+    for node_id in sorted(dead):
+        restart(node_id)
+    for _ in range(60):
+        for node_id in ids:
+            read(node_id)
+        if any(e.type in (st.RUN_COMPLETED, st.RUN_FAILED) for e in net.room):
+            for node_id in ids:
+                read(node_id)
+            break
+        moved = False
+        for node_id in ids:
+            for (run_id, task_id), epoch in sorted(net.copies[node_id].items()):
+                del net.copies[node_id][(run_id, task_id)]
+                net.perform(node_id, net.brains[node_id].finished(run_id, task_id, epoch, "completed", f"out-{task_id}"))
+                moved = True
+        if not moved:
+            net.now += 5
+            for node_id in ids:
+                net.perform(node_id, net.brains[node_id].tick(net.now, WALL))
+    ends = [e for e in net.room if e.type in (st.RUN_COMPLETED, st.RUN_FAILED)]
+    assert ends, "the run did not end"
+    ledger = fold(net, the_spec)
+    for task in the_spec.tasks:
+        assert ledger.tasks[task.id].phase in ("completed", "ended"), (task.id, ledger.tasks[task.id])
+    assert ledger.completed == sum(1 for r in ledger.tasks.values() if r.phase == "completed")
+    assert all("run-1" in net.brains[n].ended for n in ids), "every node read the run's end"

@@ -443,7 +443,13 @@ class ClusterBrain:
             if fact.status.final:
                 # Known to the store of the node that led before; this one's learns it now.
                 change = TaskStatusChanged(task_id, fact.status, fact.attempts, scheduler.progress(), output=fact.output)
-                actions.append(self._record(run, change))
+                record = self._record(run, change)
+                actions.append(record)
+                if ledger.tasks[task_id].phase not in ("completed", "ended"):
+                    # Final by the room's results (out of retries) but never
+                    # said by a coordinator: said now, or no reader would
+                    # ever see the task end.
+                    actions.append(Post(record.event.type, record.event.content))
         return actions + self._scheduler(run, scheduler.start(self._now))
 
     # -- control (the API on this node) -------------------------------------------------------------
