@@ -24,10 +24,8 @@ that was running gets a new attempt, the cut one closed as
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import trio
@@ -83,10 +81,9 @@ _RUN_EVENT = {
 }
 
 
-#: What announces a move (built when called; see _Run._write).
-_Events = Callable[[], list[st.LogicalEvent]]
-#: A store write, given the events for the outbox.
-_Write = Callable[[list[st.LogicalEvent]], object]
+#: What announces a move: its events, or what they are built from when they
+#: are needed (see _Run._write_task and _Run._told).
+_Told = list[st.LogicalEvent] | tuple[object, ...]
 
 #: How many steps down a chain sockets are opened ahead (see _Run._warm_up).
 WARM_AHEAD = 2
@@ -137,7 +134,7 @@ class _Run:
         #: Tasks started or completed since the last warm-up.
         self.to_warm: list[str] = []
         #: Moves kept but not yet told to the watchers (see _apply).
-        self.untold: list[_Events] = []
+        self.untold: list[_Told] = []
         self.by_child: dict[str, tuple[str, int]] = {}
         self.artifacts: dict[tuple[str, int], tuple[str, ...]] = {}
         self.previews: dict[tuple[str, int], str] = {}
@@ -342,7 +339,7 @@ class _Run:
         services, store = self.services, self.store
         wall = services.wall()
         at = datetime.fromtimestamp(wall, UTC)
-        told: list[_Events] = []  #: what announces the moves, in order
+        told: list[_Told] = []  #: what announces the moves, in order
         starts: list[StartAttempt] = []
         cancels: list[CancelAttempt] = []
         ended: RunFinished | None = None
@@ -360,8 +357,9 @@ class _Run:
                         if task_status.final:
                             finals.append(task_id)
                     case RunStatusChanged(status=status, progress=progress):
-                        run_events = functools.partial(self._run_events, status, progress, at)
-                        told.append(self._write(self._outboxed(store.set_run_status, self.run_id, status, wall), run_events))
+                        announce, events = self._outboxed((status, progress, at))
+                        store.set_run_status(self.run_id, status, wall, events=events)
+                        told.append(announce)
                     case StartAttempt():
                         starts.append(action)
                     case CancelAttempt():
@@ -395,78 +393,81 @@ class _Run:
             self.log.info("dag.run.finished", status=str(ended.status))
             self._tell_coordinator()
 
-    def _write_task(self, change: TaskStatusChanged, wall: float, at: datetime) -> _Events:
-        """Write the task's move; what announces it (built now if the node
-        broadcasts: the events go to the outbox in the same transaction)."""
+    def _write_task(self, change: TaskStatusChanged, wall: float, at: datetime) -> _Told:
+        """Write the task's move; what announces it. Only a node that
+        broadcasts keeps the events in the store's outbox, so only it builds
+        them before the write; otherwise they are built after the commit
+        and the starts, and only if someone watches (see _apply and _tell):
+        off the path from a result to the next prompt."""
         store, run_id, task_id = self.store, self.run_id, change.task_id
-        task = self.tasks[task_id]
         session_id = session_id_for(run_id, task_id)
-        extra: Callable[[], st.LogicalEvent] | None = None
-        reason = change.reason
+        extra: tuple[object, ...] = ()  #: what the second event, if any, is built from
         match change.status:
             case TaskStatus.RUNNING if task_id in self.blocked:
                 self.blocked.discard(task_id)
-                extra = functools.partial(st.session_recovered, run_id, task_id, session_id, at=at)
-                write: _Write = self._outboxed(store.recover, run_id, task_id, wall)
-            case TaskStatus.RUNNING:
-                write = functools.partial(self._start_write, change, session_id, wall)
+                extra = (st.SESSION_RECOVERED,)
             case TaskStatus.BLOCKED:
                 self.blocked.add(task_id)
-                reason = change.reason or "waiting for the owner"
                 preview = self.previews.pop((task_id, change.attempt), "")
-                extra = functools.partial(st.session_blocked, run_id, task_id, session_id, reason, preview, at=at)
-                write = self._outboxed(store.block, run_id, task_id, wall, reason)
+                extra = (st.SESSION_BLOCKED, change.reason or "waiting for the owner", preview)
+            case TaskStatus.COMPLETED if self.services.node.dag_broadcast.broadcast_output:
+                extra = (st.TASK_OUTPUT,)
+        announce, events = self._outboxed((change, at, session_id, extra))
+        match change.status:
+            case TaskStatus.RUNNING if extra:
+                store.recover(run_id, task_id, wall, events=events)
+            case TaskStatus.RUNNING:
+                number = store.start_attempt(run_id, task_id, wall, session_id=session_id, events=events)
+                if number != change.attempt:
+                    raise RuntimeError(f"{run_id}/{task_id}: the store numbers this attempt {number}, the run {change.attempt}")
+            case TaskStatus.BLOCKED:
+                store.block(run_id, task_id, wall, str(extra[1]), events=events)
             case TaskStatus.PENDING if task_id in self.interrupted:
-                write = self._outboxed(store.interrupt, run_id, task_id, wall)
+                store.interrupt(run_id, task_id, wall, events=events)
             case TaskStatus.COMPLETED:
-                output = change.output or ""
-                if self.services.node.dag_broadcast.broadcast_output:
-                    extra = functools.partial(st.task_output, run_id, task_id, output, at=at)
                 artifacts = self.artifacts.pop((task_id, change.attempt), ())
-                write = self._outboxed(
-                    store.finish, run_id, task_id, TaskStatus.COMPLETED, wall, output=output, artifacts=artifacts
-                )
+                store.finish(run_id, task_id, TaskStatus.COMPLETED, wall, output=change.output or "",
+                             artifacts=artifacts, events=events)
             case _:
                 self.blocked.discard(task_id)
-                write = self._outboxed(store.finish, run_id, task_id, change.status, wall, reason=change.reason)
+                store.finish(run_id, task_id, change.status, wall, reason=change.reason, events=events)
+        return announce
 
-        def events() -> list[st.LogicalEvent]:
-            built = [
-                st.task_status(
-                    run_id, task_id, str(change.status), agent_type=task.agent, session_id=session_id,
-                    attempt=change.attempt, progress=_progress(change.progress), at=at,
-                )
-            ]
-            if extra is not None:
-                built.append(extra())
-            return built
-
-        return self._write(write, events)
-
-    def _write(self, write: _Write, events: _Events) -> _Events:
-        """``write`` with the events for the outbox. Only a node that
-        broadcasts keeps them there, so only it builds them before the write;
-        otherwise they are built after the commit and the starts, and only
-        if someone watches (see _apply): off the path from a result to the
-        next prompt."""
+    def _outboxed(self, announce: tuple[object, ...]) -> tuple[_Told, list[tuple[str, dict[str, object]]]]:
+        """The announcement (built if the node broadcasts) and what of it
+        goes to the store's outbox with the write (nothing otherwise)."""
         if not self.services.broadcasting:
-            write([])
-            return events
-        built = events()
-        write(built)
-        return lambda: built
+            return announce, []
+        built = self._told(announce)
+        return built, self.services.outbox(built)
 
-    def _outboxed(self, method: Callable[..., object], *args: object, **kwargs: object) -> _Write:
-        """A store write taking the events for the outbox."""
-        return lambda events: method(*args, events=self.services.outbox(events), **kwargs)
-
-    def _start_write(
-        self, change: TaskStatusChanged, session_id: str, wall: float, events: list[st.LogicalEvent]
-    ) -> None:
+    def _told(self, announce: _Told) -> list[st.LogicalEvent]:
+        """The events of an announcement (built now if they were not)."""
+        if isinstance(announce, list):
+            return announce
+        if len(announce) == 3:  # the run's move
+            status, progress, at = announce
+            assert isinstance(status, RunStatus) and isinstance(progress, sch.Progress) and isinstance(at, datetime)
+            return [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
+        change, at, session_id, extra = announce
+        assert isinstance(change, TaskStatusChanged) and isinstance(at, datetime) and isinstance(session_id, str)
+        assert isinstance(extra, tuple)
         run_id, task_id = self.run_id, change.task_id
-        number = self.store.start_attempt(run_id, task_id, wall, session_id=session_id, events=self.services.outbox(events))
-        if number != change.attempt:
-            raise RuntimeError(f"{run_id}/{task_id}: the store numbers this attempt {number}, the run {change.attempt}")
+        events = [
+            st.task_status(
+                run_id, task_id, str(change.status), agent_type=self.tasks[task_id].agent, session_id=session_id,
+                attempt=change.attempt, progress=_progress(change.progress), at=at,
+            )
+        ]
+        if extra:
+            kind = extra[0]
+            if kind == st.SESSION_RECOVERED:
+                events.append(st.session_recovered(run_id, task_id, session_id, at=at))
+            elif kind == st.SESSION_BLOCKED:
+                events.append(st.session_blocked(run_id, task_id, session_id, str(extra[1]), str(extra[2]), at=at))
+            else:
+                events.append(st.task_output(run_id, task_id, change.output or "", at=at))
+        return events
 
     def _tell(self) -> None:
         """The watchers (and the broadcaster) told of the moves kept so far, in order."""
@@ -475,12 +476,9 @@ class _Run:
         told, self.untold = self.untold, []
         services = self.services
         if services.watchers.count(self.run_id):
-            services.watchers.publish(self.run_id, [event for events in told for event in events()])
+            services.watchers.publish(self.run_id, [event for announce in told for event in self._told(announce)])
         if services.broadcasting:
             services.poke()
-
-    def _run_events(self, status: RunStatus, progress: sch.Progress, at: datetime) -> list[st.LogicalEvent]:
-        return [st.run_event(_RUN_EVENT[status], self.run_id, self.spec.dag_id, _progress(progress), at=at)]
 
     def _warm_up(self, touched: list[str]) -> None:
         """Open ahead the socket of each agent task that waits only on one
