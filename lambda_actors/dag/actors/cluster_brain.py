@@ -24,7 +24,8 @@ does over a simulated timeline:
   (the ledgers learn it; nothing is done), then :meth:`caught_up` acts on
   where each run stands: a task this node won and had not finished runs
   again, what is assigned to it is claimed, a run it leads resumes.
-- **Leading.** When caught up, after each input, every run asks
+- **Leading.** When caught up (:meth:`ClusterBrain.settle`, after a whole
+  sync or a tick; never mid-batch), every run asks
   :func:`~..cluster.leadership`: the node named by the room leads (an
   in-memory :class:`~..scheduler.Scheduler`, restored from the ledger's
   facts, drives it); a coordinator declared dead is replaced by the live
@@ -75,6 +76,8 @@ from ..scheduler import (
     Scheduler,
     StartAttempt,
     TaskStatusChanged,
+    UnknownAttempt,
+    UnknownTask,
     WakeAt,
 )
 from ..spec import DagSpec, DagSpecError, TaskSpec, parse_dag, render_prompt
@@ -303,7 +306,7 @@ class ClusterBrain:
                 if node_id not in run.cluster.live:
                     actions += self._cluster(run, run.cluster.node_up(node_id))
         self._live_seen = live
-        return actions + self._lead_all()
+        return actions
 
     # -- the cluster room ---------------------------------------------------------------------
 
@@ -363,7 +366,7 @@ class ClusterBrain:
         else:
             actions += self._worker(self.worker.observe(run_id, event))
         actions += self._cluster(run, run.cluster.observe(event))
-        return actions + self._lead(run)
+        return actions
 
     def _spec(self, event: RoomEvent) -> list[BrainAction]:
         info = st.parse_run_spec(event.content)
@@ -387,7 +390,7 @@ class ClusterBrain:
             cluster.node_down(dead)
         self.runs[info.run_id] = _Run(info, spec, cluster)
         self.worker.follow(info.run_id, info.node_id)
-        return self._lead(self.runs[info.run_id])
+        return []
 
     def _run_end(self, event: RoomEvent) -> list[BrainAction]:
         run_id = event.content.get("run_id")
@@ -406,6 +409,12 @@ class ClusterBrain:
         return [*self._worker(self.worker.run_ended(run_id)), RunOver(run_id, how)]
 
     # -- leading ------------------------------------------------------------------------------
+
+    def settle(self) -> list[BrainAction]:
+        """Caught up with what the homeserver gave (a whole sync, a tick): who
+        leads each run is decided now, never in the middle of a batch, where
+        the room's coordinator may not be the current one yet."""
+        return self._lead_all()
 
     def _lead_all(self) -> list[BrainAction]:
         actions: list[BrainAction] = []
@@ -617,13 +626,24 @@ class ClusterBrain:
                 out.append(Post(event.type, event.content))
             elif run.scheduler is None:
                 continue
-            elif isinstance(a, AttemptStarted):
-                out += self._scheduler(run, run.scheduler.attempt_started(a.task_id, a.attempt, self._now))
-            elif isinstance(a, Succeeded):
-                out += self._scheduler(run, run.scheduler.succeeded(a.task_id, a.attempt, a.output or "", self._now))
-            elif isinstance(a, ClusterAttemptFailed):
-                out += self._scheduler(run, run.scheduler.failed(a.task_id, a.attempt, a.reason, self._now))
+            else:
+                out += self._report(run, run.scheduler, a)
         return out
+
+    def _report(self, run: _Run, scheduler: Scheduler, a: Any) -> list[BrainAction]:
+        """What the ledger accepted, told to the scheduler. A report of an
+        attempt the scheduler no longer runs (it ended it itself) is late, not
+        wrong: ignored, as a run actor ignores one (actors/run.py)."""
+        try:
+            if isinstance(a, AttemptStarted):
+                return self._scheduler(run, scheduler.attempt_started(a.task_id, a.attempt, self._now))
+            if isinstance(a, Succeeded):
+                return self._scheduler(run, scheduler.succeeded(a.task_id, a.attempt, a.output or "", self._now))
+            if isinstance(a, ClusterAttemptFailed):
+                return self._scheduler(run, scheduler.failed(a.task_id, a.attempt, a.reason, self._now))
+        except (UnknownAttempt, UnknownTask) as exc:
+            self.notes.append(("dag.cluster.late_report", {"run_id": run.info.run_id, "error": str(exc)}))
+        return []
 
     def _worker(self, actions: list[WorkerAction]) -> list[BrainAction]:
         out: list[BrainAction] = []

@@ -361,6 +361,7 @@ class _Driver:
             now, wall = trio.current_time(), time.time()
             if item is None:
                 self._perform(self.brain.tick(now, wall))
+                self._perform(self.brain.settle())
                 continue
             kind = item[0]
             if kind == "stop":
@@ -383,6 +384,9 @@ class _Driver:
                         await self._refresh_accounts()
                 self._message(msg, now, wall)
             self._perform(self.brain.tick(trio.current_time(), time.time()))
+            if self.inputs.statistics().current_buffer_used == 0:
+                # Caught up with everything received: who leads is decided now.
+                self._perform(self.brain.settle())
 
     async def _batch(self, batch: SyncBatch) -> None:
         now = trio.current_time()
