@@ -211,6 +211,7 @@ class _Driver:
         self.by_path: dict[str, tuple[str, str, int]] = {}
         self.refreshed_at = -math.inf
         self.away = False  #: the last sync failed
+        self.settled_at = -math.inf
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -384,8 +385,10 @@ class _Driver:
                         await self._refresh_accounts()
                 self._message(msg, now, wall)
             self._perform(self.brain.tick(trio.current_time(), time.time()))
-            if self.inputs.statistics().current_buffer_used == 0:
-                # Caught up with everything received: who leads is decided now.
+            if self.inputs.statistics().current_buffer_used == 0 or trio.current_time() - self.settled_at > 1.0:
+                # Caught up with everything received (or busy for a second:
+                # with the last whole sync, then): who leads is decided now.
+                self.settled_at = trio.current_time()
                 self._perform(self.brain.settle())
 
     async def _batch(self, batch: SyncBatch) -> None:
