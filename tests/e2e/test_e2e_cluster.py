@@ -112,17 +112,22 @@ def test_a_node_killed_mid_task_is_taken_over_within_the_goal(cluster):
 
 
 def test_the_coordinator_killed_the_lowest_live_node_leads_and_the_run_completes(cluster):
+    # The hardest moment: node-b confirmed the run, runs its first task itself
+    # (the first of --workers) and dies a moment after claiming it.
     stack = cluster.stack
-    run_id = submit(cluster, dag("leader", ("first", KILLED_AGENT, []), ("second", QUICK_AGENT, ["first"])), via=NODE_A)
-    claim_of(cluster, run_id, "first", 1)
-    cluster.call_sync(stack.kill_node, NODE_A)
+    spec = dag("leader", ("first", KILLED_AGENT, []), ("second", QUICK_AGENT, ["first"]))
+    run_id = submit(cluster, spec, via=NODE_B, workers=["node-b", "node-a"])
+    assert claim_of(cluster, run_id, "first", 1).content["claimed_by"] == "node-b"
+    cluster.call_sync(stack.kill_node, NODE_B)
     leader = cluster.wait_for(lambda e: e.type == "cis.dag.run.coordinator" and e.state_key == run_id
                               and e.content.get("epoch") == 2, within=30)
-    assert leader.content["node_id"] == "node-b" and node_of(cluster, leader) == "node-b"
+    assert leader.content["node_id"] == "node-a" and node_of(cluster, leader) == "node-a"
+    assert claim_of(cluster, run_id, "first", 2).content["claimed_by"] == "node-a"
     end = wait_end(cluster, run_id)
-    assert end.type == "cis.dag.run.completed" and node_of(cluster, end) == "node-b"
-    cluster.call(stack.start_node, NODE_A)
+    assert end.type == "cis.dag.run.completed" and node_of(cluster, end) == "node-a"
+    cluster.call(stack.start_node, NODE_B)
     figures = report(cluster, run_id)
+    assert (figures.coordinator_takeovers, figures.takeover_samples) == (1, 1)
     assert (figures.tasks_lost, figures.tasks_completed_twice, figures.false_takeovers) == (0, 0, 0)
 
 

@@ -13,6 +13,8 @@ import random
 from lambda_actors.cli import main
 from lambda_actors.dag.spec import parse_dag
 from lambda_actors.loopback import chaos
+from lambda_actors.loopback.cluster import ClusterOptions, node_ids, node_toml
+from lambda_actors.node.config import parse_node_config
 from lambda_actors.loopback.cluster_chaos import QUICK, ClusterChaosOptions, dag_file, holding, options_from
 from lambda_actors.loopback.cluster_report import TimelineEvent
 
@@ -75,3 +77,15 @@ def test_a_node_holds_the_tasks_whose_newest_claim_it_won_until_their_result():
         event("cis.dag.task.result", task_id="c", reported_by="node-c", epoch=1, outcome="completed"),
     ]
     assert holding(events) == {"node-b": 1, "node-a": 1}
+
+
+def test_each_nodes_toml_is_one_the_node_accepts_with_its_own_mode_and_rooms():
+    options = ClusterOptions(nodes=3, modes=("matrix", "federation"), max_workers=3,
+                             cluster_room="#c-x:localhost", heartbeat_room="#h-x:localhost")
+    configs = [parse_node_config(node_toml(node_id, "a" * 64, options, options.mode_of(i)))
+               for i, node_id in enumerate(node_ids(3))]
+    assert [c.node_id for c in configs] == ["node-a", "node-b", "node-c"]
+    assert [str(c.dag.execution_mode) for c in configs] == ["matrix", "federation", "matrix"]
+    assert all(c.dag.accept_remote_tasks and c.dag.local.max_workers == 3 for c in configs)
+    assert all(c.dag.cluster.room == "#c-x:localhost" and c.node_heartbeat.room == "#h-x:localhost" for c in configs)
+    assert all(c.clients[0].scopes == frozenset({"dag"}) for c in configs)
