@@ -5,7 +5,9 @@ A pure machine (events in, actions out; no I/O, no clock) over the same
 decides agrees with the coordinator:
 
 - **Claiming.** An offer (mode ``matrix``) is claimed when the node accepts
-  remote tasks and has a free slot (slots reserved by claims in flight
+  remote tasks, can run it (``can_run``: it serves the task's agent, or
+  allows commands; a node that claimed what it cannot run would burn one of
+  the task's retries on a failure of its own) and has a free slot (slots reserved by claims in flight
   count as taken); an assignment to this node (mode ``federation``) is
   claimed always: the coordinator chose it. The task runs once the claim
   is the winner in the timeline; when another claim came first the node
@@ -21,6 +23,7 @@ decides agrees with the coordinator:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .cluster import Accepted, Ledger, LedgerEvent
@@ -84,11 +87,20 @@ class Worker:
     written by the run's coordinator, as the ledger names it).
     """
 
-    def __init__(self, node_id: str, *, accept_remote_tasks: bool, slots: int) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        accept_remote_tasks: bool,
+        slots: int,
+        can_run: Callable[[Assigned], bool] = lambda offer: True,
+    ) -> None:
         if slots < 0:
             raise ValueError("slots must not be negative")
         self.node_id = node_id
         self.accept_remote_tasks = accept_remote_tasks
+        #: Whether this node can run an offered task (its agent, or a command).
+        self.can_run = can_run
         self.slots = slots
         self.ledgers: dict[str, Ledger] = {}
         self._claims: dict[tuple[str, str], int] = {}  #: claims posted, not yet decided
@@ -136,7 +148,7 @@ class Worker:
             if event.assigned_to == self.node_id:
                 self._claims[key] = event.epoch
                 actions.append(Claim(run_id, task.task_id, event.epoch))
-            elif event.assigned_to is None and self.accept_remote_tasks:
+            elif event.assigned_to is None and self.accept_remote_tasks and self.can_run(event):
                 if self.free > 0:
                     self._claims[key] = event.epoch
                     actions.append(Claim(run_id, task.task_id, event.epoch))

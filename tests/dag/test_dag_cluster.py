@@ -452,6 +452,15 @@ def test_a_worker_not_accepting_remote_tasks_claims_only_what_is_assigned_to_it(
     assert w.observe(R, offer("t2", 1, to="c")) == []
 
 
+def test_a_worker_claims_only_offers_it_can_run_but_always_what_is_assigned_to_it() -> None:
+    w = Worker("b", accept_remote_tasks=True, slots=2, can_run=lambda offer: offer.task_id != "t0")
+    w.follow(R, "a")
+    assert w.observe(R, offer("t0", 1)) == []  # not its agent: left to a node that serves it
+    assert w.free == 2
+    assert w.observe(R, offer("t1", 1)) == [Claim(R, "t1", 1)]
+    assert w.observe(R, offer("t0", 2, to="b")) == [Claim(R, "t0", 2)]  # the coordinator chose it
+
+
 def test_a_worker_stops_a_copy_superseded_by_a_newer_epoch_and_drops_its_result() -> None:
     w = worker()
     w.observe(R, offer("t0", 1))

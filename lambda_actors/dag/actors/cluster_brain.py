@@ -43,7 +43,7 @@ leading node's store and watchers: ``dag status`` and ``dag list``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -203,6 +203,7 @@ class ClusterBrain:
         accept_remote_tasks: bool,
         slots: int,
         allow_commands: bool = False,
+        serves: Callable[[str], bool] = lambda agent: True,
         retry_backoff_s: float = 5.0,
         grace_s: float = 10.0,
         heartbeat_interval_s: float = 30.0,
@@ -210,7 +211,10 @@ class ClusterBrain:
         self.me = node_id
         self.allow_commands = allow_commands
         self.retry_backoff_s = retry_backoff_s
-        self.worker = Worker(node_id, accept_remote_tasks=accept_remote_tasks, slots=slots)
+        self.worker = Worker(
+            node_id, accept_remote_tasks=accept_remote_tasks, slots=slots,
+            can_run=lambda offer: serves(offer.agent_type) if offer.agent_type else allow_commands,
+        )
         self.observer = Observer(me=node_id, grace_s=grace_s, heartbeat_interval_s=heartbeat_interval_s)
         self.account = account
         #: node id -> its account, learnt from the heartbeat room only (this

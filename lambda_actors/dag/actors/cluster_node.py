@@ -197,6 +197,7 @@ class _Driver:
         self.brain = ClusterBrain(
             node.node_id, client.user_id or "", accept_remote_tasks=node.dag.accept_remote_tasks,
             slots=node.dag.local.max_workers, allow_commands=node.dag.allow_commands,
+            serves=lambda agent: services.agent_url(agent) is not None,
             retry_backoff_s=services.retry_backoff_s, grace_s=grace_s,
             heartbeat_interval_s=float(node.node_heartbeat.interval_secs),
         )
