@@ -31,7 +31,8 @@ The figures:
 - ``false_takeovers``: reassignments (a higher epoch of a task a node
   held, with no failure or revocation between: only a takeover moves a
   task so) away from a node the harness had not killed or paused within
-  ``kill_window_s`` before, and likewise runs taken over from such a
+  ``kill_window_s`` before (or had, but it was back more than
+  :data:`BACK_GRACE_S` before), and likewise runs taken over from such a
   coordinator; ``reassignments`` and ``coordinator_takeovers`` count them all.
 - ``runs_completed``, ``node_kills``, ``homeserver_restarts``,
   ``claims_lost`` (claims that lost a race in the timeline) and
@@ -94,6 +95,10 @@ GOAL_TAKEOVER_P99_S = 15.0
 #: paused that node at most this long before: detection takes up to the
 #: delayed ``offline`` (10 s) plus the homeserver-restart grace (10 s).
 KILL_WINDOW_S = 60.0
+
+#: A node back (restarted, resumed) this long may still be declared dead
+#: for its old process: the offline it left fires up to 10 s after its death.
+BACK_GRACE_S = 15.0
 
 HarnessKind = Literal["kill", "restart", "pause", "resume", "homeserver_down", "homeserver_up"]
 
@@ -273,8 +278,17 @@ def cluster_report(
         return accounts.get(sender, sender) if accounts is not None else sender
 
     def killed_recently(node_id: str, at_ms: int) -> bool:
+        """Whether the harness had taken ``node_id`` away shortly before: killed
+        or paused in the window, and not back, or back only just (its death
+        may still be learnt from the offline its old process left)."""
         low = at_ms - kill_window_s * 1000
-        return any(h.kind in ("kill", "pause") and h.node_id == node_id and low <= h.at_ms <= at_ms for h in log)
+        for down in log:
+            if down.kind not in ("kill", "pause") or down.node_id != node_id or not low <= down.at_ms <= at_ms:
+                continue
+            back = next((h for h in log if h.kind in ("restart", "resume") and h.node_id == node_id and h.at_ms > down.at_ms), None)
+            if back is None or back.at_ms > at_ms or at_ms - back.at_ms <= BACK_GRACE_S * 1000:
+                return True
+        return False
 
     for event in timeline:
         # Kills up to this event's time: note what the node held then.

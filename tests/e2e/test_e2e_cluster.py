@@ -131,6 +131,28 @@ def test_the_coordinator_killed_the_lowest_live_node_leads_and_the_run_completes
     assert (figures.tasks_lost, figures.tasks_completed_twice, figures.false_takeovers) == (0, 0, 0)
 
 
+def test_a_node_back_from_the_dead_takes_no_run_from_a_live_coordinator(cluster):
+    # Found by `chaos --nodes 3 --mode federation`: node-a, the lowest id,
+    # restarted after its offline had fired, took runs over from node-b,
+    # alive, 0.25 s after catching up with the room.
+    stack = cluster.stack
+    run_id = submit(cluster, dag("back", ("long", LONG_AGENT, [])), via=NODE_B, workers=["node-c"])
+    claim_of(cluster, run_id, "long", 1)
+    hb_before = len(stack.timeline.heartbeats)
+    cluster.call_sync(stack.kill_node, NODE_A)
+
+    async def offline_fired() -> None:
+        await stack.timeline.wait_for(lambda e: e.type == "cis.node.status" and e.state_key == "node-a"
+                                      and e.content.get("status") == "offline", within=30, heartbeat=True, after=hb_before)
+
+    cluster.call(offline_fired)
+    cluster.call(stack.start_node, NODE_A)
+    assert wait_end(cluster, run_id).type == "cis.dag.run.completed"
+    assert [(e.content["node_id"], e.content["epoch"]) for e in cluster.events(run_id, "cis.dag.run.coordinator")] == [("node-b", 1)]
+    figures = report(cluster, run_id)
+    assert (figures.coordinator_takeovers, figures.reassignments, figures.false_takeovers) == (0, 0, 0)
+
+
 def test_a_partitioned_node_that_comes_back_stops_its_stale_task(cluster):
     stack = cluster.stack
     agent = stack.agents[int(LONG_AGENT.split("-")[1])]

@@ -283,3 +283,16 @@ def test_with_runs_given_only_their_events_count():
     assert (report.runs, report.reassignments, report.coordinator_takeovers, report.false_takeovers) == (1, 0, 0, 0)
     everything = cluster_report(timeline, accounts=ACCOUNTS)
     assert (everything.runs, everything.reassignments, everything.false_takeovers) == (2, 1, 2)
+
+
+def test_a_takeover_from_a_node_back_for_a_while_is_false_even_after_a_kill():
+    room = Room()
+    room.start(0)
+    room.assign(1_000, "a", 1)
+    room.claim(1_100, "a", 1, "node-a")
+    room.coordinator(40_000, "node-b", 2)  # node-a was killed at 2 s, but back since 18 s
+    harness = [kill(2_000, "node-a"), HarnessEvent("restart", 18_000, "node-a")]
+    report = cluster_report(room.events, harness, accounts=ACCOUNTS)
+    assert (report.coordinator_takeovers, report.false_takeovers) == (1, 1)
+    just_back = [kill(2_000, "node-a"), HarnessEvent("restart", 30_000, "node-a")]
+    assert cluster_report(room.events, just_back, accounts=ACCOUNTS).false_takeovers == 0
