@@ -343,7 +343,7 @@ def cluster_report(
                         report.false_takeovers += 1
                         report.false_takeover_traces.append(
                             f"{run_id}: {parsed.node_id} took the run over (epoch {parsed.epoch}) from {leader} "
-                            f"at {event.ts_ms}, which the harness had not killed or paused in the {kill_window_s:g} s before"
+                            f"at {event.ts_ms}, alive (not killed or paused in the {kill_window_s:g} s before, or back for over {BACK_GRACE_S:g} s)"
                         )
             continue
         state = run_of(parsed.run_id)
@@ -368,7 +368,7 @@ def cluster_report(
                     report.false_takeovers += 1
                     report.false_takeover_traces.append(
                         f"{parsed.run_id}/{task.task_id}: epoch {parsed.epoch} moved it away from {owner} "
-                        f"at {event.ts_ms}, which the harness had not killed or paused in the {kill_window_s:g} s before"
+                        f"at {event.ts_ms}, alive (not killed or paused in the {kill_window_s:g} s before, or back for over {BACK_GRACE_S:g} s)"
                     )
         elif outcome.what in ("completed", "failed", "ended", "revoked"):
             for waiting in [h for h in held if (h.run_id, h.task_id) == (parsed.run_id, task.task_id)]:
