@@ -365,7 +365,8 @@ async def watch(
                     "account_data": {"types": []},
                     "state": {"types": [hb.NODE_STATUS]},
                 },
-            }
+            },
+            unique=True,  # a subscribe run again within minutes must read the room as it is now
         )
         first = await client.sync(None, timeout_ms=0, filter_id=filter_id)
         cutoff_ms = int(time.time() * 1000) - since_s * 1000

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import Message
@@ -191,8 +192,23 @@ class MatrixClient:
 
     # -- sync ----------------------------------------------------------------
 
-    async def create_filter(self, definition: Mapping[str, Any] = BOT_SYNC_FILTER) -> str:
-        """Store a sync filter on the homeserver; return its id for :meth:`sync`."""
+    async def create_filter(self, definition: Mapping[str, Any] = BOT_SYNC_FILTER, *, unique: bool = False) -> str:
+        """Store a sync filter on the homeserver; return its id for :meth:`sync`.
+
+        ``unique=True`` for a filter whose first sync starts from nothing
+        (``since`` None): Synapse answers an identical ``/sync`` from a cache
+        for a while (``sync_response_cache_duration``, 2 minutes by default),
+        and an identical definition gets the same filter id back, so a process
+        restarted within that time would get its previous run's first answer:
+        old state, and a ``next_batch`` from back then, after which every
+        event since arrives again as if new. A unique filter makes the request
+        new; it excludes an account-data type that does not exist, so it
+        filters nothing more.
+        """
+        if unique:
+            data = dict(definition.get("account_data", {}))
+            data["not_types"] = [*data.get("not_types", ()), f"org.lambda.unused.{uuid.uuid4().hex}"]
+            definition = {**definition, "account_data": data}
         request = _nio.authenticated(nio.Api.upload_filter, await self._me(), **_filter_kwargs(definition))
         body = await self._transport.request(*request, idempotent=True, what="POST filter")
         return _nio.parse(responses.UploadFilterResponse, body).filter_id

@@ -301,3 +301,26 @@ async def test_matrix_client_malformed_or_unfetchable_media_is_a_matrix_failure(
         await bot.download("mxc://127.0.0.1:1/abcdef", max_bytes=100)
     assert isinstance(remote.value, MatrixFailure) and remote.value.status == 502
     assert str(remote.value).isprintable()
+
+
+async def test_matrix_client_a_unique_filter_makes_a_first_sync_of_now_not_a_cached_one(matrix_user, matrix_client):
+    # A process restarted within Synapse's sync cache time asks the same
+    # first sync again; with a unique filter it must see the room as it is
+    # now, not its previous run's answer (issue 15: a node back from the dead
+    # re-read old "offline" events as new and took a run from a live node).
+    alice = matrix_client(matrix_user("alice"))
+    room_id = await alice.create_room(name="first syncs")
+    definition = {"room": {"rooms": [room_id], "timeline": {"limit": 50}}, "account_data": {"types": []}}
+
+    async def first_sync_states() -> tuple[list[str], str]:
+        filter_id = await alice.create_filter(definition, unique=True)
+        body = await alice.sync(None, timeout_ms=0, filter_id=filter_id)
+        timeline = body["rooms"]["join"][room_id]["timeline"]["events"]
+        return [e["content"]["status"] for e in timeline if e["type"] == "cis.node.status"], body["next_batch"]
+
+    await alice.put_state(room_id, "cis.node.status", {"status": "offline"}, "node-b")
+    before, token_before = await first_sync_states()
+    await alice.put_state(room_id, "cis.node.status", {"status": "online"}, "node-b")
+    after, token_after = await first_sync_states()
+    assert (before, after) == (["offline"], ["offline", "online"])
+    assert token_after != token_before

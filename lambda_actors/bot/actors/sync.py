@@ -53,16 +53,10 @@ CHAT_ID_BLOCK = 100
 
 async def sync_actor(ctx: Any, bot: BotServices) -> None:
     store, client = bot.store, bot.client
-    # Synapse answers an identical /sync request from a cache for a while; a
-    # first sync after a lost database would get the previous first sync's
-    # (empty) answer. A filter unique to this boot makes the request new. The
-    # account-data type named in it does not exist, so nothing changes.
+    # A first sync after a lost database starts from nothing: see create_filter.
     filter_id = await client.create_filter(
-        {
-            **BOT_SYNC_FILTER,
-            "account_data": {"types": [f"org.lambda.unused.{store.boot_id}"]},
-            "room": {**BOT_SYNC_FILTER["room"], "timeline": {"limit": bot.timing.sync_timeline_limit}},
-        }
+        {**BOT_SYNC_FILTER, "room": {**BOT_SYNC_FILTER["room"], "timeline": {"limit": bot.timing.sync_timeline_limit}}},
+        unique=True,
     )
     token = store.sync_token()
     if token is None:

@@ -297,6 +297,10 @@ class ClusterBrain:
     def _observed(self, moves: list[ObserverAction]) -> list[BrainAction]:
         actions: list[BrainAction] = []
         for move in moves:
+            if isinstance(move, NodeDead):
+                self.notes.append(("dag.cluster.node_dead", {"node": move.node_id, "reason": move.reason}))
+            else:
+                self.notes.append(("dag.cluster.node_back", {"node": move.node_id}))
             for run in list(self.runs.values()):
                 if isinstance(move, NodeDead):
                     actions += self._cluster(run, run.cluster.node_down(move.node_id))

@@ -282,7 +282,8 @@ class _Driver:
                     "ephemeral": {"types": []},
                     "account_data": {"types": []},
                 },
-            }
+            },
+            unique=True,  # a node restarted within minutes must not get its last run's first sync
         )
         body = await self.client.sync(None, timeout_ms=0, filter_id=self.filter_id)
         first = parse_sync(body, self.client.user_id)
