@@ -56,6 +56,7 @@ __all__ = [
     "BATCH",
     "CLUSTER_EVENT_TYPES",
     "INPUT_INLINE_LIMIT",
+    "UPLOAD_LIMIT",
     "RESULT_INLINE_LIMIT",
     "RUN_COORDINATOR",
     "RUN_SPEC",
@@ -78,6 +79,8 @@ __all__ = [
     "parse_cluster_event",
     "run_coordinator_content",
     "task_assigned",
+    "task_input_body",
+    "parse_task_input",
     "task_claimed",
     "task_result",
     "task_revoked",
@@ -609,11 +612,17 @@ RUN_SPEC = "cis.dag.run.spec"
 CLUSTER_EVENT_TYPES = frozenset({TASK_ASSIGNED, TASK_CLAIMED, TASK_RESULT, TASK_REVOKED, RUN_COORDINATOR})
 
 #: Task inputs (prompt or command and upstream outputs) travel inside the
-#: assignment up to this many bytes of canonical JSON; past it the worker
-#: fetches them from ``input_url`` (the coordinator's API, with its token).
+#: assignment up to this many bytes of canonical JSON; past it the
+#: coordinator uploads them (:func:`task_input_body`) to the homeserver's
+#: content repository and ``input_url`` is their ``mxc://`` URI, which the
+#: worker downloads with its own account.
 INPUT_INLINE_LIMIT = 32 * 1024
-#: A result's output travels inline up to this many bytes; past it by ``output_url``.
+#: A result's output travels inline up to this many bytes; past it uploaded
+#: the same way, ``output_url`` its ``mxc://`` URI.
 RESULT_INLINE_LIMIT = 32 * 1024
+#: The largest input or output uploaded (a node downloads no more); a longer
+#: output is cut, with a marker, before it is uploaded.
+UPLOAD_LIMIT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -705,16 +714,38 @@ def task_assigned(
         "attempt": attempt,
         "timestamp": rfc3339(at),
     }
-    inline: dict[str, Any] = {"upstream_outputs": dict(task_input.upstream_outputs)}
-    if task_input.command is not None:
-        inline["command"] = list(task_input.command)
-    else:
-        inline["prompt"] = task_input.prompt or ""
+    inline = task_input_body(task_input)
     if canonical_size(inline) <= INPUT_INLINE_LIMIT:
         content.update(inline)
     else:
         content["input_url"] = input_url
     return _event(TASK_ASSIGNED, content)
+
+
+def task_input_body(task_input: TaskInput) -> dict[str, Any]:
+    """A task's input as JSON: inline in ``cis.dag.task.assigned``, or the
+    document ``input_url`` names (:func:`parse_task_input` reads both)."""
+    body: dict[str, Any] = {"upstream_outputs": dict(task_input.upstream_outputs)}
+    if task_input.command is not None:
+        body["command"] = list(task_input.command)
+    else:
+        body["prompt"] = task_input.prompt or ""
+    return body
+
+
+def parse_task_input(body: object) -> TaskInput | None:
+    """The task input in ``body`` (see :func:`task_input_body`), or None. Never raises."""
+    if not isinstance(body, Mapping):
+        return None
+    outputs = body.get("upstream_outputs")
+    prompt, command = body.get("prompt"), body.get("command")
+    if not isinstance(outputs, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()):
+        return None
+    if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+        return TaskInput(command=tuple(command), upstream_outputs=dict(outputs))
+    if isinstance(prompt, str):
+        return TaskInput(prompt=prompt, upstream_outputs=dict(outputs))
+    return None
 
 
 def task_claimed(run_id: str, task_id: str, claimed_by: str, epoch: int, *, at: datetime) -> LogicalEvent:
@@ -924,15 +955,8 @@ def _parse_assigned(content: Mapping[str, Any], run_id: str, task_id: str, epoch
         return None
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         return None
-    task_input: TaskInput | None = None
     url = _text(content, "input_url")
-    outputs = content.get("upstream_outputs")
-    prompt, command = content.get("prompt"), content.get("command")
-    if isinstance(outputs, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()):
-        if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
-            task_input = TaskInput(command=tuple(command), upstream_outputs=dict(outputs))
-        elif isinstance(prompt, str):
-            task_input = TaskInput(prompt=prompt, upstream_outputs=dict(outputs))
+    task_input = parse_task_input(content)
     if task_input is None and url is None:
         return None
     return Assigned(run_id, task_id, to, by, agent, tuple(upstream), epoch, attempt, task_input, url)

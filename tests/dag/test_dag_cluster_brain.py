@@ -6,6 +6,7 @@ event, replay then catch-up, what is posted and recorded."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ class Net:
     state: dict[str, RoomEvent] = field(default_factory=dict)
     #: Nodes cut off from the homeserver: their posts wait here (their client retries).
     outboxes: dict[str, list[RoomEvent]] = field(default_factory=dict)
+    #: The homeserver's content repository: what posts' attachments uploaded.
+    media: dict[str, bytes] = field(default_factory=dict)
 
     def add(self, node_id: str, *, accept: bool = True, slots: int = 2, announce: bool = True) -> ClusterBrain:
         brain = ClusterBrain(node_id, f"@{node_id}:hs", accept_remote_tasks=accept, slots=slots)
@@ -85,7 +88,7 @@ class Net:
         """A (re)started brain: replays the room, then acts."""
         brain = self.brains[node_id]
         for event in self.room:
-            self.perform(node_id, brain.replay(event, self.now, WALL))
+            self.perform(node_id, brain.replay(self.resolved(event), self.now, WALL))
         self.cursors[node_id] = len(self.room)
         self.perform(node_id, brain.caught_up(self.now))
 
@@ -93,11 +96,23 @@ class Net:
         self.seq += 1
         return RoomEvent(f"$e{self.seq}", sender, event_type, dict(content), state_key)
 
+    def resolved(self, event: RoomEvent) -> RoomEvent:
+        """As the driver hands a result to its brain: an output sent by URI read back."""
+        url = event.content.get("output_url")
+        if event.type != st.TASK_RESULT or "output" in event.content or url not in self.media:
+            return event
+        return RoomEvent(event.event_id, event.sender, event.type, {**event.content, "output": self.media[url].decode()})
+
     def perform(self, node_id: str, actions: list[Any]) -> None:
         brain = self.brains[node_id]
         for a in actions:
             if isinstance(a, Post):
-                event = self._event(brain.account, a.event_type, a.content, a.state_key)
+                content = dict(a.content)
+                if a.attachment is not None:
+                    uri = f"mxc://hs/m{len(self.media)}"
+                    self.media[uri] = a.attachment.data
+                    content[a.attachment.key] = uri
+                event = self._event(brain.account, a.event_type, content, a.state_key)
                 if node_id in self.outboxes:
                     self.outboxes[node_id].append(event)
                 else:
@@ -118,7 +133,7 @@ class Net:
                 while self.cursors[node_id] < len(self.room):
                     event = self.room[self.cursors[node_id]]
                     self.cursors[node_id] += 1
-                    self.perform(node_id, brain.cluster_event(event, self.now, WALL))
+                    self.perform(node_id, brain.cluster_event(self.resolved(event), self.now, WALL))
                     moved = True
                 self.perform(node_id, brain.settle())  # caught up with the room
             if not moved:
@@ -302,7 +317,29 @@ def test_cancel_is_the_leaders_and_revokes_what_runs() -> None:
     assert [e.sender for e in net.of(st.RUN_CANCELLED)] == ["@a:hs"]
 
 
-def test_what_is_too_long_for_its_event_is_cut_with_a_marker() -> None:
+def test_an_input_or_output_too_long_for_its_event_travels_whole_through_the_content_repository() -> None:
+    net = net_of("a", "b", accept={"a": False})
+    big = "é" * (st.RESULT_INLINE_LIMIT // 2 + 1)  # one byte over the inline limit
+    chained = parse_dag({"dag_id": "d", "tasks": [
+        {"id": "t0", "agent": "agent-0", "prompt": "p"},
+        {"id": "t1", "deps": ["t0"], "agent": "agent-0", "prompt": "{{ t0.output }}"},
+    ]})
+    confirm(net, "a", chained)
+    net.settle()
+    net.perform("b", net.brains["b"].finished("run-1", "t0", 1, "completed", big))
+    del net.copies["b"][("run-1", "t0")]
+    net.settle()
+    [result] = net.of(st.TASK_RESULT)
+    assert "output" not in result.content and net.media[result.content["output_url"]] == big.encode()
+    assert [r.change.output for r in net.records["a"] if isinstance(r.change, TaskStatusChanged) and r.change.task_id == "t0"][-1] == big
+    t1 = net.started[-1]
+    assert (t1.task_id, t1.prompt) == ("t1", "") and t1.input_url is not None
+    assert st.parse_task_input(json.loads(net.media[t1.input_url])) == st.TaskInput(prompt=big)
+    [_, offer] = net.of(st.TASK_ASSIGNED)
+    assert "prompt" not in offer.content and offer.content["input_url"] == t1.input_url
+
+
+def test_an_output_too_long_to_upload_is_cut_with_a_marker() -> None:
     assert _cut("short", 100) == "short"
     cut = _cut("é" * 1000, 500)
     assert len(cut.encode()) <= 500 and cut.endswith(CUT_MARKER.format(n=2000 - 300, limit=500))

@@ -235,6 +235,25 @@ async def test_matrix_mode_a_task_offered_is_claimed_and_completed_by_another_no
             assert len(spec) == 1 and spec[0].content["node_id"] == "a"
 
 
+async def test_inputs_and_outputs_too_long_for_their_events_travel_whole_through_the_content_repository(
+    cluster: Cluster,
+) -> None:
+    long = " ".join(f"word-{i:05d}" for i in range(4_000))  # 40 KB: over the 32 KiB inline limit
+    with trio.fail_after(60):
+        async with cluster.node("a", "matrix", accept=False) as a, cluster.node("b", "matrix"):
+            cursor = await cluster.watch()
+            run_id = await a.run(CHAIN.format(slow=long))
+            await cursor.wait_for(is_event(st.RUN_COMPLETED, run_id), within=30)
+            # The agent saw both prompts whole: the first as written, the second with the first's whole output.
+            first, second = a.store.output(run_id, "first").text, a.store.output(run_id, "second").text
+            assert long.strip() in first and first.strip() in second
+            events = await cluster.room_events(a.client)
+            offers = of_run(events, st.TASK_ASSIGNED, run_id)
+            results = of_run(events, st.TASK_RESULT, run_id)
+            assert [("prompt" in e.content, e.content.get("input_url", "")[:6]) for e in offers] == [(False, "mxc://")] * 2
+            assert [("output" in e.content, e.content.get("output_url", "")[:6]) for e in results] == [(False, "mxc://")] * 2
+
+
 async def test_federation_assigns_to_the_named_worker_only(cluster: Cluster) -> None:
     with trio.fail_after(60):
         async with cluster.node("a", "federation") as a, cluster.node("b", "federation") as b, \

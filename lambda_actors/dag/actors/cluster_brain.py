@@ -42,6 +42,7 @@ leading node's store and watchers: ``dag status`` and ``dag list``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ from ..spec import DagSpec, DagSpecError, TaskSpec, parse_dag, render_prompt
 from .task import session_id_for
 
 __all__ = [
+    "Attachment",
     "ClusterBrain",
     "ClusterRefused",
     "ClusterCounts",
@@ -100,8 +102,8 @@ __all__ = [
 #: The run's end as the room shows it (from its coordinator only).
 RUN_END_TYPES = {st.RUN_COMPLETED: "completed", st.RUN_FAILED: "failed", st.RUN_CANCELLED: "cancelled"}
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-#: What is cut off an input or output too long for its event (documented in docs/dag.md).
-CUT_MARKER = "\n[cut: {n} more bytes; the cluster room carries at most {limit} bytes]"
+#: What is cut off an output too long to upload (documented in docs/dag.md).
+CUT_MARKER = "\n[cut: {n} more bytes; a task's output travels between nodes up to {limit} bytes]"
 
 
 class ClusterRefused(ValueError):
@@ -120,12 +122,23 @@ class RoomEvent:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """Bytes too long for their event: uploaded first, their ``mxc://`` URI put in the content's ``key``."""
+
+    key: str
+    data: bytes = field(repr=False)
+    content_type: str
+
+
+@dataclass(frozen=True)
 class Post:
-    """Send one event to the cluster room (``state_key`` set: a state event)."""
+    """Send one event to the cluster room (``state_key`` set: a state event);
+    with an ``attachment``, upload it first."""
 
     event_type: str
     content: Mapping[str, Any] = field(hash=False)
     state_key: str | None = None
+    attachment: Attachment | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,9 @@ class StartTask:
     task: TaskSpec
     prompt: str
     owner: str | None
+    #: The input is at this ``mxc://`` URI (too long for its assignment):
+    #: downloaded first, its prompt replacing ``prompt``.
+    input_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -615,20 +631,17 @@ class ClusterBrain:
                     task_input = st.TaskInput(command=task.command)
                 else:
                     outputs = {t: r.output or "" for t, r in run.cluster.ledger.tasks.items() if r.phase == "completed"}
-                    task_input = st.TaskInput(prompt=_cut(render_prompt(task, outputs), st.INPUT_INLINE_LIMIT - 2048))
-                limit = st.INPUT_INLINE_LIMIT - 2048
-                while True:
-                    event = st.task_assigned(
-                        run_id, a.task_id, assigned_to=a.assigned_to, assigned_by=self.me, agent_type=task.agent,
-                        upstream_tasks=task.deps, epoch=a.epoch, attempt=a.attempt, task_input=task_input,
-                        input_url="", at=self._at(),
-                    )
-                    if "input_url" not in event.content or task_input.prompt is None or limit < 1024:
-                        break
-                    # JSON escapes made it longer than its bytes: cut harder (input_url is not served).
-                    limit //= 2
-                    task_input = st.TaskInput(prompt=_cut(task_input.prompt, limit))
-                out.append(Post(event.type, event.content))
+                    task_input = st.TaskInput(prompt=render_prompt(task, outputs))
+                event = st.task_assigned(
+                    run_id, a.task_id, assigned_to=a.assigned_to, assigned_by=self.me, agent_type=task.agent,
+                    upstream_tasks=task.deps, epoch=a.epoch, attempt=a.attempt, task_input=task_input,
+                    input_url="", at=self._at(),
+                )
+                attachment = None
+                if "input_url" in event.content:
+                    body = _json_bytes(st.task_input_body(task_input))
+                    attachment = Attachment("input_url", body, "application/json")
+                out.append(Post(event.type, event.content, attachment=attachment))
             elif isinstance(a, Revoke):
                 event = st.task_revoked(run_id, a.task_id, self.me, a.epoch, a.reason, at=self._at())
                 out.append(Post(event.type, event.content))
@@ -664,11 +677,15 @@ class ClusterBrain:
             elif isinstance(a, Stop):
                 out.append(StopTask(a.run_id, a.task_id, a.epoch, a.reason))
             elif isinstance(a, PostResult):
+                output = _cut(a.output, st.UPLOAD_LIMIT)
                 event = st.task_result(
                     a.run_id, a.task_id, reported_by=self.me, epoch=a.epoch, outcome=a.outcome,
-                    output=_cut(a.output, st.RESULT_INLINE_LIMIT), output_url="", reason=a.reason, at=self._at(),
+                    output=output, output_url="", reason=a.reason, at=self._at(),
                 )
-                out.append(Post(event.type, event.content))
+                attachment = None
+                if "output_url" in event.content:
+                    attachment = Attachment("output_url", output.encode("utf-8", "replace"), "text/plain; charset=utf-8")
+                out.append(Post(event.type, event.content, attachment=attachment))
         self.counts.claims_lost = self.worker.claims_lost
         return out
 
@@ -685,14 +702,17 @@ class ClusterBrain:
                 why = "the run's spec has no such task"
         if task is not None and task.is_command and not self.allow_commands:
             why = f"commands are off on node {self.me} ([dag] allow_commands)"
+        input_url = None
         if a.assigned.input is None:
-            why = "its input was not inline (input_url is not served)"
+            input_url = a.assigned.input_url
+            if input_url is None or not input_url.startswith("mxc://"):
+                why = f"its input is at {input_url!r}, not an mxc:// URI of the homeserver"
         if why is not None or task is None or run is None:
             # Reported as a failed attempt at once: the coordinator retries it
             # (elsewhere, in mode matrix) while the task has retries left.
             return self._worker(self.worker.finished(a.run_id, a.task_id, a.epoch, "failed", "", why))
         prompt = a.assigned.input.prompt if a.assigned.input is not None else None
-        return [StartTask(a.run_id, a.task_id, a.epoch, task, prompt or "", run.info.owner)]
+        return [StartTask(a.run_id, a.task_id, a.epoch, task, prompt or "", run.info.owner, input_url)]
 
     def _at(self) -> datetime:
         return datetime.fromtimestamp(getattr(self, "_wall", 0.0), UTC)
@@ -713,6 +733,10 @@ class ClusterBrain:
             claims_lost=self.worker.claims_lost,
             impostors=self.counts.impostors,
         )
+
+
+def _json_bytes(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 def _cut(text: str, limit: int) -> str:

@@ -23,12 +23,18 @@ A thin executor around the pure :class:`.cluster_brain.ClusterBrain`:
   (to 30 s) while Matrix is away; the brain's loop never waits on it. They
   are kept in memory only: the room is the durable record, and a node that
   dies loses its unsent writes, which the protocol tolerates (its claims and
-  results never reach the room; its tasks are reassigned).
+  results never reach the room; its tasks are reassigned). A post with an
+  attachment (an input or output too long for its event) uploads it to the
+  content repository first and carries its ``mxc://`` URI.
+- **Long outputs** named by ``output_url`` are downloaded before the brain
+  reads their result, in the brain's loop: the brain must read the room in
+  order, and the bytes are on the homeserver every run here waits on anyway.
 - **Copies.** A task this node runs is the existing task actor
   (:func:`.task.task_actor`) under a small wrapper, started beside this
   actor as ``node/dag-cluster-task-<run>-<task>-<epoch>``; its chat id is
   ``dag.<run_id>.<task_id>.<epoch>`` (the attempt number the agent sees is
-  the execution number, the epoch), its session ``<run_id>:<task_id>``.
+  the execution number, the epoch), its session ``<run_id>:<task_id>``; an
+  input sent by ``input_url`` is downloaded by the copy before it starts.
   A confirmation asked by a copy of another node's run is denied (the owner
   is asked only on the node that has the run's status room).
 - **Control.** The API's confirm, cancel, pause and resume of a run in
@@ -44,8 +50,10 @@ more reports than it has copies; the sender's queue is a deque.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import json
 import math
 import time
 from collections import deque
@@ -110,6 +118,10 @@ REPLAY_PAGE = 500
 SEEN_LIMIT = 50_000
 #: Copies' names start with this (a restarted driver stops its predecessor's).
 COPY_PREFIX = "dag-cluster-task-"
+#: The most a node downloads of an input or output the cluster room names by
+#: URI (outputs are cut at st.UPLOAD_LIMIT before upload; an input quoting
+#: several such outputs may be longer).
+DOWNLOAD_LIMIT = 4 * st.UPLOAD_LIMIT
 
 
 class CatchingUp(ActorError):
@@ -299,7 +311,7 @@ class _Driver:
             for event in events:
                 if isinstance(event, OtherEvent) and self._new(event.event_id):
                     await self._known(event)
-                    self._perform(self.brain.replay(_room_event(event), now, wall))
+                    self._perform(self.brain.replay(await self._resolved(event), now, wall))
             end = page.get("end")
             if not page["chunk"] or not isinstance(end, str) or end == token:
                 break
@@ -409,7 +421,8 @@ class _Driver:
                 if isinstance(event, OtherEvent) and self._new(event.event_id):
                     await self._known(event)
                     self.log.debug("dag.cluster.read", type=event.event_type)
-                    self._perform(self.brain.cluster_event(_room_event(event), trio.current_time(), time.time()))
+                    room_event = await self._resolved(event)
+                    self._perform(self.brain.cluster_event(room_event, trio.current_time(), time.time()))
 
     async def _gap(self, prev_batch: str) -> list[Any]:
         """The events the homeserver left out before a limited timeline, oldest first:
@@ -456,6 +469,25 @@ class _Driver:
             unknown = event.event_type.startswith("cis.dag.") and self.brain.node_of(event.sender) is None
         if unknown:
             await self._refresh_accounts()
+
+    async def _resolved(self, event: OtherEvent) -> RoomEvent:
+        """The event as the brain reads it: a result whose output was too long
+        for it gets its output back from ``output_url`` (one that cannot be
+        read becomes a line saying so: the task's result stands)."""
+        room_event = _room_event(event)
+        content = event.content
+        url = content.get("output_url")
+        if event.event_type != st.TASK_RESULT or "output" in content or not isinstance(url, str):
+            return room_event
+        if not url.startswith("mxc://"):
+            output = f"[the output was at {url!r}, not an mxc:// URI of the homeserver]"
+        else:
+            try:
+                output = (await _download(self.client, url)).decode("utf-8", "replace")
+            except MatrixFailure as exc:
+                self.log.warning("dag.cluster.output_unread", url=url, error=str(exc))
+                output = f"[the output at {url} could not be read: {exc}]"
+        return dataclasses.replace(room_event, content={**content, "output": output})
 
     async def _refresh_accounts(self, *, force: bool = False) -> None:
         now = trio.current_time()
@@ -531,7 +563,8 @@ class _Driver:
         try:
             address = self.ctx.supervisor.start_child(
                 ChildSpec(
-                    name, _copy_actor, args=(self.copy_services, job, self.ctx.address), restart="temporary", shutdown=0
+                    name, _copy_actor, args=(self.copy_services, job, self.ctx.address, self.client, start.input_url),
+                    restart="temporary", shutdown=0,
                 )
             )
         except (ActorError, Exception) as exc:  # noqa: BLE001 - a copy that cannot start is a failed attempt
@@ -628,11 +661,21 @@ class _Driver:
 # -- a copy of a task ----------------------------------------------------------------------------------
 
 
-async def _copy_actor(ctx: ActorContext, services: DagServices, job: Job, driver: Address) -> None:
+async def _copy_actor(
+    ctx: ActorContext, services: DagServices, job: Job, driver: Address, client: MatrixClient, input_url: str | None
+) -> None:
     """The task actor of one copy, its result passed on to the driver with its
     run and epoch (the task actor's messages carry neither: it reports to
-    this actor's own mailbox, ``job.run`` is this actor)."""
+    this actor's own mailbox, ``job.run`` is this actor). An input too long
+    for its assignment is downloaded first (``input_url``)."""
     job = dataclasses.replace(job, run=ctx.address)
+    if input_url is not None:
+        task_input, why = await _download_input(client, input_url)
+        if task_input is None:
+            with contextlib.suppress(ActorError):
+                await driver.send(_Report(job.run_id, job.task.id, job.attempt, "failed", "", why))
+            return
+        job = dataclasses.replace(job, prompt=task_input.prompt or "")
     async with trio.open_nursery() as nursery:
 
         async def work() -> None:
@@ -661,6 +704,31 @@ async def _copy_actor(ctx: ActorContext, services: DagServices, job: Job, driver
                 pass  # the driver restarts: its successor reads the room and runs the task again
             break
         nursery.cancel_scope.cancel()
+
+
+async def _download_input(client: MatrixClient, url: str) -> tuple[st.TaskInput | None, str]:
+    """The task input at ``url``, or None and why (a failed attempt: the coordinator retries it)."""
+    try:
+        data = await _download(client, url)
+        body = json.loads(data.decode("utf-8"))
+    except (MatrixFailure, UnicodeDecodeError, ValueError) as exc:
+        return None, f"its input at {url} could not be read: {exc}"
+    task_input = st.parse_task_input(body)
+    if task_input is None:
+        return None, f"its input at {url} is not a task input"
+    return task_input, ""
+
+
+async def _download(client: MatrixClient, url: str) -> bytes:
+    """An input or output the cluster room names by ``mxc://`` URI; waits out a
+    homeserver that is away (its content repository is where the bytes are)."""
+    pause = 0.5
+    while True:
+        try:
+            return (await client.download(url, max_bytes=DOWNLOAD_LIMIT)).data
+        except (HomeserverUnavailable, RateLimited) as exc:
+            await trio.sleep(max(pause, getattr(exc, "retry_after_s", 0.0)))
+            pause = min(30.0, pause * 2)
 
 
 class _RemoteGate:
@@ -716,6 +784,12 @@ class _Sender:
                 continue
             txn_id, post = self.queue[0]
             try:
+                if post.attachment is not None:
+                    # Uploaded once: the URI replaces the attachment in the queue.
+                    attachment = post.attachment
+                    uri = await self.client.upload(attachment.data, attachment.content_type)
+                    post = dataclasses.replace(post, content={**post.content, attachment.key: uri}, attachment=None)
+                    self.queue[0] = (txn_id, post)
                 if post.state_key is None:
                     await self.client.send(self.room_id, post.event_type, post.content, txn_id)
                 else:
