@@ -80,7 +80,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -90,7 +89,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -1611,11 +1610,39 @@ def run(args: argparse.Namespace) -> int:
         from .cluster_chaos import run as run_cluster  # several nodes: docs/chaos.md "Several nodes"
 
         return run_cluster(args)
+    options = ChaosOptions(**{f.name: getattr(args, f.name) for f in fields(ChaosOptions)})
+
+    def show(report: ChaosReport, write: Callable[..., None]) -> None:
+        write("")
+        for line in report.lines():
+            write(line)
+
+    return run_command(
+        args, options.problems(), partial(run_chaos, options=options), show=show, prefix="lambda-actors-chaos-",
+        logs="tracebacks in driver.log", kept="(problems.json traces each problem message)",
+    )
+
+
+def run_command(
+    args: argparse.Namespace,
+    problems: list[str],
+    start: Callable[..., Awaitable[Any]],
+    *,
+    show: Callable[[Any, Callable[..., None]], None],
+    prefix: str,
+    logs: str,
+    kept: str,
+) -> int:
+    """What ``chaos`` and ``chaos --nodes`` share around their run: Synapse
+    installed, the options' ``problems``, the work directory (``--keep``), the
+    run under Trio (``start(workdir, write=, mask=)``, returning a report with
+    ``ok`` and ``as_json()``) logging to ``driver.log``, Ctrl-C, a run that
+    failed, the report (``--json``, or ``show``), and what is kept (``kept``
+    says what a report with problems adds). The exit statuses of :func:`run`."""
     if importlib.util.find_spec("synapse") is None:
         print("chaos: Synapse is not installed. Run scripts/setup (it installs lambda_actors[test]).", file=sys.stderr)
         return 2
-    options = ChaosOptions(**{f.name: getattr(args, f.name) for f in fields(ChaosOptions)})
-    if problems := options.problems():
+    if problems:
         print("chaos: " + "; ".join(problems), file=sys.stderr)
         return 2
     if args.keep is not None:
@@ -1625,15 +1652,14 @@ def run(args: argparse.Namespace) -> int:
             return 2
         workdir.mkdir(parents=True, exist_ok=True)
     else:
-        workdir = Path(tempfile.mkdtemp(prefix="lambda-actors-chaos-"))
+        workdir = Path(tempfile.mkdtemp(prefix=prefix))
     out = sys.stderr if args.json else sys.stdout
     write = partial(print, file=out, flush=True)
     mask = SecretMask()
-    status = 1
     with open(workdir / "driver.log", "a", encoding="utf-8") as driver_log:
         configure_logging(mask, stream=driver_log)
         try:
-            report = trio.run(partial(run_chaos, workdir, options, write=write, mask=mask))
+            report = trio.run(partial(start, workdir, write=write, mask=mask))
         except BaseException as exc:
             out.flush()
             if leaves(exc, KeyboardInterrupt):
@@ -1643,22 +1669,19 @@ def run(args: argparse.Namespace) -> int:
                 driver_log.write("".join(traceback.format_exception(exc)))
                 for problem in failures:
                     print(f"\nchaos: the run failed: {type(problem).__name__}: {problem}", file=sys.stderr)
-                print(f"chaos: its working directory is kept (tracebacks in driver.log): {workdir}", file=sys.stderr)
+                print(f"chaos: its working directory is kept ({logs}): {workdir}", file=sys.stderr)
                 return 1
             raise
         finally:
             logging.getLogger().handlers.clear()
     (workdir / "report.json").write_text(json.dumps(report.as_json(), indent=2))
-    status = 0 if report.ok else 1
     if args.json:
         print(json.dumps(report.as_json()), flush=True)
     else:
-        write("")
-        for line in report.lines():
-            write(line)
-    if args.keep is not None or status != 0:
-        write(f"The working directory is kept: {workdir}" + ("" if report.ok else " (problems.json traces each problem message)"))
+        show(report, write)
+    if args.keep is not None or not report.ok:
+        write(f"The working directory is kept: {workdir}" + ("" if report.ok else f" {kept}"))
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    return status
+    return 0 if report.ok else 1
 

@@ -26,15 +26,8 @@ bad options.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import logging
 import random
-import shutil
-import sys
-import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
@@ -44,8 +37,7 @@ from typing import Any
 
 import trio
 
-from ..bot.logs import SecretMask, configure_logging
-from ..runtime.groups import leaves
+from ..bot.logs import SecretMask
 from .cluster import ClusterError, ClusterOptions, ClusterStack, Mode, open_cluster
 from ..dag.status import FINAL_TASK_STATUSES
 from .cluster_report import KILL_WINDOW_S, RUN_ENDS, ClusterReport, TimelineEvent
@@ -293,53 +285,15 @@ def options_from(args: argparse.Namespace) -> ClusterChaosOptions:
 
 def run(args: argparse.Namespace) -> int:
     """0: the goals hold; 1: one does not (or the run failed); 2: cannot start; 130: Ctrl-C."""
-    if importlib.util.find_spec("synapse") is None:
-        print("chaos: Synapse is not installed. Run scripts/setup (it installs lambda_actors[test]).", file=sys.stderr)
-        return 2
+    from .chaos import run_command
+
     options = options_from(args)
-    if problems := options.problems():
-        print("chaos: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    if args.keep is not None:
-        workdir = args.keep.resolve()
-        if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
-            print(f"chaos: --keep {args.keep}: give a new or empty directory (this one is not empty).", file=sys.stderr)
-            return 2
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="lambda-actors-cluster-chaos-"))
-    out = sys.stderr if args.json else sys.stdout
-    write = partial(print, file=out, flush=True)
-    mask = SecretMask()
-    with open(workdir / "driver.log", "a", encoding="utf-8") as driver_log:
-        configure_logging(mask, stream=driver_log)
-        try:
-            report = trio.run(partial(run_cluster_chaos, workdir, options, write=write, mask=mask))
-        except BaseException as exc:
-            out.flush()
-            if leaves(exc, KeyboardInterrupt):
-                print("\nchaos: interrupted; everything it started is stopped.", file=sys.stderr)
-                return 130
-            if failures := leaves(exc, Exception):
-                driver_log.write("".join(traceback.format_exception(exc)))
-                for problem in failures:
-                    print(f"\nchaos: the run failed: {type(problem).__name__}: {problem}", file=sys.stderr)
-                print(f"chaos: its working directory is kept (tracebacks in driver.log, node logs in node-*/): {workdir}",
-                      file=sys.stderr)
-                return 1
-            raise
-        finally:
-            logging.getLogger().handlers.clear()
-    (workdir / "report.json").write_text(json.dumps(report.as_json(), indent=2))
-    if args.json:
-        print(json.dumps(report.as_json()), flush=True)
-    else:
-        print_table(report)
-    if args.keep is not None or not report.ok:
-        write(f"The working directory is kept: {workdir} (report.json, timeline.json, harness.json, node-*/node.log)")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if report.ok else 1
+    return run_command(
+        args, options.problems(), partial(run_cluster_chaos, options=options),
+        show=lambda report, write: print_table(report), prefix="lambda-actors-cluster-chaos-",
+        logs="tracebacks in driver.log, node logs in node-*/",
+        kept="(report.json, timeline.json, harness.json, node-*/node.log)",
+    )
 
 
 def print_table(report: ClusterReport) -> None:
