@@ -255,6 +255,24 @@ def test_the_coordinator_stopping_the_lowest_live_node_takes_over_and_adopts_its
     assert any(isinstance(r.change, TaskStatusChanged) for r in net.records["b"])
 
 
+def test_a_run_paused_stays_paused_when_another_node_takes_it_over() -> None:
+    net = net_of("a", "b", "c", accept={"a": False, "b": False})
+    confirm(net, "a", spec(2))
+    net.settle()
+    net.perform("a", net.brains["a"].control("run-1", "pause", net.now))
+    net.settle()
+    net.status("a", "stopped")
+    net.finish_all()  # t0 ends on c; the run is paused: nothing more starts
+    assert net.brains["b"].leads("run-1") and [s.task_id for s in net.started] == ["t0"]
+    assert net.of(st.RUN_COMPLETED) == []
+    net.perform("b", net.brains["b"].control("run-1", "resume", net.now))
+    net.finish_all()
+    assert [s.task_id for s in net.started] == ["t0", "t1"]
+    assert [e.sender for e in net.of(st.RUN_PAUSED)] == ["@a:hs"]
+    assert [e.sender for e in net.of(st.RUN_STARTED)] == ["@a:hs", "@b:hs"]  # a's start, b's resume
+    assert [e.sender for e in net.of(st.RUN_COMPLETED)] == ["@b:hs"]
+
+
 def test_a_worker_declared_dead_has_its_task_reassigned_with_a_new_epoch_and_stops_it_when_back() -> None:
     net = net_of("a", "b", "c", accept={"a": False, "c": False})
     confirm(net, "a", spec(1))

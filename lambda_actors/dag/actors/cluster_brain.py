@@ -206,6 +206,9 @@ class _Run:
     scheduler: Scheduler | None = None
     took_over: set[int] = field(default_factory=set)
     wake_at: float | None = None
+    #: Paused by its coordinator (``cis.dag.run.paused`` until ``.started``):
+    #: a node taking the run over keeps it paused.
+    paused: bool = False
 
 
 class ClusterBrain:
@@ -357,6 +360,11 @@ class ClusterBrain:
             return self._spec(event)
         if event.type in RUN_END_TYPES:
             return self._run_end(event)
+        if event.type in (st.RUN_PAUSED, st.RUN_STARTED):
+            run = self._of_coordinator(event)
+            if run is not None:
+                run.paused = event.type == st.RUN_PAUSED
+            return []
         if event.type == st.TASK_STATUS:
             by = self.node_of(event.sender)
             ended = task_ended(event.content, by) if by is not None else None
@@ -417,11 +425,16 @@ class ClusterBrain:
         return []
 
     def _run_end(self, event: RoomEvent) -> list[BrainAction]:
+        run = self._of_coordinator(event)
+        return [] if run is None else self._forget(run, RUN_END_TYPES[event.type])
+
+    def _of_coordinator(self, event: RoomEvent) -> _Run | None:
+        """The run a run event names, if its current coordinator's account sent it."""
         run_id = event.content.get("run_id")
         run = self.runs.get(run_id) if isinstance(run_id, str) else None
         if run is None or self.node_of(event.sender) != run.cluster.ledger.coordinator:
-            return []
-        return self._forget(run, RUN_END_TYPES[event.type])
+            return None
+        return run
 
     def _forget(self, run: _Run, how: str) -> list[BrainAction]:
         run_id = run.info.run_id
@@ -467,7 +480,7 @@ class ClusterBrain:
             return []
         retries = {t.id: t.retries for t in run.spec.tasks}
         facts = ledger.facts(retries)
-        status = RunStatus.RUNNING if facts else RunStatus.CREATED
+        status = RunStatus.PAUSED if run.paused else RunStatus.RUNNING if facts else RunStatus.CREATED
         scheduler = Scheduler.restore(run.spec, status, facts, backoff_first_s=self.retry_backoff_s)
         scheduler.own_deadlines = False  # timeouts go through the room (ClusterRun.tick)
         run.scheduler = scheduler
@@ -592,7 +605,11 @@ class ClusterBrain:
                     # One event each, never batched: the ledger reads it as TaskEnded.
                     out.append(Post(record.event.type, record.event.content))
             elif isinstance(a, RunStatusChanged):
-                out.append(self._record(run, a))
+                record = self._record(run, a)
+                out.append(record)
+                if a.status in (RunStatus.PAUSED, RunStatus.RUNNING):
+                    # In the room, so that a node taking the run over keeps it paused (or not).
+                    out.append(Post(record.event.type, record.event.content))
             elif isinstance(a, RunFinished):
                 event_type = {
                     RunStatus.COMPLETED: st.RUN_COMPLETED, RunStatus.FAILED: st.RUN_FAILED,
