@@ -61,6 +61,8 @@ class Net:
     outboxes: dict[str, list[RoomEvent]] = field(default_factory=dict)
     #: The homeserver's content repository: what posts' attachments uploaded.
     media: dict[str, bytes] = field(default_factory=dict)
+    #: Uploads refused for good: the driver posts the event with a line saying so.
+    refuse_uploads: bool = False
 
     def add(self, node_id: str, *, accept: bool = True, slots: int = 2, announce: bool = True) -> ClusterBrain:
         brain = ClusterBrain(node_id, f"@{node_id}:hs", accept_remote_tasks=accept, slots=slots)
@@ -108,7 +110,9 @@ class Net:
         for a in actions:
             if isinstance(a, Post):
                 content = dict(a.content)
-                if a.attachment is not None:
+                if a.attachment is not None and self.refuse_uploads:
+                    content[a.attachment.key] = "refused by the homeserver: M_TOO_LARGE"
+                elif a.attachment is not None:
                     uri = f"mxc://hs/m{len(self.media)}"
                     self.media[uri] = a.attachment.data
                     content[a.attachment.key] = uri
@@ -355,6 +359,17 @@ def test_an_input_or_output_too_long_for_its_event_travels_whole_through_the_con
     assert st.parse_task_input(json.loads(net.media[t1.input_url])) == st.TaskInput(prompt=big)
     [_, offer] = net.of(st.TASK_ASSIGNED)
     assert "prompt" not in offer.content and offer.content["input_url"] == t1.input_url
+
+
+def test_an_input_the_homeserver_refused_to_store_fails_its_attempt_and_the_run_ends() -> None:
+    net = net_of("a", "b", accept={"a": False})
+    net.refuse_uploads = True
+    confirm(net, "a", spec(1, prompt="x" * (st.INPUT_INLINE_LIMIT + 1)))
+    net.settle()
+    assert net.started == []
+    [result] = net.of(st.TASK_RESULT)
+    assert result.content["outcome"] == "failed" and "not an mxc:// URI" in result.content["reason"]
+    assert [e.sender for e in net.of(st.RUN_FAILED)] == ["@a:hs"]
 
 
 def test_an_output_too_long_to_upload_is_cut_with_a_marker() -> None:

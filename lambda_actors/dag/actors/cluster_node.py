@@ -787,7 +787,18 @@ class _Sender:
                 if post.attachment is not None:
                     # Uploaded once: the URI replaces the attachment in the queue.
                     attachment = post.attachment
-                    uri = await self.client.upload(attachment.data, attachment.content_type)
+                    try:
+                        uri = await self.client.upload(attachment.data, attachment.content_type)
+                    except MatrixError as exc:
+                        if isinstance(exc, RateLimited) or exc.status >= 500:
+                            raise
+                        # Refused for good (too large for this homeserver):
+                        # the event goes without it and says so, so that its
+                        # task still ends (a reader's attempt fails, or the
+                        # result's output is this line).
+                        self.log.error("dag.cluster.upload_refused", type=post.event_type, size=len(attachment.data),
+                                       error=str(exc), fix="raise the homeserver's max_upload_size")
+                        uri = f"refused by the homeserver: {exc}"
                     post = dataclasses.replace(post, content={**post.content, attachment.key: uri}, attachment=None)
                     self.queue[0] = (txn_id, post)
                 if post.state_key is None:
