@@ -18,7 +18,7 @@ import pytest
 
 from harness.cluster import KILLED_AGENT, LONG_AGENT, QUICK_AGENT, ClusterThread, cluster  # noqa: F401 - the fixture
 from lambda_actors.dag.actors.task import chat_id_for
-from lambda_actors.loopback.cluster_report import TimelineEvent
+from lambda_actors.loopback.cluster_report import RUN_ENDS, TimelineEvent
 
 
 NODE_A, NODE_B, NODE_C = 0, 1, 2
@@ -40,8 +40,7 @@ def submit(cluster: ClusterThread, spec: tuple[str, list[str]], via: int, worker
 
 
 def wait_end(cluster: ClusterThread, run_id: str, within: float = 90.0) -> TimelineEvent:
-    return cluster.wait_for(lambda e: e.type.startswith("cis.dag.run.") and e.type != "cis.dag.run.spec"
-                            and e.type != "cis.dag.run.coordinator" and e.content.get("run_id") == run_id, within)
+    return cluster.wait_for(lambda e: e.type in RUN_ENDS and e.content.get("run_id") == run_id, within)
 
 
 def claim_of(cluster: ClusterThread, run_id: str, task_id: str, epoch: int, within: float = 30.0) -> TimelineEvent:
