@@ -35,6 +35,14 @@ does over a simulated timeline:
   room and this node's own sync; deaths reassign a dead node's tasks
   (:meth:`~..cluster.ClusterRun.node_down`).
 
+- **Long inputs and outputs.** An input or output too long for its event
+  (32 KiB) goes as an :class:`Attachment` of its post: the driver uploads
+  it and the event carries its ``mxc://`` URI (``input_url``,
+  ``output_url``); the driver reads results with their output back in.
+- **Pause.** The leader posts the run's pause and resume
+  (``cis.dag.run.paused`` / ``.started``); a node taking it over restores
+  it paused when the coordinator's last word was a pause.
+
 Actions: :class:`Post` (one room event each, in order), :class:`StartTask`
 / :class:`StopTask` (the local copy of a task), :class:`Record` (the
 leading node's store and watchers: ``dag status`` and ``dag list``).
