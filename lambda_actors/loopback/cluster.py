@@ -389,7 +389,15 @@ class ClusterStack:
             body: dict[str, Any] = {"version": published.json()["version"]}
             if workers is not None:
                 body["workers"] = list(workers)
-            confirmed = await client.post(f"/{dag_id}/confirm", json=body)
+            with trio.move_on_after(NODE_READY_TIMEOUT):
+                while True:
+                    confirmed = await client.post(f"/{dag_id}/confirm", json=body)
+                    if confirmed.status_code != 503:
+                        break
+                    # "Catching up with the cluster room; retry in a few
+                    # seconds": a node just (re)started answers this until its
+                    # driver has read the room, which nothing outside shows.
+                    await trio.sleep(0.5)
             if confirmed.status_code not in (200, 201):
                 raise ClusterError(f"{node.node_id} refused the run: HTTP {confirmed.status_code} {confirmed.text[:300]}")
         run_id = str(confirmed.json()["run_id"])
